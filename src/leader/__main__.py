@@ -1,0 +1,3 @@
+from leader.cli import main
+
+main()

@@ -1,0 +1,353 @@
+"""The dataset directory written by ``leader prepare`` and read by every model.
+
+Layout (DESIGN.md): ``visits.parquet``, ``profiles.parquet``, ``vocab.json``,
+``splits.json``, ``ddi.json``, ``stats.json``, ``manifest.json``. All open formats.
+
+>>> ds = VisitDataset.load("data/mimic3")                     # doctest: +SKIP
+>>> train = ds.samples("train")                                # doctest: +SKIP
+>>> y = ds.vocab.multi_hot("medication", train[0].current.medications)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from leader.errors import LeaderError
+
+KINDS: tuple[str, ...] = ("diagnosis", "procedure", "medication")
+# Column of visits.parquet holding each kind's codes.
+KIND_COLUMNS: dict[str, str] = {
+    "diagnosis": "diagnoses",
+    "procedure": "procedures",
+    "medication": "medications",
+}
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SampleMode = Literal["all", "last"]
+UNKNOWN = "unknown"
+
+FILES = (
+    "visits.parquet",
+    "profiles.parquet",
+    "vocab.json",
+    "splits.json",
+    "ddi.json",
+    "stats.json",
+    "manifest.json",
+)
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One hospital visit: codes of each kind in first-seen order."""
+
+    visit_id: str
+    time: str | None
+    diagnoses: tuple[str, ...]
+    procedures: tuple[str, ...]
+    medications: tuple[str, ...]
+
+    def codes(self, kind: str) -> tuple[str, ...]:
+        return getattr(self, KIND_COLUMNS[kind])  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A visit to recommend for: the current visit, earlier visits (oldest first), profile.
+
+    The target is ``current.medications``; models must not read it as an input.
+    """
+
+    sample_id: str
+    patient_id: str
+    history: tuple[Visit, ...]
+    current: Visit
+    profile: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_single_visit(self) -> bool:
+        """True for a first-time patient (no earlier visit): the paper's 'single-visit'."""
+        return len(self.history) == 0
+
+
+@dataclass
+class Vocabulary:
+    """Code lists per kind (index = position) and names where known."""
+
+    codes: dict[str, list[str]]
+    names: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in KINDS:
+            self.codes.setdefault(kind, [])
+            self.names.setdefault(kind, {})
+
+    @cached_property
+    def _index(self) -> dict[str, dict[str, int]]:
+        return {kind: {c: i for i, c in enumerate(codes)} for kind, codes in self.codes.items()}
+
+    def size(self, kind: str) -> int:
+        return len(self.codes[kind])
+
+    def index(self, kind: str) -> dict[str, int]:
+        """Mapping code -> position for ``kind``."""
+        return self._index[kind]
+
+    def name(self, kind: str, code: str) -> str:
+        """The code's name, or the code itself when no name is known."""
+        return self.names[kind].get(code) or code
+
+    def encode(self, kind: str, codes: Iterable[str]) -> list[int]:
+        """Positions of the known codes, in order; unknown codes are skipped."""
+        index = self._index[kind]
+        return [index[c] for c in codes if c in index]
+
+    def multi_hot(self, kind: str, codes: Iterable[str]) -> np.ndarray:
+        vector = np.zeros(self.size(kind), dtype=np.float32)
+        vector[self.encode(kind, codes)] = 1.0
+        return vector
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            kind: {
+                "codes": list(self.codes[kind]),
+                "names": {c: self.names[kind][c] for c in self.codes[kind] if c in self.names[kind]},
+            }
+            for kind in KINDS
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Vocabulary:
+        return cls(
+            codes={k: list(data[k]["codes"]) for k in KINDS},
+            names={k: dict(data[k].get("names", {})) for k in KINDS},
+        )
+
+
+@dataclass
+class VisitDataset:
+    """A prepared cohort: kept visits, profiles, vocabularies, splits and DDI pairs."""
+
+    visits: pd.DataFrame  # patient_id, visit_id, time, diagnoses, procedures, medications
+    profiles: pd.DataFrame  # patient_id + categorical fields (strings)
+    vocab: Vocabulary
+    splits: dict[str, list[str]]
+    ddi_pairs: list[tuple[str, str]] = field(default_factory=list)
+    ddi_source: str = "none"
+    stats: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    # ---------------------------------------------------------------- reading / writing
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VisitDataset:
+        root = Path(path)
+        if not root.is_dir():
+            raise LeaderError(f"{root}: no dataset directory here; create one with `leader prepare`")
+        missing = [f for f in FILES if not (root / f).exists()]
+        if missing:
+            raise LeaderError(
+                f"{root}: not a complete dataset directory, missing {', '.join(missing)}; "
+                "run `leader prepare` again"
+            )
+        visits = pd.read_parquet(root / "visits.parquet")
+        for column in KIND_COLUMNS.values():
+            visits[column] = visits[column].map(lambda codes: [str(c) for c in codes])
+        visits["patient_id"] = visits["patient_id"].astype(str)
+        visits["visit_id"] = visits["visit_id"].astype(str)
+        profiles = pd.read_parquet(root / "profiles.parquet")
+        profiles["patient_id"] = profiles["patient_id"].astype(str)
+        ddi = _read_json(root / "ddi.json")
+        return cls(
+            visits=visits,
+            profiles=profiles,
+            vocab=Vocabulary.from_json(_read_json(root / "vocab.json")),
+            splits={k: [str(p) for p in v] for k, v in _read_json(root / "splits.json").items()},
+            ddi_pairs=[(str(a), str(b)) for a, b in ddi.get("pairs", [])],
+            ddi_source=str(ddi.get("source", "none")),
+            stats=_read_json(root / "stats.json"),
+            manifest=_read_json(root / "manifest.json"),
+            path=root,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the directory atomically: a temporary sibling renamed into place."""
+        root = Path(path)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            visits = self.visits.copy()
+            visits.to_parquet(tmp / "visits.parquet", index=False)
+            self.profiles.to_parquet(tmp / "profiles.parquet", index=False)
+            _write_json(tmp / "vocab.json", self.vocab.to_json())
+            _write_json(tmp / "splits.json", self.splits)
+            _write_json(
+                tmp / "ddi.json",
+                {"source": self.ddi_source, "pairs": [list(p) for p in self.ddi_pairs]},
+            )
+            _write_json(tmp / "stats.json", self.stats)
+            _write_json(tmp / "manifest.json", self.manifest)
+            if root.exists():
+                old = root.with_name(f".{root.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                root.rename(old)
+                tmp.rename(root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = root
+        return root
+
+    # ---------------------------------------------------------------- derived views
+    @property
+    def default_sample_mode(self) -> SampleMode:
+        mode = self.manifest.get("options", {}).get("samples", "all")
+        return "last" if mode == "last" else "all"
+
+    def ddi_matrix(self) -> np.ndarray:
+        """Symmetric 0/1 matrix (drugs, drugs) over the medication vocabulary."""
+        index = self.vocab.index("medication")
+        matrix = np.zeros((len(index), len(index)), dtype=np.int8)
+        for a, b in self.ddi_pairs:
+            if a in index and b in index and a != b:
+                matrix[index[a], index[b]] = matrix[index[b], index[a]] = 1
+        return matrix
+
+    def profile_of(self, patient_id: str) -> dict[str, str]:
+        return self._profiles_by_patient.get(patient_id, {})
+
+    @cached_property
+    def _profiles_by_patient(self) -> dict[str, dict[str, str]]:
+        fields = [c for c in self.profiles.columns if c != "patient_id"]
+        out: dict[str, dict[str, str]] = {}
+        for row in self.profiles.itertuples(index=False):
+            record = row._asdict()
+            out[str(record["patient_id"])] = {
+                f: (UNKNOWN if _missing(record[f]) else str(record[f])) for f in fields
+            }
+        return out
+
+    @cached_property
+    def _visits_by_patient(self) -> dict[str, list[Visit]]:
+        ordered = self.visits.sort_values(["patient_id", "time", "visit_id"], kind="stable")
+        out: dict[str, list[Visit]] = {}
+        for pid, vid, time, dx, px, rx in zip(
+            ordered["patient_id"],
+            ordered["visit_id"],
+            ordered["time"],
+            ordered["diagnoses"],
+            ordered["procedures"],
+            ordered["medications"],
+            strict=True,
+        ):
+            out.setdefault(pid, []).append(
+                Visit(
+                    visit_id=vid,
+                    time=None if _missing(time) else str(time),
+                    diagnoses=tuple(dx),
+                    procedures=tuple(px),
+                    medications=tuple(rx),
+                )
+            )
+        return out
+
+    def patient_visits(self, patient_id: str) -> list[Visit]:
+        return list(self._visits_by_patient.get(patient_id, []))
+
+    def samples(self, split: str | None = None, mode: SampleMode | None = None) -> list[Sample]:
+        """Samples of one split (or all patients when ``split`` is None).
+
+        ``mode="all"``: every kept visit is a sample (GAMENet/SafeDrug protocol);
+        ``mode="last"``: only each patient's last visit (LEADER's code). Order is stable:
+        patients in split order, visits in time order.
+        """
+        mode = mode or self.default_sample_mode
+        if split is not None and split not in self.splits:
+            raise LeaderError(f"unknown split {split!r}; this dataset has {sorted(self.splits)}")
+        patients: Sequence[str] = (
+            self.splits[split] if split is not None else sorted(self._visits_by_patient)
+        )
+        out: list[Sample] = []
+        for pid in patients:
+            visits = self._visits_by_patient.get(pid, [])
+            positions = range(len(visits)) if mode == "all" else range(len(visits) - 1, len(visits))
+            profile = self.profile_of(pid)
+            for t in positions:
+                out.append(
+                    Sample(
+                        sample_id=f"{pid}:{visits[t].visit_id}",
+                        patient_id=pid,
+                        history=tuple(visits[:t]),
+                        current=visits[t],
+                        profile=profile,
+                    )
+                )
+        return out
+
+    def targets(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Multi-hot medication targets, shape (samples, drugs)."""
+        out = np.zeros((len(samples), self.vocab.size("medication")), dtype=np.float32)
+        index = self.vocab.index("medication")
+        for row, sample in enumerate(samples):
+            out[row, [index[c] for c in sample.current.medications if c in index]] = 1.0
+        return out
+
+
+def _missing(value: object) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise LeaderError(f"{path}: not valid JSON ({exc}); run `leader prepare` again") from exc
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
+        handle.write("\n")
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        _write_json(Path(tmp), data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
