@@ -16,7 +16,8 @@ import typer
 from leader.errors import LeaderError
 
 AREAS: tuple[str, ...] = (
-    "leader.cli_data",  # prepare, synth, stats
+    "leader.cli_data",  # prepare
+    "leader.cli_synth",  # synth
     "leader.cli_teacher",  # prompts, teacher train/predict
     "leader.cli_student",  # student train, evaluate, run, demo
     "leader.cli_baselines",  # benchmark
