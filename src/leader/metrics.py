@@ -71,14 +71,22 @@ def compute(
     y_prob: Any,
     threshold: float = 0.5,
     ddi: Any | None = None,
+    predicted: Any | None = None,
 ) -> dict[str, float]:
     """All metrics on one set of samples.
 
     ``y_true``: 0/1 array (samples, drugs); ``y_prob``: probabilities, same shape;
-    ``ddi``: optional 0/1 (drugs, drugs) matrix, needed for ``ddi_rate`` (0.0 without it).
+    ``ddi``: optional 0/1 (drugs, drugs) matrix, needed for ``ddi_rate`` (0.0 without it);
+    ``predicted``: optional boolean sets overriding ``y_prob >= threshold`` (for selection
+    rules such as the DDI-safe layer); PRAUC still ranks by ``y_prob``.
     """
     truth, prob = _as_arrays(y_true, y_prob)
-    predicted = prob >= threshold
+    if predicted is None:
+        predicted = prob >= threshold
+    else:
+        predicted = np.asarray(predicted) > 0.5
+        if predicted.shape != truth.shape:
+            raise ValueError(f"predicted must be {truth.shape}; got {predicted.shape}")
     intersection = (predicted & truth).sum(axis=1).astype(np.float64)
     n_pred = predicted.sum(axis=1).astype(np.float64)
     n_true = truth.sum(axis=1).astype(np.float64)
