@@ -1,0 +1,142 @@
+"""Commands of the teacher area: ``leader prompts`` and ``leader teacher train|predict``.
+
+Top-level imports stay light (typer, stdlib): torch and transformers load inside commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+teacher_app = typer.Typer(
+    help="The LLM teacher LEADER(T): LoRA fine-tuning with a medication output layer, "
+    "and feature export for the student.",
+    no_args_is_help=True,
+)
+
+
+def prompts(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (leader prepare).")],
+    patient: Annotated[str, typer.Option(help="Patient id.")],
+    visit: Annotated[
+        str | None, typer.Option(help="Visit id to recommend for (default: the last one).")
+    ] = None,
+    history_visits: Annotated[int, typer.Option(help="Most recent earlier visits shown.")] = 3,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Token budget (counted with --model's tokenizer).")
+    ] = None,
+    profile: Annotated[bool, typer.Option(help="Add the profile sentence.")] = True,
+    template: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file overriding the template's format strings.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Backbone whose tokenizer counts tokens (default: count words)."),
+    ] = None,
+) -> None:
+    """Print the teacher's prompt for one patient visit."""
+    from leader.data.store import VisitDataset
+    from leader.errors import LeaderError
+    from leader.prompts import PromptBuilder, PromptConfig
+
+    data = VisitDataset.load(dataset)
+    visits = data.patient_visits(patient)
+    if not visits:
+        raise LeaderError(f"{dataset}: no patient {patient!r} in visits.parquet")
+    ids = [v.visit_id for v in visits]
+    target = visit if visit is not None else ids[-1]
+    if target not in ids:
+        raise LeaderError(f"{dataset}: patient {patient!r} has no visit {target!r} (has {ids})")
+    sample = next(s for s in data.samples(None, "all") if s.sample_id == f"{patient}:{target}")
+    counter = None
+    if model is not None:
+        from leader.teacher.backbone import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+        counter = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    config = PromptConfig(
+        history_visits=history_visits,
+        profile=profile,
+        max_tokens=max_tokens,
+        template=str(template) if template else None,
+    )
+    built = PromptBuilder(data.vocab, config, count_tokens=counter).build(sample)
+    typer.echo(built.text)
+    unit = "tokens" if counter else "words"
+    note = f"[{built.tokens} {unit}"
+    if built.truncated:
+        note += f"; budget dropped {built.dropped_visits} visits, cut {built.truncated_items} items"
+    if built.over_budget:
+        note += "; over budget: the current visit alone does not fit"
+    typer.echo(note + "]", err=True)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@teacher_app.command("train")
+def train(
+    dataset: Annotated[Path, typer.Option(help="Dataset directory (leader prepare).")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML TeacherConfig; flags below override it.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="smollm2-135m (default), a local HF folder, a GGUF file or a hub id."),
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (0 = epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs when max_steps is 0.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per process per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Prompt token budget.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option(help="Random subset of training samples (0 = all).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+) -> None:
+    """Fine-tune the teacher (LoRA + medication output layer). Works under `accelerate launch`."""
+    from leader.teacher import TeacherConfig, train_teacher
+
+    overrides = _overrides(
+        model=model,
+        max_steps=max_steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        max_tokens=max_tokens,
+        max_train_samples=max_train_samples,
+        precision=precision,
+    )
+    if config is not None:
+        resolved = TeacherConfig.from_yaml(config, **overrides)
+    elif resume and (out / "config.yaml").is_file():
+        resolved = TeacherConfig.from_yaml(out / "config.yaml", **overrides)
+    else:
+        resolved = TeacherConfig(**overrides)
+    train_teacher(dataset, out, resolved, resume=resume)
+
+
+@teacher_app.command("predict")
+def predict(
+    run: Annotated[Path, typer.Option(help="Run folder of `leader teacher train`.")],
+    dataset: Annotated[Path, typer.Option(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option(help="Features file to write (.safetensors).")],
+    batch_size: Annotated[int | None, typer.Option(help="Samples per forward pass.")] = None,
+) -> None:
+    """Write probabilities + hidden states of every sample, and the LEADER(T) test metrics."""
+    from leader.teacher import predict_teacher
+
+    metrics = predict_teacher(run, dataset, out, batch_size=batch_size)
+    whole = metrics.get("all", {}).get("metrics") or {}
+    summary = ", ".join(f"{k} {whole[k]:.4f}" for k in ("prauc", "jaccard", "f1") if k in whole)
+    typer.echo(f"wrote {out}; test: {summary or 'no test samples'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prompts")(prompts)
+    app.add_typer(teacher_app, name="teacher")
