@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leader.errors import LeaderError
 
@@ -160,12 +162,12 @@ class VisitDataset:
                 f"{root}: not a complete dataset directory, missing {', '.join(missing)}; "
                 "run `leader prepare` again"
             )
-        visits = pd.read_parquet(root / "visits.parquet")
+        visits = pq.read_table(root / "visits.parquet").to_pandas()
         for column in KIND_COLUMNS.values():
             visits[column] = visits[column].map(lambda codes: [str(c) for c in codes])
         visits["patient_id"] = visits["patient_id"].astype(str)
         visits["visit_id"] = visits["visit_id"].astype(str)
-        profiles = pd.read_parquet(root / "profiles.parquet")
+        profiles = pq.read_table(root / "profiles.parquet").to_pandas()
         profiles["patient_id"] = profiles["patient_id"].astype(str)
         ddi = _read_json(root / "ddi.json")
         return cls(
@@ -186,9 +188,8 @@ class VisitDataset:
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         try:
-            visits = self.visits.copy()
-            visits.to_parquet(tmp / "visits.parquet", index=False)
-            self.profiles.to_parquet(tmp / "profiles.parquet", index=False)
+            _write_visits(self.visits, tmp / "visits.parquet")
+            _write_plain(self.profiles.astype(str), tmp / "profiles.parquet")
             _write_json(tmp / "vocab.json", self.vocab.to_json())
             _write_json(tmp / "splits.json", self.splits)
             _write_json(
@@ -304,6 +305,29 @@ class VisitDataset:
         for row, sample in enumerate(samples):
             out[row, [index[c] for c in sample.current.medications if c in index]] = 1.0
         return out
+
+
+def _write_visits(visits: pd.DataFrame, path: Path) -> None:
+    """Plain Arrow types (no pandas metadata), so any Parquet reader gets the same table."""
+    table = pa.table(
+        {
+            "patient_id": pa.array(visits["patient_id"].astype(str).tolist(), pa.string()),
+            "visit_id": pa.array(visits["visit_id"].astype(str).tolist(), pa.string()),
+            "time": pa.array(pd.to_datetime(visits["time"]).astype("datetime64[us]"),
+                             pa.timestamp("us")),
+            **{
+                column: pa.array([[str(c) for c in codes] for codes in visits[column]],
+                                 pa.list_(pa.string()))
+                for column in KIND_COLUMNS.values()
+            },
+        }
+    )
+    pq.write_table(table, path)
+
+
+def _write_plain(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, path)
 
 
 def _missing(value: object) -> bool:

@@ -1,0 +1,208 @@
+"""``leader prepare mimic3|mimic4|events`` and ``leader stats``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+prepare_app = typer.Typer(
+    help="Turn raw EHR tables into a dataset directory (visits, vocabularies, splits, DDI).",
+    no_args_is_help=True,
+)
+
+Out = Annotated[Path, typer.Option("--out", help="Dataset directory to write.")]
+NdcMap = Annotated[
+    list[Path] | None,
+    typer.Option("--ndc-map", help="Extra NDC map (columns NDC and ATC4 or ATC3), repeatable."),
+]
+Ddi = Annotated[Path | None, typer.Option(help="DDI pairs CSV (atc3_a,atc3_b).")]
+Twosides = Annotated[
+    Path | None, typer.Option(help="TWOSIDES drug-DDI.csv (GAMENet recipe; needs --drug-atc).")
+]
+DrugAtc = Annotated[Path | None, typer.Option(help="drug-atc.csv: PubChem CID -> ATC codes.")]
+SideEffects = Annotated[
+    int, typer.Option(help="TWOSIDES recipe: keep the N least frequent side effects.")
+]
+AtcNames = Annotated[Path | None, typer.Option(help="ATC names CSV (atc_code,atc_name).")]
+TopMed = Annotated[int, typer.Option(help="Keep the K most frequent drugs (0 = all).")]
+TopDiag = Annotated[int, typer.Option(help="Keep the K most frequent diagnoses (0 = all).")]
+TopProc = Annotated[int, typer.Option(help="Keep the K most frequent procedures (0 = all).")]
+MinVisits = Annotated[int, typer.Option(help="Drop patients with fewer kept visits.")]
+Split = Annotated[str, typer.Option(help="Train:val:test shares by patient, e.g. 8:1:1.")]
+Seed = Annotated[int, typer.Option(help="Seed of the patient shuffle.")]
+Samples = Annotated[str, typer.Option(help="Default samples: 'all' visits or 'last' only.")]
+
+
+def _cohort_options(
+    top_med: int, top_diag: int, top_proc: int, min_visits: int, split: str, seed: int,
+    samples: str,
+) -> dict[str, Any]:
+    from leader.errors import LeaderError
+
+    try:
+        shares = tuple(float(s) for s in split.replace(",", ":").split(":"))
+    except ValueError as exc:
+        raise LeaderError(f"--split must look like 8:1:1, got {split!r}") from exc
+    if len(shares) != 3:
+        raise LeaderError(f"--split needs three shares (train:val:test), got {split!r}")
+    return {
+        "top_med": top_med or None,
+        "top_diag": top_diag or None,
+        "top_proc": top_proc or None,
+        "min_visits": min_visits,
+        "split": shares,
+        "seed": seed,
+        "samples": samples,
+    }
+
+
+def _run(kind: str, out: Path, call: Any) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"prepare {kind}") as status:
+        dataset = call(lambda step: status.update(f"prepare {kind}: {step}"))
+    print_summary(dataset.stats, out)
+
+
+def print_summary(stats: dict[str, Any], out: Path | None = None) -> None:
+    """The cohort statistics and the funnel as two tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title=f"Cohort{f' ({out})' if out else ''}", show_header=False)
+    for key in (
+        "patients", "visits", "single_visit_patients", "multi_visit_patients",
+        "diagnosis_codes", "procedure_codes", "medication_codes",
+        "mean_diagnoses_per_visit", "mean_procedures_per_visit", "mean_medications_per_visit",
+        "ddi_pairs", "prescription_rows", "mapped_share",
+    ):
+        if key in stats:
+            summary.add_row(key, str(stats[key]))
+    console.print(summary)
+    funnel = Table(title="Funnel: what each rule removed")
+    for column in ("rule", "visits removed", "patients removed", "visits", "patients"):
+        funnel.add_column(column, justify="left" if column == "rule" else "right")
+    for step in stats.get("funnel", []):
+        funnel.add_row(
+            step["rule"],
+            str(step.get("visits_removed", "")),
+            str(step.get("patients_removed", "")),
+            str(step["visits"]),
+            str(step["patients"]),
+        )
+    console.print(funnel)
+
+
+@prepare_app.command("mimic3")
+def prepare_mimic3_command(
+    data: Annotated[Path, typer.Option(help="Folder with the MIMIC-III tables.")],
+    resources: Annotated[Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, "
+                                            "rxcui2atc4.csv (see ../shared/data/resources).")],
+    out: Out,
+    ndc_map: NdcMap = None,
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+) -> None:
+    """MIMIC-III (full release or the demo) -> dataset directory."""
+    from leader.data.prepare import prepare_mimic3
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run("mimic3", out, lambda progress: prepare_mimic3(
+        data, resources, out, ndc_maps=ndc_map or [], ddi=ddi, twosides=twosides,
+        drug_atc=drug_atc, ddi_side_effects=ddi_side_effects, atc_names=atc_names,
+        progress=progress, **options))
+
+
+@prepare_app.command("mimic4")
+def prepare_mimic4_command(
+    data: Annotated[Path, typer.Option(help="The MIMIC-IV hosp/ folder.")],
+    resources: Annotated[Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, "
+                                            "rxcui2atc4.csv.")],
+    out: Out,
+    ndc_map: NdcMap = None,
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    patient_fraction: Annotated[float, typer.Option(
+        help="Keep a random share of patients (the paper: 0.15).")] = 1.0,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+) -> None:
+    """MIMIC-IV v2.x hosp/ module -> dataset directory (ICD-9 and ICD-10 kept apart)."""
+    from leader.data.prepare import prepare_mimic4
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run("mimic4", out, lambda progress: prepare_mimic4(
+        data, resources, out, ndc_maps=ndc_map or [], ddi=ddi, twosides=twosides,
+        drug_atc=drug_atc, ddi_side_effects=ddi_side_effects, atc_names=atc_names,
+        patient_fraction=patient_fraction, progress=progress, **options))
+
+
+@prepare_app.command("events")
+def prepare_events_command(
+    events: Annotated[Path, typer.Option(help="Event table: patient_id, visit_id, visit_time, "
+                                         "kind, code[, name] (CSV, CSV.GZ or Parquet).")],
+    out: Out,
+    profiles: Annotated[Path | None, typer.Option(help="Profile table: patient_id + any "
+                                                  "columns.")] = None,
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+) -> None:
+    """Generic event table (eICU, OMOP extracts, your hospital) -> dataset directory."""
+    from leader.data.prepare import prepare_events
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run("events", out, lambda progress: prepare_events(
+        events, out, profiles=profiles, ddi=ddi, twosides=twosides, drug_atc=drug_atc,
+        ddi_side_effects=ddi_side_effects, atc_names=atc_names, progress=progress, **options))
+
+
+def stats_command(
+    dataset: Annotated[Path, typer.Argument(help="A dataset directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,
+) -> None:
+    """Print a dataset's cohort statistics and funnel."""
+    from leader.data.store import VisitDataset
+
+    stats = VisitDataset.load(dataset).stats
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+    else:
+        print_summary(stats, dataset)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(prepare_app, name="prepare")
+    app.command("stats")(stats_command)

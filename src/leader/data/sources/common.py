@@ -1,0 +1,94 @@
+"""Pieces every source reader shares: code tables with counted drops, dates, age bands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def code_rows(
+    frame: pd.DataFrame,
+    visit_column: str,
+    code_column: str,
+    kind: str,
+    counts: dict[str, Any],
+    order_column: str | None = None,
+) -> pd.DataFrame:
+    """``visit_id, kind, code`` rows: empty codes and repeats dropped (and counted).
+
+    Order within a visit: by ``order_column`` (e.g. ``seq_num``) when given, else file
+    order; a code seen twice keeps its first place.
+    """
+    codes = frame[code_column].astype("string").str.strip()
+    visit = frame[visit_column].astype("string").str.strip()
+    rows = pd.DataFrame({"visit_id": visit, "code": codes})
+    if order_column is not None:
+        rows["order"] = pd.to_numeric(frame[order_column], errors="coerce")
+    empty = rows["code"].isna() | (rows["code"] == "") | rows["visit_id"].isna()
+    counts[f"{kind}_rows"] = int(len(rows))
+    counts[f"{kind}_rows_empty_code"] = int(empty.sum())
+    rows = rows[~empty]
+    if order_column is not None:
+        # Rows without a usable order number go last, in file order.
+        rows = rows.sort_values(["visit_id", "order"], kind="stable", na_position="last")
+        rows = rows.drop(columns="order")
+    duplicated = rows.duplicated(["visit_id", "code"], keep="first")
+    counts[f"{kind}_rows_duplicate"] = int(duplicated.sum())
+    rows = rows[~duplicated].reset_index(drop=True)
+    rows.insert(1, "kind", kind)
+    return rows
+
+
+def parse_times(values: pd.Series) -> pd.Series:
+    """Datetimes; unparseable values become NaT (the caller counts them)."""
+    text = values.astype("string").str.strip()
+    return pd.to_datetime(text, errors="coerce", format="mixed")
+
+
+def age_band(age: float | None) -> str:
+    """Ten-year bands; 90+ covers MIMIC's shifted ages of very old patients."""
+    if age is None or pd.isna(age) or age < 0:
+        return "unknown"
+    if age < 18:
+        return "0-17"
+    if age >= 90:
+        return "90+"
+    if age < 30:
+        return "18-29"
+    low = int(age // 10 * 10)
+    return f"{low}-{low + 9}"
+
+
+def years_between(start: pd.Series, end: pd.Series) -> pd.Series:
+    """Whole years from ``start`` to ``end`` (calendar arithmetic, no overflow)."""
+    years = end.dt.year - start.dt.year
+    before_birthday = (end.dt.month < start.dt.month) | (
+        (end.dt.month == start.dt.month) & (end.dt.day < start.dt.day)
+    )
+    return (years - before_birthday.astype("Int64")).astype("Float64")
+
+
+def dedupe_visits(
+    visits: pd.DataFrame, funnel: list[dict[str, Any]], counts: dict[str, Any]
+) -> pd.DataFrame:
+    """Drop repeated visit ids and visits with unparseable times, counting both."""
+    duplicated = visits.duplicated("visit_id", keep="first")
+    counts["visit_rows_duplicate"] = int(duplicated.sum())
+    visits = visits[~duplicated]
+    funnel.append(
+        {"rule": "visits read", "visits": len(visits), "patients": int(visits["patient_id"].nunique())}
+    )
+    bad_time = visits["time"].isna()
+    funnel.append(
+        {
+            "rule": "visit time missing or unparseable",
+            "visits_removed": int(bad_time.sum()),
+            "patients_removed": int(
+                visits["patient_id"].nunique() - visits.loc[~bad_time, "patient_id"].nunique()
+            ),
+            "visits": int((~bad_time).sum()),
+            "patients": int(visits.loc[~bad_time, "patient_id"].nunique()),
+        }
+    )
+    return visits[~bad_time].reset_index(drop=True)
