@@ -1,0 +1,352 @@
+"""LEADER(S): the compact ID-based student (Liu et al., arXiv 2402.02803).
+
+Shared code embedding (special tokens + diagnoses + procedures + medications); per visit a
+set encoder per kind (one pre-LN transformer layer without positions, masked mean pooling);
+visit t = (diagnoses_t, procedures_t, medications_{t-1}) with the embedded profile in the
+medication slot of the patient's first visit; one visit-level layer shared by the three
+streams, masked mean pooling; head ReLU -> Linear(3d, hidden) -> ReLU -> Linear(hidden, drugs).
+The output of Linear(3d, hidden) is the patient vector that a projector maps to the
+teacher's width for distillation.
+
+>>> model = LeaderStudent.from_pretrained("runs/student")          # doctest: +SKIP
+>>> probabilities = model.predict_proba(dataset.samples("test"))    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leader.data.store import Sample, Vocabulary
+from leader.errors import LeaderError
+from leader.student.data import (
+    STREAMS,
+    EncodedSamples,
+    ProfileVocab,
+    StudentBatch,
+    TokenSpace,
+    encode_samples,
+    make_batch,
+)
+from leader.student.losses import bce_loss, distillation_loss, info_nce
+from leader.training import Output
+
+
+@dataclass
+class StudentConfig:
+    """Architecture, objective and training of the student; paper defaults (MIMIC-III)."""
+
+    # --- architecture
+    dim: int = 64  # embedding and encoder width d
+    heads: int = 4  # attention heads in every transformer layer
+    ffn: int = 300  # feed-forward width in every transformer layer
+    dropout: float = 0.4  # hidden dropout in the transformer layers
+    attn_dropout: float = 0.1  # attention-probability dropout
+    hidden: int = 128  # width of the patient vector (head's first linear layer)
+    max_visits: int = 10  # most recent visits kept per sample, the current one always
+    max_codes: int = 100  # codes kept per set (first ones in record order)
+    visit_positions: bool = True  # add a learned recency embedding per visit (not in the paper)
+    # --- objective
+    alpha: float = 0.4  # weight of the feature distillation MSE (0 = no distillation)
+    beta: float = 0.005  # weight of the profile alignment InfoNCE
+    align: bool = True  # use the alignment term at all (--no-align turns it off)
+    temperature: float = 1.0  # InfoNCE temperature on cosine similarities
+    # --- training
+    epochs: int = 100  # at most this many epochs
+    batch_size: int = 16  # samples per optimiser step
+    lr: float = 5e-4  # Adam learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    patience: int = 10  # early stopping patience on validation PRAUC, in epochs
+    seed: int = 42  # seeds weights, shuffling and dropout
+    threads: int = 0  # torch CPU threads while training (0 = torch's default)
+    sample_mode: str = ""  # "all" or "last" samples per patient; "" = the dataset's default
+    choose_threshold: bool = True  # pick the decision threshold maximising validation Jaccard
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "student config") -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LeaderError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        config = cls(**data)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "student config") -> None:
+        if self.dim % self.heads:
+            raise LeaderError(f"{source}: dim {self.dim} must be divisible by heads {self.heads}")
+        if self.max_visits < 1 or self.max_codes < 1:
+            raise LeaderError(f"{source}: max_visits and max_codes must be at least 1")
+        if self.alpha < 0 or self.beta < 0:
+            raise LeaderError(f"{source}: alpha and beta must be >= 0")
+        if self.temperature <= 0:
+            raise LeaderError(f"{source}: temperature must be > 0")
+        if self.sample_mode not in ("", "all", "last"):
+            raise LeaderError(f"{source}: sample_mode must be 'all', 'last' or ''")
+
+
+ARCHITECTURE = ("dim", "heads", "ffn", "dropout", "attn_dropout", "hidden", "max_visits",
+                "max_codes", "visit_positions")  # fmt: skip
+
+
+class SetEncoderLayer(nn.Module):
+    """A pre-LN transformer layer without positions: sets are unordered."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x (N, L, d); mask (N, L) True for real elements, at least one per row
+        n, length, dim = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .view(n, length, 3, self.heads, dim // self.heads)
+            .permute(2, 0, 3, 1, 4)
+        )  # each (N, h, L, d/h)
+        attended = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask[:, None, None, :],
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # fmt: skip
+        x = x + self.drop(self.out(attended.transpose(1, 2).reshape(n, length, dim)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of the real elements: x (N, L, d), mask (N, L) -> (N, d)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class LeaderStudent(nn.Module):
+    """The student. ``forward(batch) -> Output(loss, logits, parts)``."""
+
+    def __init__(
+        self,
+        config: StudentConfig,
+        vocab: Vocabulary,
+        profile_vocab: ProfileVocab,
+        teacher_width: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.space = TokenSpace(vocab)
+        self.profile_vocab = profile_vocab
+        self.teacher_width = teacher_width
+        self.ddi_pairs: list[tuple[str, str]] = []
+        self.ddi_source = "none"
+        self.threshold = 0.5
+        d = config.dim
+        self.embedding = nn.Embedding(self.space.size, d, padding_idx=0)
+        self.set_encoders = nn.ModuleList(
+            SetEncoderLayer(d, config.heads, config.ffn, config.dropout, config.attn_dropout)
+            for _ in STREAMS
+        )
+        self.visit_encoder = SetEncoderLayer(
+            d, config.heads, config.ffn, config.dropout, config.attn_dropout
+        )
+        self.recency = nn.Embedding(config.max_visits, d) if config.visit_positions else None
+        sizes = profile_vocab.sizes()
+        self.profile_embeddings = nn.ModuleList(nn.Embedding(n, d) for n in sizes)
+        # With no profile fields the first-visit slot is one learned vector.
+        self.profile_proj = nn.Linear(len(sizes) * d, d) if sizes else None
+        self.profile_default = nn.Parameter(torch.zeros(d)) if not sizes else None
+        self.fc1 = nn.Linear(len(STREAMS) * d, config.hidden)
+        self.fc2 = nn.Linear(config.hidden, vocab.size("medication"))
+        self.projector = nn.Linear(config.hidden, teacher_width) if teacher_width else None
+
+    # ------------------------------------------------------------------ encoders
+    def encode_profile(self, profile: torch.Tensor) -> torch.Tensor:
+        """(B, F) value ids -> (B, d)."""
+        if self.profile_proj is None:
+            assert self.profile_default is not None
+            return self.profile_default.expand(profile.shape[0], -1)
+        parts = [emb(profile[:, i]) for i, emb in enumerate(self.profile_embeddings)]
+        return self.profile_proj(torch.cat(parts, dim=-1))
+
+    def encode_set(self, stream: int, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L) token ids -> (N, d) pooled set vectors, with the stream's set encoder."""
+        mask = tokens != 0
+        return masked_mean(self.set_encoders[stream](self.embedding(tokens), mask), mask)
+
+    def patient_vector(self, batch: StudentBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patient vector (B, hidden), profile vector (B, d))."""
+        b, width = batch.visit_mask.shape
+        d = self.config.dim
+        profile = self.encode_profile(batch.profile)  # (B, d)
+        streams = []
+        for i, kind in enumerate(STREAMS):
+            pooled = self.encode_set(i, batch.tokens[kind])  # (S, d)
+            grid = pooled.new_zeros(b * width, d).index_copy(0, batch.visit_index, pooled)
+            streams.append(grid.view(b, width, d))
+        medication = streams[-1]
+        first = torch.where(batch.profile_slot[:, None], profile, medication[:, 0])
+        streams[-1] = torch.cat([first[:, None], medication[:, 1:]], dim=1)
+        x = torch.cat(streams, dim=0)  # (3B, V, d), streams stacked along the batch
+        mask = batch.visit_mask.repeat(len(STREAMS), 1)  # (3B, V)
+        if self.recency is not None:
+            # recency 0 = the current visit (last real one), 1 = the visit before, ...
+            counts = batch.visit_mask.sum(1, keepdim=True)  # (B, 1)
+            recency = (counts - 1 - torch.arange(width)[None, :]).clamp_min(0)  # (B, V)
+            x = x + self.recency(recency).repeat(len(STREAMS), 1, 1)
+        pooled = masked_mean(self.visit_encoder(x, mask), mask)  # (3B, d)
+        pooled = pooled.view(len(STREAMS), b, d).permute(1, 0, 2).reshape(b, -1)  # (B, 3d)
+        return self.fc1(F.relu(pooled)), profile
+
+    # ------------------------------------------------------------------ contract
+    def forward(self, batch: StudentBatch) -> Output:
+        patient, profile = self.patient_vector(batch)
+        logits = self.fc2(F.relu(patient))  # (B, drugs)
+        if batch.targets is None:
+            return Output(None, logits)
+        loss = bce_loss(logits, batch.targets)
+        parts = {"bce": float(loss.detach())}
+        if self.config.alpha > 0 and batch.teacher is not None and self.projector is not None:
+            distill = distillation_loss(self.projector(patient), batch.teacher)
+            loss = loss + self.config.alpha * distill
+            parts["distill"] = float(distill.detach())
+        if self.config.align and self.config.beta > 0 and batch.target_tokens is not None:
+            truth = self.encode_set(STREAMS.index("medication"), batch.target_tokens)
+            align = info_nce(profile, truth, self.config.temperature)
+            loss = loss + self.config.beta * align
+            parts["align"] = float(align.detach())
+        return Output(loss, logits, parts)
+
+    def encode(self, samples: Sequence[Sample]) -> EncodedSamples:
+        return encode_samples(
+            samples, self.space, self.profile_vocab, self.config.max_visits, self.config.max_codes
+        )
+
+    @torch.no_grad()
+    def predict_encoded(self, encoded: EncodedSamples, batch_size: int = 2048) -> np.ndarray:
+        """Probabilities (N, drugs) for encoded samples; similar-size samples batched together."""
+        was_training = self.training
+        self.eval()
+        out = np.zeros((len(encoded), self.vocab.size("medication")), dtype=np.float32)
+        order = np.argsort(encoded.cost(), kind="stable") if len(encoded) > batch_size else None
+        for start in range(0, len(encoded), batch_size):
+            index = np.arange(start, min(start + batch_size, len(encoded)))
+            if order is not None:
+                index = order[index]
+            logits = self(make_batch(encoded, index, with_targets=False)).logits
+            out[index] = torch.sigmoid(logits).numpy()
+        self.train(was_training)
+        return out
+
+    def predict_proba(self, samples: Sequence[Sample], batch_size: int = 2048) -> np.ndarray:
+        """Drug probabilities (N, drugs) for samples, batched, without gradients."""
+        if not samples:
+            return np.zeros((0, self.vocab.size("medication")), dtype=np.float32)
+        return self.predict_encoded(self.encode(samples), batch_size)
+
+    def num_parameters(self, inference: bool = True) -> int:
+        """Parameters; ``inference=True`` leaves out the projector (training only)."""
+        skip = (
+            {id(p) for p in self.projector.parameters()}
+            if (inference and self.projector)
+            else set()
+        )
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
+        """config.json, model.safetensors (projector included), vocab.json, ddi.json."""
+        from safetensors.torch import save_file
+
+        from leader.data.store import write_json_atomic
+
+        root = Path(run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            root / "config.json",
+            {
+                "model_type": "leader-student",
+                **asdict(self.config),
+                "teacher_width": self.teacher_width,
+                "token_space": {"size": self.space.size, "offsets": self.space.offsets},
+                "drugs": self.vocab.size("medication"),
+                "threshold": self.threshold,
+                "weights_include_projector": self.projector is not None,
+            },
+        )
+        write_json_atomic(
+            root / "vocab.json",
+            {**self.vocab.to_json(), "profile": self.profile_vocab.to_json()},
+        )
+        write_json_atomic(
+            root / "ddi.json",
+            {"source": self.ddi_source, "pairs": [list(p) for p in self.ddi_pairs]},
+        )
+        tmp = root / ".model.safetensors.tmp"
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": "pt", "model": "leader-student"})
+        os.replace(tmp, root / "model.safetensors")
+        return root
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | os.PathLike[str]) -> LeaderStudent:
+        """Load a student run folder; the model is returned in eval mode."""
+        from safetensors.torch import load_file
+
+        root = Path(run_dir)
+        needed = ("config.json", "model.safetensors", "vocab.json")
+        missing = [name for name in needed if not (root / name).exists()]
+        if missing:
+            raise LeaderError(
+                f"{root}: not a student run folder (missing {', '.join(missing)}); "
+                "train one with `leader student train`"
+            )
+        raw = json.loads((root / "config.json").read_text(encoding="utf-8"))
+        if raw.get("model_type") != "leader-student":
+            raise LeaderError(f"{root / 'config.json'}: not a leader student (model_type)")
+        known = {f.name for f in fields(StudentConfig)}
+        config = StudentConfig(**{k: v for k, v in raw.items() if k in known})
+        vocab_json = json.loads((root / "vocab.json").read_text(encoding="utf-8"))
+        model = cls(
+            config,
+            Vocabulary.from_json(vocab_json),
+            ProfileVocab.from_json(vocab_json["profile"]),
+            teacher_width=int(raw.get("teacher_width", 0)),
+        )
+        if model.space.offsets != raw["token_space"]["offsets"]:
+            raise LeaderError(f"{root}: vocab.json does not match config.json's token space")
+        model.load_state_dict(load_file(str(root / "model.safetensors")))
+        model.threshold = float(raw.get("threshold", 0.5))
+        ddi_file = root / "ddi.json"
+        if ddi_file.exists():
+            ddi = json.loads(ddi_file.read_text(encoding="utf-8"))
+            model.ddi_pairs = [(str(a), str(b)) for a, b in ddi.get("pairs", [])]
+            model.ddi_source = str(ddi.get("source", "none"))
+        model.eval()
+        return model
+
+    def ddi_matrix(self) -> np.ndarray:
+        """Symmetric 0/1 (drugs, drugs) matrix of the run's DDI pairs."""
+        index = self.vocab.index("medication")
+        matrix = np.zeros((len(index), len(index)), dtype=np.int8)
+        for a, b in self.ddi_pairs:
+            if a in index and b in index and a != b:
+                matrix[index[a], index[b]] = matrix[index[b], index[a]] = 1
+        return matrix

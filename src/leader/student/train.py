@@ -1,0 +1,270 @@
+"""Train LEADER(S) on a dataset directory, optionally distilling from teacher features.
+
+Teacher features are the file ``leader teacher predict`` writes: one safetensors with
+``hidden`` (N, H) and ``probabilities`` (N, drugs), and ``sample_ids`` (JSON) in its
+metadata. Early stopping on validation PRAUC (shared loop, ``leader.training.fit``);
+the decision threshold is then chosen on validation (Jaccard).
+
+The run folder is self-contained: config.json, model.safetensors (projector included),
+vocab.json (with the profile vocabulary), ddi.json, config.yaml (resolved training
+config), metrics.json (history, validation and test metrics, threshold, seed, git
+revision), splits.json (patient ids per split), train.log, checkpoint/ (for --resume).
+
+>>> train_student(Path("data/mimic3"), Path("runs/student"), StudentConfig(),
+...               teacher_features=Path("runs/teacher/features.safetensors"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leader.data.store import VisitDataset, write_json_atomic
+from leader.errors import LeaderError
+from leader.metrics import best_threshold, compute
+from leader.student.data import (
+    EncodedSamples,
+    ProfileVocab,
+    StudentBatch,
+    attach_teacher,
+    make_batch,
+)
+from leader.student.model import LeaderStudent, StudentConfig
+from leader.training import TrainConfig, fit, seed_everything
+
+
+def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """(hidden (N, H) float32, sample ids, metadata) from a teacher features file."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise LeaderError(
+            f"{path}: no teacher features file; write one with `leader teacher predict`"
+        )
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            metadata = dict(handle.metadata() or {})
+            if "hidden" not in handle.keys():
+                raise LeaderError(
+                    f"{path}: no 'hidden' tensor (found {', '.join(handle.keys())}); "
+                    "not a teacher features file"
+                )
+            hidden = handle.get_tensor("hidden")
+    except LeaderError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types
+        raise LeaderError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        sample_ids = [str(s) for s in json.loads(metadata["sample_ids"])]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise LeaderError(f"{path}: metadata 'sample_ids' missing or not a JSON list") from exc
+    if hidden.ndim != 2 or hidden.shape[0] != len(sample_ids):
+        raise LeaderError(
+            f"{path}: 'hidden' is {hidden.shape} but metadata lists {len(sample_ids)} samples"
+        )
+    return hidden.astype(np.float32, copy=False), sample_ids, metadata
+
+
+def git_revision() -> str:
+    """The source tree's git commit, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def epoch_batches(
+    encoded: EncodedSamples, batch_size: int
+) -> Callable[[np.random.Generator], Iterator[StudentBatch]]:
+    """Shuffled batches of one epoch; a trailing batch of one sample is merged (InfoNCE)."""
+
+    def batches(rng: np.random.Generator) -> Iterator[StudentBatch]:
+        order = rng.permutation(len(encoded))
+        starts = list(range(0, len(order), batch_size))
+        if len(starts) > 1 and len(order) - starts[-1] < 2:
+            starts.pop()
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(order)
+            yield make_batch(encoded, order[start:end])
+
+    return batches
+
+
+def train_student(
+    dataset_dir: Path,
+    out_dir: Path,
+    config: StudentConfig,
+    teacher_features: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train, pick the threshold, evaluate on test, write the run folder; return it."""
+    config.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (out_dir / "train.log").open("a" if resume else "w", encoding="utf-8")
+
+    def say(message: str) -> None:
+        log_file.write(message + "\n")
+        log_file.flush()
+        if log is not None:
+            log(message)
+
+    try:
+        return _train(Path(dataset_dir), out_dir, config, teacher_features, resume, say)
+    finally:
+        log_file.close()
+
+
+def _train(
+    dataset_dir: Path,
+    out_dir: Path,
+    config: StudentConfig,
+    teacher_features: Path | None,
+    resume: bool,
+    say: Callable[[str], None],
+) -> Path:
+    started = time.perf_counter()
+    dataset = VisitDataset.load(dataset_dir)
+    mode = config.sample_mode or dataset.default_sample_mode
+    samples = {split: dataset.samples(split, mode) for split in ("train", "val", "test")}
+    if not samples["train"]:
+        raise LeaderError(f"{dataset_dir}: the train split has no samples")
+    if not samples["val"]:
+        raise LeaderError(
+            f"{dataset_dir}: the val split has no samples; early stopping needs some "
+            "(prepare the dataset with a validation share)"
+        )
+    fields_ = [c for c in dataset.profiles.columns if c != "patient_id"]
+    profile_vocab = ProfileVocab.build(samples["train"], fields_)
+
+    teacher_hidden: np.ndarray | None = None
+    teacher_ids: list[str] = []
+    if teacher_features is not None and config.alpha > 0:
+        teacher_hidden, teacher_ids, _ = load_teacher_features(Path(teacher_features))
+    elif config.alpha > 0:
+        say("no teacher features given: training without distillation (alpha = 0)")
+        config.alpha = 0.0
+
+    seed_everything(config.seed)
+    teacher_width = int(teacher_hidden.shape[1]) if teacher_hidden is not None else 0
+    model = LeaderStudent(config, dataset.vocab, profile_vocab, teacher_width)
+    model.ddi_pairs, model.ddi_source = list(dataset.ddi_pairs), dataset.ddi_source
+    encoded = {split: model.encode(s) for split, s in samples.items()}
+    if teacher_hidden is not None:
+        attach_teacher(encoded["train"], teacher_hidden, teacher_ids, str(teacher_features))
+    say(
+        f"student: {model.num_parameters():,} parameters at inference "
+        f"({model.num_parameters(inference=False):,} with the projector); "
+        f"samples train {len(encoded['train'])} val {len(encoded['val'])} "
+        f"test {len(encoded['test'])}; alpha {config.alpha} beta "
+        f"{config.beta if config.align else 0.0}"
+    )
+    _write_resolved(out_dir, config, dataset_dir, teacher_features, mode)
+
+    val_truth = encoded["val"].targets
+
+    def validate(m: torch.nn.Module) -> float:
+        assert isinstance(m, LeaderStudent)
+        return compute(val_truth, m.predict_encoded(encoded["val"]))["prauc"]
+
+    train_config = TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        patience=config.patience,
+        seed=config.seed,
+        threads=config.threads,
+    )
+    result = fit(
+        model,
+        epoch_batches(encoded["train"], config.batch_size),
+        validate,
+        train_config,
+        out_dir,
+        resume,
+        log=say,
+    )
+    val_prob = model.predict_encoded(encoded["val"])
+    model.threshold = best_threshold(val_truth, val_prob) if config.choose_threshold else 0.5
+    ddi = dataset.ddi_matrix()
+    test_prob = model.predict_encoded(encoded["test"])
+    test_truth = encoded["test"].targets
+    metrics: dict[str, Any] = {
+        "model": "leader-student",
+        "threshold": model.threshold,
+        "best_epoch": result.best_epoch,
+        "best_val_prauc": result.best_score,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "history": result.history,
+        "val": {
+            "at_0.5": compute(val_truth, val_prob, 0.5, ddi),
+            "at_threshold": compute(val_truth, val_prob, model.threshold, ddi),
+        },
+        "test": {
+            "at_0.5": compute(test_truth, test_prob, 0.5, ddi) if len(test_truth) else None,
+            "at_threshold": (
+                compute(test_truth, test_prob, model.threshold, ddi) if len(test_truth) else None
+            ),
+        },
+        "parameters": model.num_parameters(),
+        "parameters_with_projector": model.num_parameters(inference=False),
+        "seed": config.seed,
+        "sample_mode": mode,
+        "distillation": teacher_width > 0,
+        "teacher_features": str(teacher_features) if teacher_width else None,
+        "git_revision": git_revision(),
+    }
+    model.save_pretrained(out_dir)
+    write_json_atomic(out_dir / "splits.json", dataset.splits)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    test = metrics["test"]["at_threshold"]
+    say(
+        f"done: best val PRAUC {result.best_score:.4f} at epoch {result.best_epoch}; "
+        f"threshold {model.threshold}; test "
+        + (
+            f"PRAUC {test['prauc']:.4f} Jaccard {test['jaccard']:.4f} F1 {test['f1']:.4f}"
+            if test
+            else "(empty)"
+        )
+    )
+    return out_dir
+
+
+def _write_resolved(
+    out_dir: Path,
+    config: StudentConfig,
+    dataset_dir: Path,
+    teacher_features: Path | None,
+    mode: str,
+) -> None:
+    import yaml
+
+    resolved = {
+        "dataset": str(dataset_dir),
+        "teacher_features": str(teacher_features) if teacher_features else None,
+        "sample_mode": mode,
+        "student": asdict(config),
+    }
+    tmp = out_dir / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    tmp.replace(out_dir / "config.yaml")

@@ -1,0 +1,274 @@
+"""The student: token offsets, the recent-visits rule, batches and masks, losses, files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from leader.data.store import Sample, Visit, VisitDataset
+from leader.errors import LeaderError
+from leader.student import LeaderStudent, StudentConfig, train_student
+from leader.student.data import (
+    EMPTY,
+    PAD,
+    ProfileVocab,
+    TokenSpace,
+    encode_samples,
+    kept_visits,
+    make_batch,
+)
+from leader.student.losses import bce_loss, distillation_loss, info_nce
+
+
+def _visit(i: int, meds: tuple[str, ...] = ("m1",)) -> Visit:
+    return Visit(f"v{i}", f"2100-01-{i:02d}", ("d1", "d2"), ("x1",), meds)
+
+
+def _long_sample(n: int) -> Sample:
+    """n visits; visit i prescribes drug m{(i % 5) + 1}; the current one prescribes m5 only."""
+    visits = [_visit(i, (f"m{(i % 4) + 1}",)) for i in range(n - 1)]
+    current = Visit("now", None, ("d3",), (), ("m5",))
+    return Sample("p:now", "p", tuple(visits), current, {"gender": "F"})
+
+
+def _model(tiny: VisitDataset, **overrides: object) -> LeaderStudent:
+    torch.manual_seed(0)
+    config = StudentConfig(**{"dropout": 0.0, "attn_dropout": 0.0, **overrides})  # type: ignore[arg-type]
+    profile = ProfileVocab.build(tiny.samples("train"), ["gender", "age_band", "insurance"])
+    return LeaderStudent(config, tiny.vocab, profile, teacher_width=0)
+
+
+# ---------------------------------------------------------------- token space / offsets
+def test_token_offsets_follow_specials_then_kinds(tiny_dataset: VisitDataset) -> None:
+    space = TokenSpace(tiny_dataset.vocab)  # 5 diagnoses, 3 procedures, 5 drugs
+    assert space.offsets == {"diagnosis": 2, "procedure": 7, "medication": 10}
+    assert space.size == 15
+    assert space.encode("diagnosis", ["d1", "d5"]) == [2, 6]
+    assert space.encode("procedure", ["x1", "zzz", "x3"]) == [7, 9]  # unknown skipped
+    assert space.encode("medication", ["m1", "m5"]) == [10, 14]
+    for token in range(2, space.size):
+        kind, code = space.decode(token)
+        assert space.encode(kind, [code]) == [token]
+    assert space.decode(PAD) == ("special", "[PAD]")
+
+
+def test_alignment_targets_are_the_current_drugs_at_the_drug_offset(
+    tiny_dataset: VisitDataset,
+) -> None:
+    samples = tiny_dataset.samples("train")
+    model = _model(tiny_dataset)
+    batch = make_batch(model.encode(samples), np.arange(len(samples)))
+    assert batch.target_tokens is not None and batch.targets is not None
+    for row, sample in enumerate(samples):
+        tokens = [int(t) for t in batch.target_tokens[row] if t != PAD]
+        decoded = [model.space.decode(t) for t in tokens]
+        assert decoded == [("medication", c) for c in sample.current.medications]
+        hot = [model.vocab.codes["medication"][i] for i in np.flatnonzero(batch.targets[row])]
+        assert sorted(hot) == sorted(sample.current.medications)
+
+
+# ---------------------------------------------------------------- recent-visits rule
+def test_keeps_most_recent_visits_and_always_the_current_one() -> None:
+    sample = _long_sample(12)
+    kept, before = kept_visits(sample, max_visits=10)
+    assert len(kept) == 10
+    assert kept[-1] is sample.current
+    assert [v.visit_id for v in kept[:-1]] == [f"v{i}" for i in range(2, 11)]
+    assert before is not None and before.visit_id == "v1"
+    kept, before = kept_visits(sample, max_visits=20)
+    assert len(kept) == 12 and before is None
+
+
+def test_visit_streams_pair_codes_with_previous_medications(tiny_dataset: VisitDataset) -> None:
+    space = TokenSpace(tiny_dataset.vocab)
+    profile = ProfileVocab.build([], ["gender"])
+    sample = _long_sample(12)
+    encoded = encode_samples([sample], space, profile, max_visits=10)
+    assert encoded.n_visits.tolist() == [10]
+    assert not encoded.profile_slot[0]  # the window starts after the first visit
+    meds = encoded.sets["medication"]
+    rows = [meds.flat[meds.offsets[r] : meds.offsets[r + 1]].tolist() for r in range(10)]
+    # slot of kept visit v2 holds v1's drug (m2); the current visit's slot holds v10's (m3)
+    assert rows[0] == space.encode("medication", ["m2"])
+    assert rows[-1] == space.encode("medication", ["m3"])
+    # the current visit's own drugs (m5) never enter the inputs
+    m5 = space.encode("medication", ["m5"])[0]
+    assert m5 not in meds.flat.tolist()
+    # empty procedure set of the current visit -> one EMPTY token
+    procedures = encoded.sets["procedure"]
+    assert procedures.flat[procedures.offsets[9] : procedures.offsets[10]].tolist() == [EMPTY]
+
+    first = encode_samples([_long_sample(3)], space, profile, max_visits=10)
+    assert first.profile_slot[0]  # whole history kept: first visit's slot is the profile
+    assert first.sets["medication"].flat[0] == EMPTY
+
+
+def test_codes_per_set_are_capped(tiny_dataset: VisitDataset) -> None:
+    space = TokenSpace(tiny_dataset.vocab)
+    current = Visit("v", None, ("d1", "d2", "d3", "d4", "d5"), ("x1",), ("m1",))
+    encoded = encode_samples(
+        [Sample("p:v", "p", (), current, {})], space, ProfileVocab([], {}), max_codes=3
+    )
+    assert encoded.sets["diagnosis"].flat.tolist() == [2, 3, 4]
+
+
+# ---------------------------------------------------------------- batches, shapes, masks
+def test_batch_shapes_and_masks(tiny_dataset: VisitDataset) -> None:
+    model = _model(tiny_dataset)
+    samples = tiny_dataset.samples("train")  # p1 has 3 visits -> samples with 1, 2, 3 visits
+    encoded = model.encode(samples)
+    batch = make_batch(encoded, np.arange(len(samples)))
+    counts = [len(s.history) + 1 for s in samples]
+    assert batch.visit_mask.shape == (len(samples), max(counts))
+    assert batch.visit_mask.sum(1).tolist() == counts
+    assert batch.visit_index.shape == (sum(counts),)
+    for kind in ("diagnosis", "procedure", "medication"):
+        assert batch.tokens[kind].shape[0] == sum(counts)
+        assert (batch.tokens[kind] != PAD).any(1).all()  # every set has a real token
+    assert batch.profile.shape == (len(samples), 3)
+    output = model(batch)
+    assert output.logits.shape == (len(samples), 5)
+    assert output.loss is not None and output.loss.ndim == 0
+
+
+def test_padding_does_not_change_predictions(tiny_dataset: VisitDataset) -> None:
+    model = _model(tiny_dataset).eval()
+    samples = tiny_dataset.samples("train")
+    together = model.predict_proba(samples)
+    alone = np.vstack([model.predict_proba([s]) for s in samples])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_recency_changes_with_visit_order(tiny_dataset: VisitDataset) -> None:
+    model = _model(tiny_dataset).eval()
+    sample = tiny_dataset.samples("train")[2]  # p1's third visit, two earlier visits
+    swapped = Sample(
+        sample.sample_id, sample.patient_id, sample.history[::-1], sample.current, sample.profile
+    )
+    assert not np.allclose(model.predict_proba([sample]), model.predict_proba([swapped]))
+
+
+# ---------------------------------------------------------------- losses by hand
+def test_bce_matches_the_formula() -> None:
+    logits = torch.tensor([[0.0, 2.0]])
+    targets = torch.tensor([[1.0, 0.0]])
+    expected = (math.log(2) + math.log(1 + math.exp(2))) / 2
+    assert float(bce_loss(logits, targets)) == pytest.approx(expected)
+
+
+def test_distillation_is_mse_and_leaves_the_teacher_alone() -> None:
+    projected = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 0.0], [1.0, 1.0]], requires_grad=True)
+    loss = distillation_loss(projected, teacher)
+    assert float(loss.detach()) == pytest.approx((1 + 4 + 1 + 1) / 4)
+    loss.backward()
+    assert teacher.grad is None and projected.grad is not None
+    with pytest.raises(ValueError):
+        distillation_loss(projected, torch.zeros(2, 3))
+
+
+def test_info_nce_by_hand() -> None:
+    eye = torch.eye(2)
+    # logits [[1, 0], [0, 1]]: each direction -log(e / (e + 1)) = log(1 + e^-1)
+    assert float(info_nce(eye, eye, 1.0)) == pytest.approx(math.log(1 + math.exp(-1)))
+    # temperature 0.5 sharpens: log(1 + e^-2)
+    assert float(info_nce(eye, eye * 3, 0.5)) == pytest.approx(math.log(1 + math.exp(-2)))
+    # swapped pairs are worse than matched ones
+    assert float(info_nce(eye, eye.flip(0), 1.0)) > float(info_nce(eye, eye, 1.0))
+    # symmetric: each direction counted once
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.2], [0.3, 1.0], [0.0, 1.0]])
+    assert float(info_nce(a, b)) == pytest.approx(float(info_nce(b, a)))
+
+
+def test_loss_parts_follow_the_switches(tiny_dataset: VisitDataset) -> None:
+    samples = tiny_dataset.samples("train")
+    profile = ProfileVocab.build(samples, ["gender"])
+    config = StudentConfig(alpha=0.5, beta=0.1)
+    model = LeaderStudent(config, tiny_dataset.vocab, profile, teacher_width=6)
+    encoded = model.encode(samples)
+    encoded.teacher = np.ones((len(samples), 6), dtype=np.float32)
+    batch = make_batch(encoded, np.arange(len(samples)))
+    out = model(batch)
+    assert set(out.parts) == {"bce", "distill", "align"}
+    expected = out.parts["bce"] + 0.5 * out.parts["distill"] + 0.1 * out.parts["align"]
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)  # type: ignore[arg-type]
+    model.config.alpha = 0.0
+    model.config.align = False
+    assert set(model(batch).parts) == {"bce"}
+
+
+# ---------------------------------------------------------------- training and files
+def _features(path: Path, sample_ids: list[str], width: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "hidden": rng.standard_normal((len(sample_ids), width)).astype(np.float32),
+            "probabilities": rng.random((len(sample_ids), 5)).astype(np.float32),
+        },
+        str(path),
+        metadata={
+            "sample_ids": json.dumps(sample_ids),
+            "splits": json.dumps(["train"] * len(sample_ids)),
+            "medication_codes": json.dumps(["m1", "m2", "m3", "m4", "m5"]),
+            "hidden_size": str(width),
+            "model": "random",
+            "sample_mode": "all",
+        },
+    )
+    return path
+
+
+def test_train_save_load_equality_with_distillation(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    assert tiny_dataset.path is not None
+    ids = [s.sample_id for s in tiny_dataset.samples()]
+    features = _features(tmp_path / "features.safetensors", ids)
+    config = StudentConfig(epochs=3, batch_size=4, patience=5)
+    run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
+    for name in ("config.json", "model.safetensors", "vocab.json", "ddi.json", "config.yaml",
+                 "metrics.json", "train.log", "splits.json"):  # fmt: skip
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["distillation"] and len(metrics["history"]) == 3
+    assert metrics["parameters_with_projector"] > metrics["parameters"]
+    model = LeaderStudent.from_pretrained(run)
+    assert not model.training and model.teacher_width == 8
+    assert model.ddi_pairs == [("m1", "m4"), ("m2", "m5")] and model.ddi_source == "test"
+    assert model.threshold == metrics["threshold"]
+    assert model.vocab.name("medication", "m2") == "insulins"
+    test = tiny_dataset.samples("test")
+    first = model.predict_proba(test)
+    again = LeaderStudent.from_pretrained(run).predict_proba(test)
+    assert first.shape == (len(test), 5)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_missing_teacher_features_are_named(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    assert tiny_dataset.path is not None
+    ids = [s.sample_id for s in tiny_dataset.samples()][1:]
+    features = _features(tmp_path / "f.safetensors", ids)
+    config = StudentConfig(epochs=1, batch_size=4)
+    with pytest.raises(LeaderError, match="p1:v1"):
+        train_student(tiny_dataset.path, tmp_path / "run", config, features)
+
+
+def test_without_features_there_is_no_distillation(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    assert tiny_dataset.path is not None
+    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(epochs=1, batch_size=4))
+    model = LeaderStudent.from_pretrained(run)
+    assert model.projector is None and model.config.alpha == 0.0
+
+
+def test_unknown_config_key_is_an_error() -> None:
+    with pytest.raises(LeaderError, match="hiden"):
+        StudentConfig.from_dict({"hiden": 3})
