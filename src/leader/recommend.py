@@ -1,0 +1,402 @@
+"""Recommending with a trained model: input parsing, validation, ranked output, DDI warnings.
+
+LEADER (Liu et al., arXiv 2402.02803) predicts the medication set of a visit from the
+visit's diagnoses and procedures, the patient's earlier visits and profile. This module
+turns user input (JSON / JSONL patients, validated against ``patient.schema.json``, which
+ships with the package) into :class:`~leader.data.store.Sample` objects, asks any model
+with ``predict_proba`` for probabilities, and formats per patient: the ranked drugs, the
+recommended set at the run's threshold (optionally thinned by the DDI safety layer,
+:mod:`leader.safety`), the interacting pairs in that set and the codes the model ignored.
+
+>>> rec = Recommender(LeaderStudent.from_pretrained("runs/student"))      # doctest: +SKIP
+>>> rec.recommend([{"visits": [{"diagnoses": ["4019"], "procedures": []}]}])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from leader.data.store import Sample, Visit, Vocabulary
+from leader.errors import LeaderError
+from leader.safety import DEFAULT_MARGIN, ddi_safe_select, interacting_pairs
+
+INPUT_KINDS: tuple[tuple[str, str], ...] = (
+    ("diagnosis", "diagnoses"),
+    ("procedure", "procedures"),
+    ("medication", "medications"),
+)
+DEFAULT_TOP = 20  # ranked drugs listed per patient (0 = all)
+MAX_BATCH = 1000  # patients per request / per ``{"patients": [...]}`` document
+
+
+class Predictor(Protocol):
+    """What recommending needs from a model (the student satisfies it)."""
+
+    vocab: Vocabulary
+    ddi_pairs: list[tuple[str, str]]
+    ddi_source: str
+    threshold: float
+
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray: ...  # (N, drugs)
+
+
+# ------------------------------------------------------------------------------- schema
+@cache
+def patient_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one patient, as shipped with the package."""
+    text = resources.files("leader").joinpath("patient.schema.json").read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def batch_schema(max_batch: int = MAX_BATCH) -> dict[str, Any]:
+    """Schema of ``{"patients": [patient, ...]}`` (the patient schema inlined)."""
+    return {
+        "type": "object",
+        "required": ["patients"],
+        "additionalProperties": False,
+        "properties": {
+            "patients": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_batch,
+                "items": inline_refs(patient_schema()),
+            }
+        },
+    }
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its local ``#/$defs/...`` references inlined (for OpenAPI)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target = resolve(defs[node["$ref"].removeprefix("#/$defs/")])
+                rest = {k: resolve(v) for k, v in node.items() if k != "$ref"}
+                return {**target, **rest}
+            return {k: resolve(v) for k, v in node.items() if k not in ("$defs", "$schema", "$id")}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)  # type: ignore[no-any-return]
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = patient_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def json_path(parts: Iterable[str | int], root: str = "$") -> str:
+    """``["visits", 0, "diagnoses"]`` -> ``$.visits[0].diagnoses``."""
+    out = root
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One invalid field: which patient, where (JSON path inside the patient), what."""
+
+    patient: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"patient {self.patient}: {self.path}: {self.message}"
+
+
+def validate_patient(record: Any, index: int, limit: int = 10) -> list[InputProblem]:
+    """Schema problems of one patient record (empty when valid), at most ``limit``."""
+    errors = sorted(_validator().iter_errors(record), key=lambda e: list(map(str, e.path)))
+    return [
+        InputProblem(index, json_path(error.absolute_path), _short(error.message))
+        for error in errors[:limit]
+    ]
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------- files
+def read_patients(path: str | os.PathLike[str]) -> list[Any]:
+    """Patient records from a JSON file (one patient, a list, or ``{"patients": [...]}``)
+    or a JSONL file (one patient per line). Records are not validated here."""
+    file = Path(path)
+    if not file.is_file():
+        raise LeaderError(f"{file}: no such file; give a JSON or JSONL file of patients")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() in (".jsonl", ".ndjson"):
+        return _read_jsonl(file, text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several JSON documents: treat as JSONL
+            return _read_jsonl(file, text)
+        raise LeaderError(f"{file}: not valid JSON ({exc}); see `leader recommend --help`") from exc
+    records = split_document(data)
+    if records is None:
+        raise LeaderError(
+            f"{file}: expected a patient object, a list of patients or "
+            f'{{"patients": [...]}}; got {type(data).__name__}'
+        )
+    return records
+
+
+def _read_jsonl(file: Path, text: str) -> list[Any]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise LeaderError(f"{file}: line {number}: not valid JSON ({exc})") from exc
+    if not records:
+        raise LeaderError(f"{file}: no patients in this file")
+    return records
+
+
+def split_document(data: Any) -> list[Any] | None:
+    """The patient records of a parsed document, or None when it has no known shape."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        if "patients" in data and "visits" not in data:
+            patients = data["patients"]
+            return patients if isinstance(patients, list) else None
+        return [data]
+    return None
+
+
+# ------------------------------------------------------------------------------- model input
+@dataclass
+class Prepared:
+    """One validated patient turned into a model sample, with the codes that were ignored."""
+
+    index: int
+    patient_id: str | int | None
+    sample: Sample
+    unknown: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Recommender:
+    """A model plus everything needed to turn its probabilities into recommendations.
+
+    Precomputes the code indices, drug names and the DDI matrix once.
+    """
+
+    def __init__(self, model: Predictor, margin: float = DEFAULT_MARGIN) -> None:
+        self.model = model
+        self.margin = margin  # safety layer: fraction of the head-room that is "far above"
+        self.threshold = float(model.threshold)
+        vocab = model.vocab
+        self.known = {kind: frozenset(vocab.codes[kind]) for kind, _ in INPUT_KINDS}
+        self.drugs: list[str] = list(vocab.codes["medication"])
+        self.drug_names = [vocab.name("medication", code) for code in self.drugs]
+        index = vocab.index("medication")
+        self.ddi = np.zeros((len(self.drugs), len(self.drugs)), dtype=bool)
+        for a, b in model.ddi_pairs:
+            if a in index and b in index and a != b:
+                self.ddi[index[a], index[b]] = self.ddi[index[b], index[a]] = True
+
+    # ------------------------------------------------------------------ input
+    def prepare(self, record: Any, index: int, strict: bool = False) -> Prepared:
+        """Validate one record and build its sample; raise LeaderError naming the problem."""
+        problems = validate_patient(record, index)
+        if problems:
+            raise InvalidInput(problems)
+        unknown: list[dict[str, Any]] = []
+        visits: list[Visit] = []
+        last = len(record["visits"]) - 1
+        for position, visit in enumerate(record["visits"]):
+            codes: dict[str, tuple[str, ...]] = {}
+            for kind, key in INPUT_KINDS:
+                if kind == "medication" and position == last:
+                    codes[key] = ()  # the current visit's drugs are the prediction target
+                    continue
+                given = visit.get(key, [])
+                kept = tuple(c for c in given if c in self.known[kind])
+                if len(kept) != len(given):
+                    for code in given:
+                        if code not in self.known[kind]:
+                            unknown.append({"visit": position, "kind": kind, "code": code})
+                codes[key] = tuple(dict.fromkeys(kept))
+            visits.append(
+                Visit(
+                    visit_id=str(visit.get("id", position)),
+                    time=visit.get("time"),
+                    diagnoses=codes["diagnoses"],
+                    procedures=codes["procedures"],
+                    medications=codes["medications"],
+                )
+            )
+        if strict and unknown:
+            raise InvalidInput(
+                [
+                    InputProblem(
+                        index,
+                        json_path(["visits", u["visit"], dict(INPUT_KINDS)[u["kind"]]]),
+                        f"unknown {u['kind']} code {u['code']!r} (the model's vocabulary "
+                        "lacks it; drop --strict to ignore unknown codes)",
+                    )
+                    for u in unknown[:10]
+                ]
+            )
+        patient_id = record.get("id")
+        name = str(patient_id) if patient_id is not None else f"patient-{index}"
+        sample = Sample(
+            sample_id=f"{name}:{visits[-1].visit_id}",
+            patient_id=name,
+            history=tuple(visits[:-1]),
+            current=visits[-1],
+            profile={str(k): str(v) for k, v in record.get("profile", {}).items()},
+        )
+        return Prepared(index=index, patient_id=patient_id, sample=sample, unknown=unknown)
+
+    def prepare_all(self, records: Sequence[Any], strict: bool = False) -> list[Prepared]:
+        """All records; collects the problems of every patient before raising."""
+        prepared: list[Prepared] = []
+        problems: list[InputProblem] = []
+        for index, record in enumerate(records):
+            try:
+                prepared.append(self.prepare(record, index, strict))
+            except InvalidInput as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise InvalidInput(problems)
+        return prepared
+
+    # ------------------------------------------------------------------ output
+    def predict(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """Probabilities (N, drugs) for prepared patients."""
+        if not prepared:
+            return np.zeros((0, len(self.drugs)), dtype=np.float32)
+        prob = np.asarray(self.model.predict_proba([p.sample for p in prepared]))
+        if prob.shape != (len(prepared), len(self.drugs)):
+            raise RuntimeError(
+                f"model returned shape {prob.shape}; expected ({len(prepared)}, {len(self.drugs)})"
+            )
+        return prob
+
+    def select(self, prob: np.ndarray, ddi_safe: bool) -> np.ndarray:
+        """Boolean recommended sets (N, drugs): threshold, or the DDI-safe selection."""
+        if ddi_safe:
+            return ddi_safe_select(prob, self.ddi, self.threshold, self.margin)
+        return np.asarray(prob) >= self.threshold
+
+    def format(
+        self,
+        prepared: Prepared,
+        prob: np.ndarray,
+        chosen: np.ndarray,
+        ddi_safe: bool,
+        top: int = DEFAULT_TOP,
+    ) -> dict[str, Any]:
+        """One patient's result: ranked drugs, recommended set, DDI warnings, unknown codes."""
+        order = np.argsort(-prob, kind="stable")
+        ranked = order if top <= 0 else order[:top]
+        recommended = [int(i) for i in order if chosen[i]]
+        result: dict[str, Any] = {
+            "index": prepared.index,
+            "id": prepared.patient_id,
+            "threshold": self.threshold,
+            "ddi_safe": ddi_safe,
+            "recommended": [self._drug(i, prob) for i in recommended],
+            "ranked": [
+                {**self._drug(int(i), prob), "recommended": bool(chosen[i])} for i in ranked
+            ],
+            "ddi_warnings": [
+                {
+                    "drugs": [self._drug(a), self._drug(b)],
+                    "source": self.model.ddi_source,
+                }
+                for a, b in interacting_pairs(chosen, self.ddi)
+            ],
+            "unknown_codes": prepared.unknown,
+        }
+        if ddi_safe:
+            withheld = [int(i) for i in order if prob[i] >= self.threshold and not chosen[i]]
+            result["withheld_for_ddi"] = [
+                {
+                    **self._drug(i, prob),
+                    "interacts_with": [self.drugs[j] for j in recommended if self.ddi[i, j]],
+                }
+                for i in withheld
+            ]
+        return result
+
+    def _drug(self, i: int, prob: np.ndarray | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.drugs[i], "name": self.drug_names[i]}
+        if prob is not None:
+            out["probability"] = round(float(prob[i]), 4)
+        return out
+
+    def recommend(
+        self,
+        records: Sequence[Any],
+        strict: bool = False,
+        ddi_safe: bool = False,
+        top: int = DEFAULT_TOP,
+    ) -> list[dict[str, Any]]:
+        """Results for raw patient records (validated here), in input order."""
+        prepared = self.prepare_all(records, strict)
+        return self.results(prepared, self.predict(prepared), ddi_safe, top)
+
+    def results(
+        self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
+    ) -> list[dict[str, Any]]:
+        chosen = self.select(prob, ddi_safe)
+        return [
+            self.format(p, prob[row], chosen[row], ddi_safe, top) for row, p in enumerate(prepared)
+        ]
+
+
+class InvalidInput(LeaderError):
+    """Input that does not match the patient schema (or, with --strict, unknown codes)."""
+
+    def __init__(self, problems: list[InputProblem]) -> None:
+        self.problems = problems
+        shown = "; ".join(str(p) for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"invalid patient input: {shown}{more}")
+
+
+# ------------------------------------------------------------------------------- runs
+def load_model(run_dir: str | os.PathLike[str]) -> Predictor:
+    """The trained student of a run folder (safetensors + JSON; nothing is unpickled)."""
+    root = Path(run_dir)
+    if not (root / "config.json").is_file():
+        raise LeaderError(
+            f"{root}: not a student run folder (no config.json); train one with "
+            "`leader student train` and pass its --out folder"
+        )
+    from leader.student import LeaderStudent
+
+    return LeaderStudent.from_pretrained(root)  # type: ignore[no-any-return]
+
+
+def run_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's metrics.json ({} when absent or unreadable)."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
