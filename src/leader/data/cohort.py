@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from leader import __version__
 from leader.data.store import KIND_COLUMNS, KINDS, UNKNOWN, VisitDataset, Vocabulary
@@ -95,6 +97,26 @@ class Funnel:
             )
 
 
+def isin(values: pd.Series, allowed: pd.Series | list[str] | set[str]) -> np.ndarray:
+    """Vectorised membership test for string columns (pandas' isin is slow on Arrow strings)."""
+    value_set = pa.array(sorted(allowed) if isinstance(allowed, set)
+                         else pd.Series(allowed, dtype="string[pyarrow]"), pa.string())
+    array = pa.array(values.astype("string[pyarrow]"), pa.string())
+    return np.asarray(pc.is_in(array, value_set=value_set).to_numpy(zero_copy_only=False))
+
+
+def code_lists(visit_ids: pd.Series, row_visits: pd.Series, row_codes: pd.Series) -> list[list[str]]:
+    """For each id in ``visit_ids``, its codes in row order (rows are ``row_visits``/``row_codes``)."""
+    position = pd.Index(visit_ids.astype(str)).get_indexer(row_visits.astype(str))
+    order = np.argsort(position, kind="stable")
+    sorted_codes = np.asarray(row_codes.astype(str).to_numpy(dtype=object))[order]
+    counts = np.bincount(position[position >= 0], minlength=len(visit_ids))
+    # position -1 (a row whose visit is not listed) sorts first: skip those rows.
+    start = int((position < 0).sum())
+    bounds = np.cumsum(counts)[:-1] + start
+    return [chunk.tolist() for chunk in np.split(sorted_codes[start:], bounds - start)]
+
+
 def top_codes(codes: pd.DataFrame, kind: str, k: int | None) -> list[str]:
     """Codes of ``kind`` by visit frequency, ties by code ascending; the first ``k``."""
     of_kind = codes.loc[codes["kind"] == kind, "code"]
@@ -128,7 +150,7 @@ def build(
 ) -> VisitDataset:
     """Apply rules 4-9 of the recipe and assemble the dataset (not yet written)."""
     visits = raw.visits.sort_values(["patient_id", "time", "visit_id"], kind="stable")
-    codes = raw.codes[raw.codes["visit_id"].isin(set(visits["visit_id"]))]
+    codes = raw.codes[isin(raw.codes["visit_id"], visits["visit_id"])]
     funnel = Funnel(visits, raw.funnel)
 
     progress("top-k codes")
@@ -141,7 +163,7 @@ def build(
         ranked_all = top_codes(codes, kind, None)
         kept = ranked_all if limits[kind] is None else ranked_all[: limits[kind]]
         of_kind = codes[codes["kind"] == kind]
-        in_top = of_kind["code"].isin(set(kept))
+        in_top = isin(of_kind["code"], set(kept))
         kept_parts.append(of_kind[in_top])
         top_k_report[kind] = {
             "codes_seen": len(ranked_all),
@@ -151,8 +173,7 @@ def build(
     codes = pd.concat(kept_parts, ignore_index=True)
 
     for kind in KINDS:
-        with_kind = set(codes.loc[codes["kind"] == kind, "visit_id"])
-        visits = visits[visits["visit_id"].isin(with_kind)]
+        visits = visits[isin(visits["visit_id"], codes.loc[codes["kind"] == kind, "visit_id"])]
         funnel.record(f"visit has no {kind} (after top-k)", visits)
 
     per_patient = visits.groupby("patient_id")["visit_id"].transform("size")
@@ -160,14 +181,13 @@ def build(
     funnel.record(f"patient has fewer than {options.min_visits} kept visits", visits)
 
     progress("assembling visits")
-    codes = codes[codes["visit_id"].isin(set(visits["visit_id"]))]
-    lists = codes.groupby(["visit_id", "kind"], sort=False)["code"].agg(list)
+    codes = codes[isin(codes["visit_id"], visits["visit_id"])]
     table = visits[["patient_id", "visit_id", "time"]].reset_index(drop=True)
     for kind, column in KIND_COLUMNS.items():
-        of_kind = lists.xs(kind, level="kind")
-        table[column] = table["visit_id"].map(of_kind)
+        of_kind = codes[codes["kind"] == kind]
+        table[column] = code_lists(table["visit_id"], of_kind["visit_id"], of_kind["code"])
         # Vocabulary order = frequency rank among the kept visits, ties by code.
-        vocab_codes[kind] = top_codes(codes, kind, None)
+        vocab_codes[kind] = top_codes(of_kind, kind, None)
 
     profiles = _profiles(raw, table)
     patients = sorted(table["patient_id"].unique().tolist())
