@@ -1,0 +1,112 @@
+"""The contract every baseline follows, and the small helpers they share for saving.
+
+A recommender is built from a typed dataclass config, learns from a dataset directory and
+scores samples::
+
+    model = Popularity(PopularityConfig()).fit(dataset)    # returns self
+    probabilities = model.predict_proba(samples)           # (samples, drugs) in [0, 1]
+    model.save_pretrained("runs/popularity")               # config.json + *.safetensors + vocab.json
+    same = Popularity.from_pretrained("runs/popularity")
+
+Probabilities are thresholded by the caller (0.5 by default, DESIGN.md); sequence decoders
+(LEAP, COGNet) return scores whose ``>= 0.5`` set is exactly their decoded set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+
+import numpy as np
+
+from leader.data.store import Sample, VisitDataset, Vocabulary, write_json_atomic
+from leader.errors import LeaderError
+
+FORMAT_VERSION = 1
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """What ``leader benchmark`` needs from a model."""
+
+    name: ClassVar[str]
+
+    def fit(
+        self,
+        dataset: VisitDataset,
+        run_dir: Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> Self: ...
+
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray: ...
+
+    def save_pretrained(self, directory: str | Path) -> Path: ...
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Self: ...
+
+    def num_parameters(self) -> int: ...
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(cls: type[ConfigT], data: dict[str, Any], source: str) -> ConfigT:
+    """Build a dataclass config; unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LeaderError(
+            f"{source}: unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    return cls(**data)
+
+
+def write_config(directory: Path, name: str, config: Any, meta: dict[str, Any]) -> None:
+    write_json_atomic(
+        directory / "config.json",
+        {
+            "model": name,
+            "format_version": FORMAT_VERSION,
+            "config": dataclasses.asdict(config),
+            "meta": meta,
+        },
+    )
+
+
+def read_config(directory: str | Path, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, meta dict) of a saved model; checks it is the expected model."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise LeaderError(f"{path}: missing; is {directory} a folder written by save_pretrained?")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model") != expected:
+        raise LeaderError(f"{path}: holds model {data.get('model')!r}, not {expected!r}")
+    return dict(data["config"]), dict(data.get("meta", {}))
+
+
+def write_vocab(directory: Path, vocab: Vocabulary) -> None:
+    write_json_atomic(directory / "vocab.json", vocab.to_json())
+
+
+def read_vocab(directory: str | Path) -> Vocabulary:
+    path = Path(directory) / "vocab.json"
+    if not path.exists():
+        raise LeaderError(f"{path}: missing; the model folder is incomplete, save it again")
+    return Vocabulary.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def training_samples(dataset: VisitDataset, name: str) -> list[Sample]:
+    samples = dataset.samples("train")
+    if not samples:
+        raise LeaderError(f"{name}: the dataset's train split has no samples; check splits.json")
+    return samples
+
+
+def drug_frequency(dataset: VisitDataset, samples: Sequence[Sample]) -> np.ndarray:
+    """Share of training samples that received each drug, shape (drugs,)."""
+    return dataset.targets(samples).mean(axis=0) if samples else np.zeros(0, np.float32)
