@@ -43,9 +43,21 @@ def replicate(demo: Path, copies: int, out: Path) -> None:
 
 
 def run_once(data: Path, resources: Path, out: Path) -> tuple[float, float]:
-    command = [sys.executable, "-m", "leader", "prepare", "mimic3", "--data", str(data),
-               "--resources", str(resources), "--ddi", str(resources / "ddi_atc3_pairs.csv"),
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "leader",
+        "prepare",
+        "mimic3",
+        "--data",
+        str(data),
+        "--resources",
+        str(resources),
+        "--ddi",
+        str(resources / "ddi_atc3_pairs.csv"),
+        "--out",
+        str(out),
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -67,12 +79,16 @@ def main() -> None:
             data = Path(tmp) / "mimic"
             replicate(args.data / "mimic-iii-demo", copies, data)
             rows = sum(1 for _ in (data / "PRESCRIPTIONS.csv").open()) - 1
-            results = [run_once(data, args.data / "resources", Path(tmp) / f"out{i}")
-                       for i in range(args.repeats)]
+            results = [
+                run_once(data, args.data / "resources", Path(tmp) / f"out{i}")
+                for i in range(args.repeats)
+            ]
             seconds = statistics.median(r[0] for r in results)
             # Each copy runs in a fresh child: a separate process per N gives its own peak.
-            print(f"{copies:>5} {129 * copies:>10} {rows:>9} {seconds:>9.2f} "
-                  f"{max(r[1] for r in results):>9.0f}")
+            print(
+                f"{copies:>5} {129 * copies:>10} {rows:>9} {seconds:>9.2f} "
+                f"{max(r[1] for r in results):>9.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def test_prauc_matches_sklearn_with_ties() -> None:
     y_true[:, 0] = 1
     y_prob = np.round(rng.random((50, 30)), 1)  # many ties
     ours = metrics.compute(y_true, y_prob)["prauc"]
-    theirs = np.mean([average_precision_score(t, p) for t, p in zip(y_true, y_prob)])
+    theirs = np.mean([average_precision_score(t, p) for t, p in zip(y_true, y_prob, strict=True)])
     assert ours == pytest.approx(theirs, abs=1e-12)
 
 

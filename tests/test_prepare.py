@@ -73,8 +73,11 @@ def mimic3_tables(root: Path, upper: bool = True) -> Path:
             "subject_id": [1, 1, 2, 3, 4],
             "hadm_id": [11, 10, 20, 30, 40],
             "admittime": [
-                "2100-06-01 10:00:00", "2100-01-01 10:00:00", "2101-01-01 00:00:00",
-                "2102-01-01 00:00:00", "2103-01-01 00:00:00",
+                "2100-06-01 10:00:00",
+                "2100-01-01 10:00:00",
+                "2101-01-01 00:00:00",
+                "2102-01-01 00:00:00",
+                "2103-01-01 00:00:00",
             ],
             "insurance": ["Private", "Medicare", "Medicaid", "Private", "Private"],
             "language": ["ENGL", "ENGL", None, "SPAN", "ENGL"],
@@ -88,8 +91,12 @@ def mimic3_tables(root: Path, upper: bool = True) -> Path:
         {
             "subject_id": [1, 2, 3, 4],
             "gender": ["F", "M", "F", "M"],
-            "dob": ["2040-03-01 00:00:00", "1801-01-01 00:00:00", "2050-01-01 00:00:00",
-                    "2070-01-01 00:00:00"],
+            "dob": [
+                "2040-03-01 00:00:00",
+                "1801-01-01 00:00:00",
+                "2050-01-01 00:00:00",
+                "2070-01-01 00:00:00",
+            ],
         }
     )
     _write(root / "PATIENTS.csv.gz", case(patients))
@@ -102,21 +109,38 @@ def mimic3_tables(root: Path, upper: bool = True) -> Path:
     )
     _write(root / "DIAGNOSES_ICD.csv", case(diagnoses))
     procedures = pd.DataFrame(
-        {"hadm_id": [10, 11, 20, 40], "seq_num": [1, 1, 1, 1],
-         "icd9_code": ["3893", "3893", "9604", "3893"]}
+        {
+            "hadm_id": [10, 11, 20, 40],
+            "seq_num": [1, 1, 1, 1],
+            "icd9_code": ["3893", "3893", "9604", "3893"],
+        }
     )
     _write(root / "PROCEDURES_ICD.csv", case(procedures))
     prescriptions = pd.DataFrame(
         {
             "hadm_id": [10, 10, 10, 10, 10, 11, 11, 20, 20, 30, 40],
-            "ndc": ["00000000002", "00000000001", None, "0", "00000000002", "00000000003",
-                    "00000000005", "00000000001", "00000000006", "00000000004", "00000000004"],
+            "ndc": [
+                "00000000002",
+                "00000000001",
+                None,
+                "0",
+                "00000000002",
+                "00000000003",
+                "00000000005",
+                "00000000001",
+                "00000000006",
+                "00000000004",
+                "00000000004",
+            ],
         }
     )
     _write(root / "PRESCRIPTIONS.csv", case(prescriptions))
     names = pd.DataFrame(
-        {"icd9_code": ["4019", "4280"], "short_title": ["Hypertension NOS", "CHF NOS"],
-         "long_title": ["Unspecified essential hypertension", "Congestive heart failure"]}
+        {
+            "icd9_code": ["4019", "4280"],
+            "short_title": ["Hypertension NOS", "CHF NOS"],
+            "long_title": ["Unspecified essential hypertension", "Congestive heart failure"],
+        }
     )
     _write(root / "D_ICD_DIAGNOSES.csv", case(names))
     return root
@@ -128,8 +152,13 @@ def mimic3_tables(root: Path, upper: bool = True) -> Path:
 def test_mimic3_rules(tmp_path: Path, resources: Path) -> None:
     data = mimic3_tables(tmp_path / "m3")
     ds = prepare_mimic3(
-        data, resources, tmp_path / "out", ndc_maps=[resources / "extra.csv"],
-        ddi=resources / "ddi.csv", atc_names=resources / "atc.csv", split=(1, 0, 0),
+        data,
+        resources,
+        tmp_path / "out",
+        ndc_maps=[resources / "extra.csv"],
+        ddi=resources / "ddi.csv",
+        atc_names=resources / "atc.csv",
+        split=(1, 0, 0),
     )
     ds = VisitDataset.load(tmp_path / "out")
     visits = ds.visits.set_index("visit_id")
@@ -205,8 +234,17 @@ def test_missing_column_exits_2_with_one_line(tmp_path: Path, resources: Path) -
     frame = pd.read_csv(data / "PRESCRIPTIONS.csv").drop(columns="NDC")
     frame.to_csv(data / "PRESCRIPTIONS.csv", index=False)
     result = CliRunner().invoke(
-        app, ["prepare", "mimic3", "--data", str(data), "--resources", str(resources),
-              "--out", str(tmp_path / "out")],
+        app,
+        [
+            "prepare",
+            "mimic3",
+            "--data",
+            str(data),
+            "--resources",
+            str(resources),
+            "--out",
+            str(tmp_path / "out"),
+        ],
     )
     assert result.exit_code == 2 or isinstance(result.exception, LeaderError)
     message = str(result.exception) if result.exception else result.output
@@ -220,9 +258,21 @@ def test_cli_error_is_one_line(tmp_path: Path, resources: Path) -> None:
     data = mimic3_tables(tmp_path / "m3")
     (data / "PATIENTS.csv.gz").unlink()
     run = subprocess.run(
-        [sys.executable, "-m", "leader", "prepare", "mimic3", "--data", str(data),
-         "--resources", str(resources), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "leader",
+            "prepare",
+            "mimic3",
+            "--data",
+            str(data),
+            "--resources",
+            str(resources),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0
@@ -280,28 +330,77 @@ def test_twosides_recipe_keeps_rarest_side_effects(tmp_path: Path) -> None:
 def test_mimic4_keeps_icd9_and_icd10_apart(tmp_path: Path, resources: Path) -> None:
     root = tmp_path / "hosp"
     root.mkdir()
-    _write(root / "admissions.csv.gz", pd.DataFrame({
-        "subject_id": [1, 1, 2], "hadm_id": [10, 11, 20],
-        "admittime": ["2150-01-01 00:00:00", "2151-01-01 00:00:00", "2160-05-05 00:00:00"],
-        "insurance": ["Medicare", "Medicare", "Other"], "language": ["ENGLISH", "ENGLISH", "?"],
-        "marital_status": ["WIDOWED", "WIDOWED", None], "race": ["WHITE", "WHITE", "ASIAN"],
-        "admission_type": ["URGENT", "EW EMER.", "ELECTIVE"]}))
-    _write(root / "patients.csv.gz", pd.DataFrame({
-        "subject_id": [1, 2], "gender": ["F", "M"], "anchor_age": [70, 91],
-        "anchor_year": [2150, 2160]}))
-    _write(root / "diagnoses_icd.csv.gz", pd.DataFrame({
-        "subject_id": [1, 1, 1, 2], "hadm_id": [10, 10, 11, 20], "seq_num": [1, 2, 1, 1],
-        # "4280" exists as ICD-9 (CHF) and, hypothetically, as an ICD-10 string: never merged.
-        "icd_code": ["4280", "I10", "4280", "4280"], "icd_version": [9, 10, 10, 9]}))
-    _write(root / "procedures_icd.csv.gz", pd.DataFrame({
-        "subject_id": [1, 1, 2], "hadm_id": [10, 11, 20], "seq_num": [1, 1, 1],
-        "icd_code": ["3893", "02HV33Z", "3893"], "icd_version": [9, 10, 9]}))
-    _write(root / "prescriptions.csv.gz", pd.DataFrame({
-        "subject_id": [1, 1, 2, 2], "hadm_id": [10, 11, 20, 20],
-        "ndc": ["00000000001", "00000000002", "00000000003", ""]}))
-    _write(root / "d_icd_diagnoses.csv.gz", pd.DataFrame({
-        "icd_code": ["4280", "I10"], "icd_version": [9, 10],
-        "long_title": ["Congestive heart failure, unspecified", "Essential hypertension"]}))
+    _write(
+        root / "admissions.csv.gz",
+        pd.DataFrame(
+            {
+                "subject_id": [1, 1, 2],
+                "hadm_id": [10, 11, 20],
+                "admittime": ["2150-01-01 00:00:00", "2151-01-01 00:00:00", "2160-05-05 00:00:00"],
+                "insurance": ["Medicare", "Medicare", "Other"],
+                "language": ["ENGLISH", "ENGLISH", "?"],
+                "marital_status": ["WIDOWED", "WIDOWED", None],
+                "race": ["WHITE", "WHITE", "ASIAN"],
+                "admission_type": ["URGENT", "EW EMER.", "ELECTIVE"],
+            }
+        ),
+    )
+    _write(
+        root / "patients.csv.gz",
+        pd.DataFrame(
+            {
+                "subject_id": [1, 2],
+                "gender": ["F", "M"],
+                "anchor_age": [70, 91],
+                "anchor_year": [2150, 2160],
+            }
+        ),
+    )
+    _write(
+        root / "diagnoses_icd.csv.gz",
+        pd.DataFrame(
+            {
+                "subject_id": [1, 1, 1, 2],
+                "hadm_id": [10, 10, 11, 20],
+                "seq_num": [1, 2, 1, 1],
+                # "4280" as ICD-9 (CHF) and, hypothetically, as ICD-10: never merged.
+                "icd_code": ["4280", "I10", "4280", "4280"],
+                "icd_version": [9, 10, 10, 9],
+            }
+        ),
+    )
+    _write(
+        root / "procedures_icd.csv.gz",
+        pd.DataFrame(
+            {
+                "subject_id": [1, 1, 2],
+                "hadm_id": [10, 11, 20],
+                "seq_num": [1, 1, 1],
+                "icd_code": ["3893", "02HV33Z", "3893"],
+                "icd_version": [9, 10, 9],
+            }
+        ),
+    )
+    _write(
+        root / "prescriptions.csv.gz",
+        pd.DataFrame(
+            {
+                "subject_id": [1, 1, 2, 2],
+                "hadm_id": [10, 11, 20, 20],
+                "ndc": ["00000000001", "00000000002", "00000000003", ""],
+            }
+        ),
+    )
+    _write(
+        root / "d_icd_diagnoses.csv.gz",
+        pd.DataFrame(
+            {
+                "icd_code": ["4280", "I10"],
+                "icd_version": [9, 10],
+                "long_title": ["Congestive heart failure, unspecified", "Essential hypertension"],
+            }
+        ),
+    )
     ds = prepare_mimic4(root, resources, tmp_path / "out", split=(1, 0, 0))
     codes = ds.vocab.codes["diagnosis"]
     assert set(codes) == {"icd9:4280", "icd10:I10", "icd10:4280"}
@@ -340,8 +439,12 @@ def test_events_order_names_and_counted_drops(tmp_path: Path) -> None:
     pd.DataFrame({"patient_id": ["a", "b"], "sex": ["F", None], "ward": ["ICU", "CCU"]}).to_csv(
         tmp_path / "profiles.csv", index=False
     )
-    ds = prepare_events(tmp_path / "events.parquet", tmp_path / "out",
-                        profiles=tmp_path / "profiles.csv", split=(1, 0, 0))
+    ds = prepare_events(
+        tmp_path / "events.parquet",
+        tmp_path / "out",
+        profiles=tmp_path / "profiles.csv",
+        split=(1, 0, 0),
+    )
     assert [v.visit_id for v in ds.patient_visits("a")] == ["v1", "v2"]
     assert ds.vocab.name("diagnosis", "D1") == "Dx one"
     assert ds.vocab.name("medication", "M1") == "M1"
@@ -358,18 +461,33 @@ def test_events_order_names_and_counted_drops(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_mimic3_demo(test_data: Path, tmp_path: Path) -> None:
     res = test_data / "resources"
-    result = CliRunner().invoke(app, [
-        "prepare", "mimic3", "--data", str(test_data / "mimic-iii-demo"), "--resources",
-        str(res), "--ddi", str(res / "ddi_atc3_pairs.csv"), "--atc-names",
-        str(res / "atc_names_who_2021-12-03.csv"), "--out", str(tmp_path / "m3"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prepare",
+            "mimic3",
+            "--data",
+            str(test_data / "mimic-iii-demo"),
+            "--resources",
+            str(res),
+            "--ddi",
+            str(res / "ddi_atc3_pairs.csv"),
+            "--atc-names",
+            str(res / "atc_names_who_2021-12-03.csv"),
+            "--out",
+            str(tmp_path / "m3"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     stats = VisitDataset.load(tmp_path / "m3").stats
     assert stats["funnel"][0] == {"rule": "visits read", "visits": 129, "patients": 100}
     assert (stats["patients"], stats["visits"]) == (82, 107)
     assert (stats["single_visit_patients"], stats["multi_visit_patients"]) == (71, 11)
     assert (stats["diagnosis_codes"], stats["procedure_codes"], stats["medication_codes"]) == (
-        523, 157, 110)
+        523,
+        157,
+        110,
+    )
     assert stats["mean_medications_per_visit"] == pytest.approx(18.9065, abs=1e-3)
     assert stats["prescription_rows"] == 10398
     assert stats["mapped_share"] == pytest.approx(0.8096, abs=1e-4)

@@ -58,7 +58,9 @@ def test_resume_ends_where_uninterrupted_run_ends(tmp_path: Path) -> None:
     resumed, resumed_model = _run(tmp_path / "b", epochs=8, resume=True)
     assert resumed.epochs_run == 8
     assert [h["val"] for h in resumed.history] == [h["val"] for h in full.history]
-    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+    for a, b in zip(
+        full_model.state_dict().values(), resumed_model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 

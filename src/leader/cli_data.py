@@ -37,7 +37,12 @@ Samples = Annotated[str, typer.Option(help="Default samples: 'all' visits or 'la
 
 
 def _cohort_options(
-    top_med: int, top_diag: int, top_proc: int, min_visits: int, split: str, seed: int,
+    top_med: int,
+    top_diag: int,
+    top_proc: int,
+    min_visits: int,
+    split: str,
+    seed: int,
     samples: str,
 ) -> dict[str, Any]:
     from leader.errors import LeaderError
@@ -76,10 +81,19 @@ def print_summary(stats: dict[str, Any], out: Path | None = None) -> None:
     console = Console()
     summary = Table(title=f"Cohort{f' ({out})' if out else ''}", show_header=False)
     for key in (
-        "patients", "visits", "single_visit_patients", "multi_visit_patients",
-        "diagnosis_codes", "procedure_codes", "medication_codes",
-        "mean_diagnoses_per_visit", "mean_procedures_per_visit", "mean_medications_per_visit",
-        "ddi_pairs", "prescription_rows", "mapped_share",
+        "patients",
+        "visits",
+        "single_visit_patients",
+        "multi_visit_patients",
+        "diagnosis_codes",
+        "procedure_codes",
+        "medication_codes",
+        "mean_diagnoses_per_visit",
+        "mean_procedures_per_visit",
+        "mean_medications_per_visit",
+        "ddi_pairs",
+        "prescription_rows",
+        "mapped_share",
     ):
         if key in stats:
             summary.add_row(key, str(stats[key]))
@@ -101,8 +115,13 @@ def print_summary(stats: dict[str, Any], out: Path | None = None) -> None:
 @prepare_app.command("mimic3")
 def prepare_mimic3_command(
     data: Annotated[Path, typer.Option(help="Folder with the MIMIC-III tables.")],
-    resources: Annotated[Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, "
-                                            "rxcui2atc4.csv (see ../shared/data/resources).")],
+    resources: Annotated[
+        Path,
+        typer.Option(
+            help="Folder with ndc2rxnorm_mapping.txt, "
+            "rxcui2atc4.csv (see ../shared/data/resources)."
+        ),
+    ],
     out: Out,
     ndc_map: NdcMap = None,
     ddi: Ddi = None,
@@ -122,17 +141,31 @@ def prepare_mimic3_command(
     from leader.data.prepare import prepare_mimic3
 
     options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
-    _run("mimic3", out, lambda progress: prepare_mimic3(
-        data, resources, out, ndc_maps=ndc_map or [], ddi=ddi, twosides=twosides,
-        drug_atc=drug_atc, ddi_side_effects=ddi_side_effects, atc_names=atc_names,
-        progress=progress, **options))
+    _run(
+        "mimic3",
+        out,
+        lambda progress: prepare_mimic3(
+            data,
+            resources,
+            out,
+            ndc_maps=ndc_map or [],
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            progress=progress,
+            **options,
+        ),
+    )
 
 
 @prepare_app.command("mimic4")
 def prepare_mimic4_command(
     data: Annotated[Path, typer.Option(help="The MIMIC-IV hosp/ folder.")],
-    resources: Annotated[Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, "
-                                            "rxcui2atc4.csv.")],
+    resources: Annotated[
+        Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, rxcui2atc4.csv.")
+    ],
     out: Out,
     ndc_map: NdcMap = None,
     ddi: Ddi = None,
@@ -140,8 +173,9 @@ def prepare_mimic4_command(
     drug_atc: DrugAtc = None,
     ddi_side_effects: SideEffects = 40,
     atc_names: AtcNames = None,
-    patient_fraction: Annotated[float, typer.Option(
-        help="Keep a random share of patients (the paper: 0.15).")] = 1.0,
+    patient_fraction: Annotated[
+        float, typer.Option(help="Keep a random share of patients (the paper: 0.15).")
+    ] = 1.0,
     top_med: TopMed = 300,
     top_diag: TopDiag = 2000,
     top_proc: TopProc = 0,
@@ -154,19 +188,39 @@ def prepare_mimic4_command(
     from leader.data.prepare import prepare_mimic4
 
     options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
-    _run("mimic4", out, lambda progress: prepare_mimic4(
-        data, resources, out, ndc_maps=ndc_map or [], ddi=ddi, twosides=twosides,
-        drug_atc=drug_atc, ddi_side_effects=ddi_side_effects, atc_names=atc_names,
-        patient_fraction=patient_fraction, progress=progress, **options))
+    _run(
+        "mimic4",
+        out,
+        lambda progress: prepare_mimic4(
+            data,
+            resources,
+            out,
+            ndc_maps=ndc_map or [],
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            patient_fraction=patient_fraction,
+            progress=progress,
+            **options,
+        ),
+    )
 
 
 @prepare_app.command("events")
 def prepare_events_command(
-    events: Annotated[Path, typer.Option(help="Event table: patient_id, visit_id, visit_time, "
-                                         "kind, code[, name] (CSV, CSV.GZ or Parquet).")],
+    events: Annotated[
+        Path,
+        typer.Option(
+            help="Event table: patient_id, visit_id, visit_time, "
+            "kind, code[, name] (CSV, CSV.GZ or Parquet)."
+        ),
+    ],
     out: Out,
-    profiles: Annotated[Path | None, typer.Option(help="Profile table: patient_id + any "
-                                                  "columns.")] = None,
+    profiles: Annotated[
+        Path | None, typer.Option(help="Profile table: patient_id + any columns.")
+    ] = None,
     ddi: Ddi = None,
     twosides: Twosides = None,
     drug_atc: DrugAtc = None,
@@ -184,9 +238,22 @@ def prepare_events_command(
     from leader.data.prepare import prepare_events
 
     options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
-    _run("events", out, lambda progress: prepare_events(
-        events, out, profiles=profiles, ddi=ddi, twosides=twosides, drug_atc=drug_atc,
-        ddi_side_effects=ddi_side_effects, atc_names=atc_names, progress=progress, **options))
+    _run(
+        "events",
+        out,
+        lambda progress: prepare_events(
+            events,
+            out,
+            profiles=profiles,
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            progress=progress,
+            **options,
+        ),
+    )
 
 
 def stats_command(

@@ -96,7 +96,9 @@ def fit(
     best_weights = _clone_state(model)
     if resume and run_dir is not None and (run_dir / "checkpoint" / "state.json").exists():
         state, best_weights = _load_checkpoint(run_dir / "checkpoint", model, optimizer)
-        log(f"resumed after epoch {state.epoch} (best {state.best_score:.4f} at {state.best_epoch})")
+        log(
+            f"resumed after epoch {state.epoch} (best {state.best_score:.4f} at {state.best_epoch})"
+        )
     start = time.perf_counter() - state.seconds
     while state.epoch < config.epochs and state.since_best < config.patience:
         epoch = state.epoch + 1

@@ -99,14 +99,20 @@ class Funnel:
 
 def isin(values: pd.Series, allowed: pd.Series | list[str] | set[str]) -> np.ndarray:
     """Vectorised membership test for string columns (pandas' isin is slow on Arrow strings)."""
-    value_set = pa.array(sorted(allowed) if isinstance(allowed, set)
-                         else pd.Series(allowed, dtype="string[pyarrow]"), pa.string())
+    value_set = pa.array(
+        sorted(allowed)
+        if isinstance(allowed, set)
+        else pd.Series(allowed, dtype="string[pyarrow]"),
+        pa.string(),
+    )
     array = pa.array(values.astype("string[pyarrow]"), pa.string())
     return np.asarray(pc.is_in(array, value_set=value_set).to_numpy(zero_copy_only=False))
 
 
-def code_lists(visit_ids: pd.Series, row_visits: pd.Series, row_codes: pd.Series) -> list[list[str]]:
-    """For each id in ``visit_ids``, its codes in row order (rows are ``row_visits``/``row_codes``)."""
+def code_lists(
+    visit_ids: pd.Series, row_visits: pd.Series, row_codes: pd.Series
+) -> list[list[str]]:
+    """For each id in ``visit_ids``, its codes in row order (rows: visit id, code)."""
     position = pd.Index(visit_ids.astype(str)).get_indexer(row_visits.astype(str))
     order = np.argsort(position, kind="stable")
     sorted_codes = np.asarray(row_codes.astype(str).to_numpy(dtype=object))[order]
@@ -154,8 +160,11 @@ def build(
     funnel = Funnel(visits, raw.funnel)
 
     progress("top-k codes")
-    limits = {"medication": options.top_med, "diagnosis": options.top_diag,
-              "procedure": options.top_proc}
+    limits = {
+        "medication": options.top_med,
+        "diagnosis": options.top_diag,
+        "procedure": options.top_proc,
+    }
     vocab_codes: dict[str, list[str]] = {}
     top_k_report: dict[str, dict[str, int]] = {}
     kept_parts = []
@@ -194,12 +203,19 @@ def build(
     splits = split_patients(patients, options.split, options.seed)
     vocab = Vocabulary(
         codes=vocab_codes,
-        names={k: {c: n for c, n in raw.names.get(k, {}).items() if c in set(vocab_codes[k])}
-               for k in KINDS},
+        names={
+            k: {c: n for c, n in raw.names.get(k, {}).items() if c in set(vocab_codes[k])}
+            for k in KINDS
+        },
     )
     known = set(vocab_codes["medication"])
-    ddi_pairs = sorted({tuple(sorted(p)) for p in raw.ddi_pairs
-                        if p[0] in known and p[1] in known and p[0] != p[1]})
+    ddi_pairs = sorted(
+        {
+            tuple(sorted(p))
+            for p in raw.ddi_pairs
+            if p[0] in known and p[1] in known and p[0] != p[1]
+        }
+    )
     stats = _stats(table, vocab, raw, funnel, top_k_report, splits, len(ddi_pairs))
     manifest = {
         "source": raw.source,

@@ -46,8 +46,10 @@ def _finish(
         raw.ddi_source = f"TWOSIDES ({Path(twosides).name}, {ddi_side_effects} rarest side effects)"
         raw.inputs += [Path(twosides), Path(drug_atc)]
     if atc_names is not None:
-        raw.names["medication"] = {**raw.names.get("medication", {}),
-                                   **read_atc_names(Path(atc_names))}
+        raw.names["medication"] = {
+            **raw.names.get("medication", {}),
+            **read_atc_names(Path(atc_names)),
+        }
         raw.inputs.append(Path(atc_names))
     dataset = build(raw, options, progress)
     progress("writing")
@@ -75,8 +77,17 @@ def prepare_mimic3(
     progress("reading MIMIC-III tables")
     raw = read_mimic3(Path(data), Path(resources), [Path(p) for p in ndc_maps])
     raw.options = {"data": str(data), "resources": str(resources)}
-    return _finish(raw, out, CohortOptions(**options), ddi, twosides, drug_atc,
-                   ddi_side_effects, atc_names, progress)
+    return _finish(
+        raw,
+        out,
+        CohortOptions(**options),
+        ddi,
+        twosides,
+        drug_atc,
+        ddi_side_effects,
+        atc_names,
+        progress,
+    )
 
 
 def prepare_mimic4(
@@ -99,12 +110,21 @@ def prepare_mimic4(
 
     progress("reading MIMIC-IV tables")
     cohort_options = CohortOptions(**options)
-    raw = read_mimic4(Path(data), Path(resources), [Path(p) for p in ndc_maps],
-                      patient_fraction, cohort_options.seed)
-    raw.options = {"data": str(data), "resources": str(resources),
-                   "patient_fraction": patient_fraction}
-    return _finish(raw, out, cohort_options, ddi, twosides, drug_atc,
-                   ddi_side_effects, atc_names, progress)
+    raw = read_mimic4(
+        Path(data),
+        Path(resources),
+        [Path(p) for p in ndc_maps],
+        patient_fraction,
+        cohort_options.seed,
+    )
+    raw.options = {
+        "data": str(data),
+        "resources": str(resources),
+        "patient_fraction": patient_fraction,
+    }
+    return _finish(
+        raw, out, cohort_options, ddi, twosides, drug_atc, ddi_side_effects, atc_names, progress
+    )
 
 
 def prepare_events(
@@ -126,5 +146,14 @@ def prepare_events(
     progress("reading events")
     raw = read_events(Path(events), Path(profiles) if profiles is not None else None)
     raw.options = {"events": str(events), "profiles": str(profiles) if profiles else None}
-    return _finish(raw, out, CohortOptions(**options), ddi, twosides, drug_atc,
-                   ddi_side_effects, atc_names, progress)
+    return _finish(
+        raw,
+        out,
+        CohortOptions(**options),
+        ddi,
+        twosides,
+        drug_atc,
+        ddi_side_effects,
+        atc_names,
+        progress,
+    )

@@ -123,7 +123,9 @@ class Vocabulary:
         return {
             kind: {
                 "codes": list(self.codes[kind]),
-                "names": {c: self.names[kind][c] for c in self.codes[kind] if c in self.names[kind]},
+                "names": {
+                    c: self.names[kind][c] for c in self.codes[kind] if c in self.names[kind]
+                },
             }
             for kind in KINDS
         }
@@ -155,7 +157,9 @@ class VisitDataset:
     def load(cls, path: str | os.PathLike[str]) -> VisitDataset:
         root = Path(path)
         if not root.is_dir():
-            raise LeaderError(f"{root}: no dataset directory here; create one with `leader prepare`")
+            raise LeaderError(
+                f"{root}: no dataset directory here; create one with `leader prepare`"
+            )
         missing = [f for f in FILES if not (root / f).exists()]
         if missing:
             raise LeaderError(
@@ -313,11 +317,13 @@ def _write_visits(visits: pd.DataFrame, path: Path) -> None:
         {
             "patient_id": pa.array(visits["patient_id"].astype(str).tolist(), pa.string()),
             "visit_id": pa.array(visits["visit_id"].astype(str).tolist(), pa.string()),
-            "time": pa.array(pd.to_datetime(visits["time"]).astype("datetime64[us]"),
-                             pa.timestamp("us")),
+            "time": pa.array(
+                pd.to_datetime(visits["time"]).astype("datetime64[us]"), pa.timestamp("us")
+            ),
             **{
-                column: pa.array([[str(c) for c in codes] for codes in visits[column]],
-                                 pa.list_(pa.string()))
+                column: pa.array(
+                    [[str(c) for c in codes] for codes in visits[column]], pa.list_(pa.string())
+                )
                 for column in KIND_COLUMNS.values()
             },
         }

@@ -1000,7 +1000,10 @@ def _reason(rng: np.random.Generator, patient: _Patient) -> Reason:
 def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list[str], list[str]]:
     """One admission: (diagnoses, procedures, medications), codes in first-seen order."""
     reason = _reason(rng, patient)
-    diagnoses: dict[str, None] = dict.fromkeys(_draw(rng, reason.diagnoses))
+    # The principal diagnosis: the reason's first drawn code, else its first listed one.
+    diagnoses: dict[str, None] = dict.fromkeys(
+        _draw(rng, reason.diagnoses) or [next(iter(reason.diagnoses))]
+    )
     coded = rng.random(len(patient.chronic)) < CHRONIC_CODED
     diagnoses.update(dict.fromkeys(c for c, k in zip(patient.chronic, coded, strict=True) if k))
     background = np.array(

@@ -77,7 +77,11 @@ def dedupe_visits(
     counts["visit_rows_duplicate"] = int(duplicated.sum())
     visits = visits[~duplicated]
     funnel.append(
-        {"rule": "visits read", "visits": len(visits), "patients": int(visits["patient_id"].nunique())}
+        {
+            "rule": "visits read",
+            "visits": len(visits),
+            "patients": int(visits["patient_id"].nunique()),
+        }
     )
     bad_time = visits["time"].isna()
     funnel.append(

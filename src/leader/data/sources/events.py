@@ -53,8 +53,7 @@ def read_events(events: Path, profiles: Path | None = None) -> RawCohort:
     visits = dedupe_visits(visits, funnel, counts)
 
     parts = [
-        code_rows(frame[frame["kind"] == kind], "visit_id", "code", kind, counts)
-        for kind in KINDS
+        code_rows(frame[frame["kind"] == kind], "visit_id", "code", kind, counts) for kind in KINDS
     ]
     names: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
     if "name" in frame.columns:

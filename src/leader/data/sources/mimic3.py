@@ -15,11 +15,23 @@ import pandas as pd
 
 from leader.data.codes import DrugMapper, read_icd_names
 from leader.data.cohort import RawCohort
-from leader.data.sources.common import age_band, code_rows, dedupe_visits, parse_times, years_between
+from leader.data.sources.common import (
+    age_band,
+    code_rows,
+    dedupe_visits,
+    parse_times,
+    years_between,
+)
 from leader.data.tables import find_table, read_table
 from leader.errors import LeaderError
 
-PROFILE_FIELDS: tuple[str, ...] = ("insurance", "language", "religion", "marital_status", "ethnicity")
+PROFILE_FIELDS: tuple[str, ...] = (
+    "insurance",
+    "language",
+    "religion",
+    "marital_status",
+    "ethnicity",
+)
 
 
 def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> RawCohort:
@@ -27,18 +39,22 @@ def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> R
     funnel: list[dict[str, Any]] = []
     inputs: list[Path] = []
 
-    def table(name: str, required: list[str], optional: Sequence[str] = (),
-              text: Sequence[str] = ()) -> pd.DataFrame:
+    def table(
+        name: str, required: list[str], optional: Sequence[str] = (), text: Sequence[str] = ()
+    ) -> pd.DataFrame:
         path = find_table(data, name)
         inputs.append(path)
         return read_table(path, required, optional, text)
 
     admissions = table(
-        "ADMISSIONS", ["subject_id", "hadm_id", "admittime"], PROFILE_FIELDS,
+        "ADMISSIONS",
+        ["subject_id", "hadm_id", "admittime"],
+        PROFILE_FIELDS,
         text=["subject_id", "hadm_id", "admittime", *PROFILE_FIELDS],
     )
-    patients = table("PATIENTS", ["subject_id", "gender", "dob"],
-                     text=["subject_id", "gender", "dob"])
+    patients = table(
+        "PATIENTS", ["subject_id", "gender", "dob"], text=["subject_id", "gender", "dob"]
+    )
     visits = pd.DataFrame(
         {
             "patient_id": admissions["subject_id"].astype("string").str.strip(),
@@ -48,10 +64,12 @@ def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> R
     )
     visits = dedupe_visits(visits, funnel, counts)
 
-    diagnoses = table("DIAGNOSES_ICD", ["hadm_id", "seq_num", "icd9_code"],
-                      text=["hadm_id", "icd9_code"])
-    procedures = table("PROCEDURES_ICD", ["hadm_id", "seq_num", "icd9_code"],
-                       text=["hadm_id", "icd9_code"])
+    diagnoses = table(
+        "DIAGNOSES_ICD", ["hadm_id", "seq_num", "icd9_code"], text=["hadm_id", "icd9_code"]
+    )
+    procedures = table(
+        "PROCEDURES_ICD", ["hadm_id", "seq_num", "icd9_code"], text=["hadm_id", "icd9_code"]
+    )
     prescriptions = table("PRESCRIPTIONS", ["hadm_id", "ndc"], text=["hadm_id", "ndc"])
     mapper = DrugMapper.from_resources(resources, ndc_maps)
     inputs += [resources / "ndc2rxnorm_mapping.txt", resources / "rxcui2atc4.csv", *ndc_maps]

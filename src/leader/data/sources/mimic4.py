@@ -23,7 +23,11 @@ from leader.data.tables import find_table, read_table
 from leader.errors import LeaderError
 
 PROFILE_FIELDS: tuple[str, ...] = (
-    "insurance", "language", "admission_type", "marital_status", "race",
+    "insurance",
+    "language",
+    "admission_type",
+    "marital_status",
+    "race",
 )
 
 
@@ -44,26 +48,35 @@ def read_mimic4(
     funnel: list[dict[str, Any]] = []
     inputs: list[Path] = []
 
-    def table(name: str, required: list[str], optional: Sequence[str] = (),
-              text: Sequence[str] = ()) -> pd.DataFrame:
+    def table(
+        name: str, required: list[str], optional: Sequence[str] = (), text: Sequence[str] = ()
+    ) -> pd.DataFrame:
         path = find_table(data, name)
         inputs.append(path)
         return read_table(path, required, optional, text)
 
-    admissions = table("admissions", ["subject_id", "hadm_id", "admittime"], PROFILE_FIELDS,
-                       text=["subject_id", "hadm_id", "admittime", *PROFILE_FIELDS])
+    admissions = table(
+        "admissions",
+        ["subject_id", "hadm_id", "admittime"],
+        PROFILE_FIELDS,
+        text=["subject_id", "hadm_id", "admittime", *PROFILE_FIELDS],
+    )
     if not 0 < patient_fraction <= 1:
         raise LeaderError(f"--patient-fraction must be in (0, 1], got {patient_fraction}")
     if patient_fraction < 1:
         # The paper's MIMIC-IV cohort: a random share of patients (15%, seed 42).
         people = np.sort(admissions["subject_id"].dropna().unique().astype(str))
         rng = np.random.default_rng(seed)
-        chosen = set(rng.choice(people, size=max(1, int(len(people) * patient_fraction)),
-                                replace=False))
+        chosen = set(
+            rng.choice(people, size=max(1, int(len(people) * patient_fraction)), replace=False)
+        )
         admissions = admissions[admissions["subject_id"].isin(chosen)]
         counts["patient_fraction"] = patient_fraction
-    patients = table("patients", ["subject_id", "gender", "anchor_age", "anchor_year"],
-                     text=["subject_id", "gender"])
+    patients = table(
+        "patients",
+        ["subject_id", "gender", "anchor_age", "anchor_year"],
+        text=["subject_id", "gender"],
+    )
     visits = pd.DataFrame(
         {
             "patient_id": admissions["subject_id"].astype("string").str.strip(),
@@ -75,8 +88,11 @@ def read_mimic4(
 
     parts = []
     for name, kind in (("diagnoses_icd", "diagnosis"), ("procedures_icd", "procedure")):
-        rows = table(name, ["hadm_id", "seq_num", "icd_code", "icd_version"],
-                     text=["hadm_id", "icd_code", "icd_version"])
+        rows = table(
+            name,
+            ["hadm_id", "seq_num", "icd_code", "icd_version"],
+            text=["hadm_id", "icd_code", "icd_version"],
+        )
         rows["code"] = versioned(rows["icd_code"], rows["icd_version"])
         parts.append(code_rows(rows, "hadm_id", "code", kind, counts, "seq_num"))
     prescriptions = table("prescriptions", ["hadm_id", "ndc"], text=["hadm_id", "ndc"])
@@ -107,8 +123,11 @@ def _names(data: Path, name: str, inputs: list[Path]) -> dict[str, str]:
     except LeaderError:
         return {}
     inputs.append(path)
-    frame = read_table(path, ["icd_code", "icd_version", "long_title"],
-                       text=["icd_code", "icd_version", "long_title"]).dropna()
+    frame = read_table(
+        path,
+        ["icd_code", "icd_version", "long_title"],
+        text=["icd_code", "icd_version", "long_title"],
+    ).dropna()
     keys = versioned(frame["icd_code"], frame["icd_version"])
     return dict(zip(keys, frame["long_title"], strict=True))
 
