@@ -283,4 +283,4 @@ def controllable_ddi_loss(
     else:
         beta = max(0.0, 1.0 + (target_ddi - rate) / kp)
         loss = beta * accuracy + (1 - beta) * penalty
-    return loss, {"bce": float(bce), "ddi_rate": rate, "ddi": float(penalty)}
+    return loss, {"bce": float(bce.detach()), "ddi_rate": rate, "ddi": float(penalty.detach())}
