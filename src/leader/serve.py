@@ -268,6 +268,7 @@ def create_app(
             raise ValueError("give run_dir or model")
         model = load_model(run_dir)
     metrics = run_metrics(run_dir) if run_dir is not None else {}
+    metrics.pop("history", None)  # per-epoch log: long, and in the run folder anyway
     recommender = Recommender(model)
     batcher = Batcher(recommender, config.max_model_batch) if config.batching else None
     codes = _CodeIndex(model)
@@ -284,6 +285,7 @@ def create_app(
         "run": Path(run_dir).name if run_dir is not None else None,
         "threshold": recommender.threshold,
         "vocabulary": {kind: len(model.vocab.codes[kind]) for kind in model.vocab.codes},
+        "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "metrics": metrics,
     }

@@ -1,0 +1,309 @@
+"""The HTTP service on a real trained run: valid, invalid, oversized, unauthorised, fuzzed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leader.recommend import Recommender, load_model
+from leader.serve import ServeConfig, create_app
+from test_serve_fixtures import eager_copy, trained_run
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PATIENT = {
+    "id": "p1",
+    "profile": {"gender": "F"},
+    "visits": [
+        {"diagnoses": ["d1", "d2"], "procedures": ["x1"], "medications": ["m1", "m2"]},
+        {"diagnoses": ["d1", "zz9"], "procedures": ["x1", "x2"]},
+    ],
+}
+
+
+@pytest.fixture()
+def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture()
+def eager_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return eager_copy(tmp_path_factory)
+
+
+@pytest.fixture()
+def client(student_run: Path) -> Iterator[TestClient]:
+    app = create_app(run_dir=student_run, config=ServeConfig(token=TOKEN, max_body=20_000))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_health_model_and_codes(client: TestClient, student_run: Path) -> None:
+    assert client.get("/v1/health").json() == {"status": "ok"}  # open without the token
+    info = client.get("/v1/model", headers=AUTH).json()
+    assert info["vocabulary"] == {"diagnosis": 5, "procedure": 3, "medication": 5}
+    assert info["ddi"] == {"source": "test", "pairs": 2}
+    metrics = json.loads((student_run / "metrics.json").read_text())
+    assert info["metrics"]["threshold"] == metrics["threshold"] == info["threshold"]
+    assert info["run"] == student_run.name and info["version"]
+    found = client.get("/v1/codes", params={"kind": "diagnosis", "q": "heart"}, headers=AUTH)
+    assert found.json()["codes"] == [{"code": "d4", "name": "Heart failure"}]
+    by_prefix = client.get("/v1/codes", params={"kind": "procedure", "q": "x"}, headers=AUTH)
+    assert [c["code"] for c in by_prefix.json()["codes"]] == ["x1", "x2", "x3"]
+    assert client.get("/v1/codes?kind=lab", headers=AUTH).status_code == 422
+
+
+def test_recommend_one_and_many_match_the_library(client: TestClient, student_run: Path) -> None:
+    expected = Recommender(load_model(student_run)).recommend([PATIENT], top=20)[0]
+    one = client.post("/v1/recommend", json=PATIENT, headers=AUTH)
+    assert one.status_code == 200 and one.headers["content-type"] == "application/json"
+    assert one.json() == expected
+    assert one.json()["unknown_codes"] == [{"visit": 1, "kind": "diagnosis", "code": "zz9"}]
+    other = {"visits": [{"diagnoses": ["d4"], "procedures": ["x3"]}]}
+    many = client.post("/v1/recommend?top=2", json={"patients": [PATIENT, other]}, headers=AUTH)
+    results = many.json()["results"]
+    assert [r["index"] for r in results] == [0, 1] and all(len(r["ranked"]) == 2 for r in results)
+    assert results[0]["ranked"] == expected["ranked"][:2]
+
+
+def test_ddi_warnings_and_safe_mode_over_http(eager_run: Path) -> None:
+    with TestClient(create_app(run_dir=eager_run)) as http:
+        plain = http.post("/v1/recommend", json=PATIENT).json()
+        pairs = {tuple(d["code"] for d in w["drugs"]) for w in plain["ddi_warnings"]}
+        assert pairs == {("m1", "m4"), ("m2", "m5")}
+        safe = http.post("/v1/recommend?ddi_safe=true", json=PATIENT).json()
+        assert safe["ddi_safe"] is True and "withheld_for_ddi" in safe
+        assert len(safe["ddi_warnings"]) < 2 or not safe["withheld_for_ddi"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"visits": [{"diagnoses": ["d1", 3]}]}, "$.visits[0].diagnoses[1]"),
+        ({"visits": [{"diagnoses": ["d1"], "procedure": []}]}, "$.visits[0]"),
+        ({"patients": [PATIENT, {"visits": [{}]}]}, "$.patients[1].visits[0]"),
+        ({"patients": []}, "$.patients"),
+        ({"patients": [PATIENT], "extra": 1}, "$"),
+        ("just a string", "$"),
+    ],
+)
+def test_invalid_input_is_422_with_the_path(client: TestClient, body: Any, path: str) -> None:
+    response = client.post("/v1/recommend", json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["path"] == path
+
+
+def test_bad_json_strict_and_batch_limit(student_run: Path) -> None:
+    app = create_app(run_dir=student_run, config=ServeConfig(max_batch=3))
+    with TestClient(app) as http:
+        broken = http.post("/v1/recommend", content=b'{"visits": [', headers=AUTH)
+        assert (
+            broken.status_code == 422 and "not valid JSON" in broken.json()["detail"][0]["message"]
+        )
+        strict = http.post("/v1/recommend?strict=true", json=PATIENT)
+        assert strict.status_code == 422
+        assert strict.json()["detail"][0]["path"] == "$.visits[1].diagnoses"
+        assert "zz9" in strict.json()["detail"][0]["message"]
+        many = http.post("/v1/recommend", json={"patients": [PATIENT] * 4})
+        assert many.status_code == 422 and "at most 3" in many.json()["detail"][0]["message"]
+
+
+def test_oversized_bodies_are_413_before_parsing(client: TestClient) -> None:
+    big = {"visits": [{"diagnoses": ["d1"] * 5000}]}
+    declared = client.post("/v1/recommend", json=big, headers=AUTH)
+    assert declared.status_code == 413 and "20000 bytes" in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer
+        yield b'{"visits": [{"diagnoses": ['
+        for _ in range(5000):
+            yield b'"d1",'
+        yield b'"d1"]}]}'
+
+    chunked = client.post("/v1/recommend", content=chunks(), headers=AUTH)
+    assert chunked.status_code == 413
+
+
+def test_token_is_required_except_for_health_and_page(client: TestClient) -> None:
+    assert client.post("/v1/recommend", json=PATIENT).status_code == 401
+    wrong = client.post("/v1/recommend", json=PATIENT, headers={"Authorization": "Bearer no"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/v1/codes?q=d").status_code == 401
+    assert client.get("/v1/health").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "not medical advice" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert "/v1/recommend" in client.get("/openapi.json").json()["paths"]
+
+
+def test_access_log_is_one_json_line_per_request(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="leader.access"):
+        client.post("/v1/recommend", json=PATIENT, headers=AUTH)
+        client.get("/v1/model")
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "leader.access"]
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/v1/recommend", 200),
+        ("GET", "/v1/model", 401),
+    ]
+    assert all(isinstance(x["ms"], float) and x["ms"] >= 0 for x in lines)
+
+
+def test_concurrent_requests_are_batched(student_run: Path) -> None:
+    app = create_app(run_dir=student_run, config=ServeConfig(access_log=False))
+    patients = [
+        {"id": i, "visits": [{"diagnoses": [f"d{1 + i % 5}"], "procedures": [f"x{1 + i % 3}"]}]}
+        for i in range(40)
+    ]
+
+    async def drive() -> list[dict[str, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            replies = await asyncio.gather(*(http.post("/v1/recommend", json=p) for p in patients))
+        return [r.json() for r in replies]
+
+    answers = asyncio.run(drive())
+    batcher = app.app.state.batcher  # type: ignore[attr-defined]
+    assert batcher.calls < len(patients)  # pooled into fewer model calls
+    one_by_one = Recommender(load_model(student_run)).recommend(patients)
+    for got, want in zip(answers, one_by_one, strict=True):
+        assert got["id"] == want["id"]
+        for a, b in zip(got["ranked"], want["ranked"], strict=True):
+            assert a["code"] == b["code"] or a["probability"] == pytest.approx(b["probability"])
+            assert a["probability"] == pytest.approx(b["probability"], abs=2e-4)
+
+
+def test_serving_never_unpickles_nor_writes(
+    student_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    before = {p: p.stat().st_mtime_ns for p in student_run.rglob("*")}
+    monkeypatch.chdir(tmp_path)
+    with TestClient(create_app(run_dir=student_run)) as http:
+        assert http.post("/v1/recommend", json=PATIENT).status_code == 200
+        assert http.get("/").status_code == 200
+    assert {p: p.stat().st_mtime_ns for p in student_run.rglob("*")} == before
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ fuzz
+CODES = st.sampled_from(["d1", "d2", "d4", "x1", "x3", "m1", "m5", "zz", ""]) | st.text(max_size=8)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+VISIT = st.fixed_dictionaries(
+    {"diagnoses": st.lists(CODES, max_size=6) | JSON},
+    optional={
+        "procedures": st.lists(CODES, max_size=4) | JSON,
+        "medications": st.lists(CODES, max_size=4),
+        "id": st.integers() | st.text(max_size=5) | st.none(),
+        "time": st.text(max_size=5) | st.integers(),
+    },
+)
+PATIENTS = st.fixed_dictionaries(
+    {"visits": st.lists(VISIT, max_size=4) | JSON},
+    optional={
+        "id": st.integers() | st.text(max_size=5) | JSON,
+        "profile": st.dictionaries(st.text(max_size=6), st.text(max_size=6) | JSON, max_size=3),
+    },
+)
+DOCUMENTS = (
+    PATIENTS | st.fixed_dictionaries({"patients": st.lists(PATIENTS, max_size=3) | JSON}) | JSON
+)
+
+
+def test_fuzzed_input_never_gets_a_500(student_run: Path) -> None:
+    app = create_app(run_dir=student_run, config=ServeConfig(access_log=False))
+    with TestClient(app, raise_server_exceptions=False) as http:
+
+        @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(
+            document=DOCUMENTS,
+            query=st.sampled_from(["", "?ddi_safe=true", "?strict=1&top=0", "?top=-1"]),
+        )
+        def check(document: Any, query: str) -> None:
+            response = http.post("/v1/recommend" + query, json=document)
+            assert response.status_code in (200, 422), (response.status_code, response.text)
+
+        check()
+
+        @settings(max_examples=60, deadline=None)
+        @given(raw=st.binary(max_size=200))
+        def check_bytes(raw: bytes) -> None:
+            assert http.post("/v1/recommend", content=raw).status_code in (200, 422)
+
+        check_bytes()
+
+
+# ------------------------------------------------------------------------------ CLI
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_cli_serve_on_loopback_with_token(student_run: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "LEADER_TOKEN": TOKEN}
+    command = [
+        sys.executable,
+        "-m",
+        "leader",
+        "serve",
+        "--run",
+        str(student_run),
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        assert httpx.post(f"{base}/v1/recommend", json=PATIENT).status_code == 401
+        reply = httpx.post(f"{base}/v1/recommend", json=PATIENT, headers=AUTH)
+        assert reply.status_code == 200 and reply.json()["id"] == "p1"
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=20)
+    logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert {"method": "POST", "path": "/v1/recommend", "status": 200}.items() <= logged[-1].items()
+    assert f"http://127.0.0.1:{port}/" in stderr
