@@ -99,6 +99,15 @@ def serve(
         bool, typer.Option(help="Pool concurrent requests into one model call.")
     ] = True,
     access_log: Annotated[bool, typer.Option(help="One JSON line per request on stderr.")] = True,
+    margin: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="ddi_safe=true keeps both drugs of a pair when both reach "
+            "threshold + margin * (1 - threshold).",
+        ),
+    ] = 0.5,
 ) -> None:
     """Serve the student over HTTP: POST /v1/recommend, the page at /, docs at /docs."""
     import logging
@@ -121,7 +130,9 @@ def serve(
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
-    config = ServeConfig(token=token, max_body=max_body, batching=batching, access_log=access_log)
+    config = ServeConfig(
+        token=token, max_body=max_body, batching=batching, access_log=access_log, margin=margin
+    )
     app = create_app(run_dir=run, config=config)
     typer.echo(f"serving {run} on http://{host}:{port}/ (docs: /docs)", err=True)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

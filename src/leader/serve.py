@@ -53,6 +53,7 @@ from leader.recommend import (
     patient_schema,
     run_metrics,
 )
+from leader.safety import DEFAULT_MARGIN
 
 ACCESS_LOG = logging.getLogger("leader.access")
 Scope = MutableMapping[str, Any]
@@ -70,6 +71,7 @@ class ServeConfig:
     batching: bool = True  # batch concurrent requests into one model call
     max_model_batch: int = 256  # most patients in one model call when batching
     access_log: bool = True  # one JSON line per request on the "leader.access" logger
+    margin: float = DEFAULT_MARGIN  # ddi_safe: both drugs of a pair stay from this head-room
 
 
 # ----------------------------------------------------------------------------- responses
@@ -269,7 +271,7 @@ def create_app(
         model = load_model(run_dir)
     metrics = run_metrics(run_dir) if run_dir is not None else {}
     metrics.pop("history", None)  # per-epoch log: long, and in the run folder anyway
-    recommender = Recommender(model)
+    recommender = Recommender(model, margin=config.margin)
     batcher = Batcher(recommender, config.max_model_batch) if config.batching else None
     codes = _CodeIndex(model)
     api = FastAPI(
@@ -287,6 +289,7 @@ def create_app(
         "vocabulary": {kind: len(model.vocab.codes[kind]) for kind in model.vocab.codes},
         "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
+        "ddi_safe_margin": config.margin,
         "metrics": metrics,
     }
     single = inline_refs(patient_schema())

@@ -1,0 +1,133 @@
+"""The web page in a real headless Chromium: type a code, click, see drugs and warnings.
+
+Needs Debian's chromium + chromium-driver (``bash scripts/install-browser.sh``, run by
+``make setup``); skips with the reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from leader.serve import ServeConfig, create_app
+from test_serve_fixtures import eager_copy
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+TOKEN = "page-token"
+
+
+@pytest.fixture()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service on a free loopback port, in a thread, on the threshold-0 run."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    app = create_app(
+        run_dir=eager_copy(tmp_path_factory), config=ServeConfig(token=TOKEN, margin=1.0)
+    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture()
+def browser() -> Iterator[object]:
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("chromium and chromedriver not installed (run scripts/install-browser.sh)")
+    selenium = pytest.importorskip("selenium", reason="selenium missing (pip install '.[dev]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert selenium
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_recommends_with_warnings_and_disclaimer(server: str, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, 15)  # type: ignore[arg-type]
+    driver.get(server + "/")  # type: ignore[attr-defined]
+    find = driver.find_element  # type: ignore[attr-defined]
+    disclaimer = find(By.ID, "disclaimer")
+    assert disclaimer.is_displayed() and "not medical advice" in disclaimer.text.lower()
+
+    token = find(By.ID, "token")
+    token.send_keys(TOKEN)
+    token.send_keys(Keys.TAB)  # "change" stores it
+
+    # Search by name, pick the suggestion.
+    diagnosis = find(By.ID, "diagnosis-input")
+    diagnosis.send_keys("heart")
+    suggestion = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "#diagnosis-suggestions li[data-code='d4']"))
+    )
+    assert "Heart failure" in suggestion.text
+    suggestion.click()
+    # Paste several codes, one unknown, and press Enter.
+    diagnosis.send_keys("d1, nope", Keys.ENTER)
+    find(By.ID, "procedure-input").send_keys("x1", Keys.ENTER)
+    chips = [c.get_attribute("data-code") for c in driver.find_elements(By.CSS_SELECTOR, ".chip")]  # type: ignore[attr-defined]
+    assert chips == ["d4", "d1", "nope", "x1"]
+
+    find(By.ID, "recommend").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 5)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # type: ignore[attr-defined]
+    codes = [row.find_elements(By.TAG_NAME, "td")[0].text for row in rows]
+    assert sorted(codes) == ["m1", "m2", "m3", "m4", "m5"]
+    probabilities = [float(r.find_elements(By.TAG_NAME, "td")[2].text.rstrip(" %")) for r in rows]
+    assert probabilities == sorted(probabilities, reverse=True)
+    warnings = find(By.ID, "ddi-warnings").text
+    assert "beta blocking agents" in warnings and "diuretics" in warnings  # m1-m4
+    assert "source: test" in warnings
+    assert "nope" in find(By.ID, "unknown").text
+    assert "not medical advice" in find(By.ID, "model-info").text
+
+    # The DDI-safe selection (margin 1: never "both far above") withholds one of each pair.
+    find(By.ID, "ddi-safe").click()
+    find(By.ID, "recommend").click()
+    wait.until(lambda d: "Withheld" in d.find_element(By.ID, "ddi-warnings").text)
+    withheld = [
+        w.text
+        for w in driver.find_elements(By.CSS_SELECTOR, "#ddi-warnings .warning")  # type: ignore[attr-defined]
+        if w.text.startswith("Withheld")
+    ]
+    assert len(withheld) == 2  # one drug of m1-m4 and one of m2-m5
+    assert "Drug-drug interaction" not in find(By.ID, "ddi-warnings").text
