@@ -27,6 +27,8 @@ True
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ PROFILE_COLUMNS: tuple[str, ...] = (
     "ethnicity",
 )
 DDI_COLUMNS: tuple[str, ...] = ("atc3_a", "atc3_b")
+KIND_ORDER: tuple[str, ...] = ("diagnosis", "procedure", "medication")
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: real codes, names written for this module.
@@ -907,9 +910,9 @@ class SyntheticCohort:
 class _Patient:
     """Per-patient state carried across visits."""
 
-    decade: int
-    male: bool
-    chronic: list[str]
+    chronic: list[str]  # chronic condition codes, drawn once
+    background: np.ndarray  # (acute conditions,) per-visit background rates
+    reason_cdf: np.ndarray  # (reasons,) cumulative admission-reason probabilities
     regimen: dict[str, list[str]] = field(default_factory=dict)  # chronic code -> drugs
     previous_drugs: list[str] = field(default_factory=list)
 
@@ -932,6 +935,17 @@ def _rate(base: float, age_slope: float, male_ratio: float, decade: int, male: b
     return min(0.95, base * math.exp(age_slope * (decade - 6)) * sex)
 
 
+@functools.cache
+def _rate_table(decade: int, male: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rates for one age band and gender: chronic prevalences, acute background, reasons."""
+    chronic = np.array([_rate(c.prevalence, c.age, c.male, decade, male) for c in _CHRONIC])
+    acute = np.array([_rate(c.prevalence, c.age, c.male, decade, male) for c in _ACUTE])
+    reasons = np.array([_rate(r.weight / 100.0, r.age, r.male, decade, male) for r in REASONS])
+    for table in (chronic, acute, reasons):
+        table.setflags(write=False)
+    return chronic, acute, reasons
+
+
 def _draw(rng: np.random.Generator, options: Mapping[str, float]) -> list[str]:
     """Each option independently with its probability, in table order."""
     if not options:
@@ -940,61 +954,65 @@ def _draw(rng: np.random.Generator, options: Mapping[str, float]) -> list[str]:
     return [code for (code, p), u in zip(options.items(), draws, strict=True) if u < p]
 
 
-def _profile(rng: np.random.Generator, patient_id: int) -> tuple[dict[str, Any], _Patient]:
-    band_index = int(rng.choice(len(AGE_BANDS), p=[s for _, _, s in AGE_BANDS]))
-    band, decade, _ = AGE_BANDS[band_index]
-    male = bool(rng.random() < 0.56)
-    u = rng.random(5)
+_LANGUAGES = ("ENGL", "SPAN", "PORT", "RUSS", "CANT", "HAIT", "VIET", None)
+_LANGUAGE_CDF = (0.6, 0.64, 0.66, 0.68, 0.69, 0.7, 0.71)  # about 29% missing, as in MIMIC-III
+_ETHNICITIES = (
+    "WHITE",
+    "BLACK/AFRICAN AMERICAN",
+    "HISPANIC OR LATINO",
+    "ASIAN",
+    "OTHER",
+    "UNABLE TO OBTAIN",
+    "UNKNOWN/NOT SPECIFIED",
+)
+_ETHNICITY_CDF = (0.7, 0.8, 0.84, 0.87, 0.89, 0.91)
+_AGE_CDF = tuple(np.cumsum([share for _, _, share in AGE_BANDS])[:-1])
+
+
+def _profile(
+    patient_id: int, uniform: np.ndarray, frailty_z: float, chronic_uniform: np.ndarray
+) -> tuple[dict[str, Any], _Patient]:
+    """One patient from pre-drawn randomness: ``uniform`` (7,), ``chronic_uniform`` (chronic,)."""
+    band, decade, _ = AGE_BANDS[bisect.bisect(_AGE_CDF, uniform[0])]
+    male = bool(uniform[1] < 0.56)
     if decade >= 7:
-        insurance = "Medicare" if u[0] < 0.82 else ("Private" if u[0] < 0.95 else "Medicaid")
+        insurance = (
+            "Medicare" if uniform[2] < 0.82 else "Private" if uniform[2] < 0.95 else "Medicaid"
+        )
     else:
-        insurance = ["Private", "Medicaid", "Medicare", "Government", "Self Pay"][
-            int(np.searchsorted([0.52, 0.72, 0.9, 0.97], u[0], side="right"))
+        insurance = ("Private", "Medicaid", "Medicare", "Government", "Self Pay")[
+            bisect.bisect((0.52, 0.72, 0.9, 0.97), uniform[2])
         ]
-    languages = ["ENGL", "SPAN", "PORT", "RUSS", "CANT", "HAIT", "VIET", None]
-    language = languages[int(np.searchsorted([0.6, 0.64, 0.66, 0.68, 0.69, 0.7, 0.71], u[1]))]
     if decade <= 3:
-        marital = ["SINGLE", "MARRIED", None][int(np.searchsorted([0.6, 0.85], u[2]))]
+        marital = ("SINGLE", "MARRIED", None)[bisect.bisect((0.6, 0.85), uniform[4])]
     else:
-        marital_options = ["MARRIED", "SINGLE", "WIDOWED", "DIVORCED", "SEPARATED", None]
         widowed = 0.05 + 0.06 * max(0, decade - 6)
-        cuts = np.cumsum([0.5, 0.18, widowed, 0.08, 0.02])
-        marital = marital_options[int(np.searchsorted(cuts, u[3]))]
-    ethnicities = [
-        "WHITE",
-        "BLACK/AFRICAN AMERICAN",
-        "HISPANIC OR LATINO",
-        "ASIAN",
-        "OTHER",
-        "UNABLE TO OBTAIN",
-        "UNKNOWN/NOT SPECIFIED",
-    ]
-    ethnicity = ethnicities[int(np.searchsorted([0.7, 0.8, 0.84, 0.87, 0.89, 0.91], u[4]))]
+        cuts = (0.5, 0.68, 0.68 + widowed, 0.76 + widowed, 0.78 + widowed)
+        marital = ("MARRIED", "SINGLE", "WIDOWED", "DIVORCED", "SEPARATED", None)[
+            bisect.bisect(cuts, uniform[4])
+        ]
     profile = {
         "patient_id": patient_id,
         "gender": "M" if male else "F",
         "age_band": band,
         "insurance": insurance,
-        "language": language,
+        "language": _LANGUAGES[bisect.bisect(_LANGUAGE_CDF, uniform[3])],
         "marital_status": marital,
-        "ethnicity": ethnicity,
+        "ethnicity": _ETHNICITIES[bisect.bisect(_ETHNICITY_CDF, uniform[5])],
     }
-    frailty = math.exp(rng.normal(FRAILTY_MEAN, FRAILTY_SD))
-    rates = np.array([_rate(c.prevalence, c.age, c.male, decade, male) for c in _CHRONIC])
-    has = rng.random(len(_CHRONIC)) < np.minimum(0.95, rates * frailty)
+    chronic_rates, background, reason_weights = _rate_table(decade, male)
+    frailty = math.exp(FRAILTY_MEAN + FRAILTY_SD * frailty_z)
+    has = chronic_uniform < np.minimum(0.95, chronic_rates * frailty)
     chronic = [c.code for c, h in zip(_CHRONIC, has, strict=True) if h]
-    return profile, _Patient(decade=decade, male=male, chronic=chronic)
+    boost = [3.0 if any(code in chronic for code in r.boost) else 1.0 for r in REASONS]
+    weights = reason_weights * np.array(boost)
+    reason_cdf = np.cumsum(weights / weights.sum())
+    return profile, _Patient(chronic=chronic, background=background, reason_cdf=reason_cdf)
 
 
 def _reason(rng: np.random.Generator, patient: _Patient) -> Reason:
-    weights = np.array(
-        [
-            _rate(r.weight / 100.0, r.age, r.male, patient.decade, patient.male)
-            * (3.0 if any(code in patient.chronic for code in r.boost) else 1.0)
-            for r in REASONS
-        ]
-    )
-    return REASONS[int(rng.choice(len(REASONS), p=weights / weights.sum()))]
+    index = int(np.searchsorted(patient.reason_cdf, rng.random() * patient.reason_cdf[-1]))
+    return REASONS[min(index, len(REASONS) - 1)]
 
 
 def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list[str], list[str]]:
@@ -1006,10 +1024,7 @@ def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list
     )
     coded = rng.random(len(patient.chronic)) < CHRONIC_CODED
     diagnoses.update(dict.fromkeys(c for c, k in zip(patient.chronic, coded, strict=True) if k))
-    background = np.array(
-        [_rate(c.prevalence, c.age, c.male, patient.decade, patient.male) for c in _ACUTE]
-    )
-    hits = rng.random(len(_ACUTE)) < background
+    hits = rng.random(len(_ACUTE)) < patient.background
     diagnoses.update(dict.fromkeys(c.code for c, h in zip(_ACUTE, hits, strict=True) if h))
     for code in list(diagnoses):  # one round of complications
         diagnoses.update(dict.fromkeys(_draw(rng, _CONDITION[code].complications)))
@@ -1066,28 +1081,29 @@ def generate(patients: int = 2000, seed: int = 0) -> SyntheticCohort:
     columns: dict[str, list[Any]] = {name: [] for name in EVENT_COLUMNS}
     profiles: list[dict[str, Any]] = []
     visit_counts = rng.choice(len(VISIT_COUNTS), size=patients, p=VISIT_COUNTS) + 1
+    uniforms = rng.random((patients, 7))  # (patients, 7): profile fields, first admission
+    frailty_z = rng.standard_normal(patients)  # (patients,)
+    chronic_uniforms = rng.random((patients, len(_CHRONIC)))  # (patients, chronic)
     epoch = datetime(2001, 1, 1)
     visit_id = 200000
     for index in range(patients):
         patient_id = 10000 + index
-        profile, patient = _profile(rng, patient_id)
+        profile, patient = _profile(
+            patient_id, uniforms[index], float(frailty_z[index]), chronic_uniforms[index]
+        )
         profiles.append(profile)
-        time = epoch + timedelta(days=float(rng.uniform(0, 4200)))
+        time = epoch + timedelta(days=float(uniforms[index, 6] * 4200))
         for _ in range(int(visit_counts[index])):
             visit_id += 1
             stamp = time.replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
-            for kind, codes in zip(
-                ("diagnosis", "procedure", "medication"), _visit(rng, patient), strict=True
-            ):
-                for code in codes:
-                    columns["patient_id"].append(patient_id)
-                    columns["visit_id"].append(visit_id)
-                    columns["visit_time"].append(stamp)
-                    columns["kind"].append(kind)
-                    columns["code"].append(code)
-                    columns["name"].append(names[kind][code])
-            stay = rng.uniform(1, 14)
-            gap = 3 + rng.exponential(240)
+            for kind, codes in zip(KIND_ORDER, _visit(rng, patient), strict=True):
+                columns["patient_id"].extend([patient_id] * len(codes))
+                columns["visit_id"].extend([visit_id] * len(codes))
+                columns["visit_time"].extend([stamp] * len(codes))
+                columns["kind"].extend([kind] * len(codes))
+                columns["code"].extend(codes)
+                columns["name"].extend([names[kind][code] for code in codes])
+            stay, gap = rng.uniform(1, 14), 3 + rng.exponential(240)
             time += timedelta(days=float(stay + gap))
     events = pd.DataFrame(columns)
     drugs_used = set(events.loc[events["kind"] == "medication", "code"])
