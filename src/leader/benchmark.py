@@ -73,7 +73,9 @@ def resolve_models(requested: Sequence[str]) -> list[str]:
             elif name in known:
                 names.append(name)
             else:
-                raise LeaderError(f"--models: unknown model {name!r}; known: all, {', '.join(known)}")
+                raise LeaderError(
+                    f"--models: unknown model {name!r}; known: all, {', '.join(known)}"
+                )
     return list(dict.fromkeys(names))
 
 
@@ -92,7 +94,11 @@ class Scored:
 
 
 def _train_baseline(
-    name: str, seed: int, dataset: VisitDataset, config: BenchmarkConfig, run_dir: Path,
+    name: str,
+    seed: int,
+    dataset: VisitDataset,
+    config: BenchmarkConfig,
+    run_dir: Path,
     log: Callable[[str], None],
 ) -> Scored:
     from leader.baselines.registry import create
@@ -120,13 +126,18 @@ def _train_baseline(
 
 
 def _student(
-    seed: int, dataset: VisitDataset, config: BenchmarkConfig, run_dir: Path,
+    seed: int,
+    dataset: VisitDataset,
+    config: BenchmarkConfig,
+    run_dir: Path,
     log: Callable[[str], None],
 ) -> Scored:
     try:
         from leader.student import LeaderStudent, StudentConfig, train_student
     except ImportError as exc:
-        raise LeaderError(f"LEADER(S) not available: leader.student cannot be imported ({exc})") from exc
+        raise LeaderError(
+            f"LEADER(S) not available: leader.student cannot be imported ({exc})"
+        ) from exc
     train_seconds: float | None = None
     if config.student_run:
         source = Path(config.student_run)
@@ -155,7 +166,9 @@ def read_teacher_probabilities(path: Path, samples: Sequence[Sample]) -> np.ndar
     from safetensors import safe_open
 
     if not path.exists():
-        raise LeaderError(f"{path}: no teacher features file; write one with `leader teacher predict`")
+        raise LeaderError(
+            f"{path}: no teacher features file; write one with `leader teacher predict`"
+        )
     try:
         with safe_open(str(path), framework="np") as handle:
             metadata = dict(handle.metadata() or {})
@@ -206,7 +219,11 @@ def _teacher(dataset: VisitDataset, config: BenchmarkConfig) -> Scored:
 
 
 def run_one(
-    name: str, seed: int, dataset: VisitDataset, config: BenchmarkConfig, run_dir: Path,
+    name: str,
+    seed: int,
+    dataset: VisitDataset,
+    config: BenchmarkConfig,
+    run_dir: Path,
 ) -> dict[str, Any]:
     """Train/score/evaluate one model with one seed; never raises for a model's failure."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +339,8 @@ def write_markdown(path: Path, table: dict[str, Any], header: str) -> None:
     for group in GROUPS:
         lines += [f"## {GROUP_TITLES[group]}", ""]
         lines.append(
-            "| model | samples | " + " | ".join(TABLE_METRICS)
+            "| model | samples | "
+            + " | ".join(TABLE_METRICS)
             + " | parameters | train s | patients/s |"
         )
         lines.append("|---" * (len(TABLE_METRICS) + 5) + "|")
@@ -332,7 +350,8 @@ def write_markdown(path: Path, table: dict[str, Any], header: str) -> None:
             g = entry["groups"][group]
             cells = [_cell(g.get(m)) for m in TABLE_METRICS]
             lines.append(
-                f"| {name} | {g['samples']} | " + " | ".join(cells)
+                f"| {name} | {g['samples']} | "
+                + " | ".join(cells)
                 + f" | {_number(entry['parameters'])} | {_number(entry['train_seconds'])}"
                 + f" | {_number(entry['patients_per_second'], 0)} |"
             )
@@ -361,8 +380,12 @@ def write_csv(path: Path, table: dict[str, Any]) -> None:
                 continue
             for group in GROUPS:
                 g = entry["groups"][group]
-                row: dict[str, Any] = {"model": name, "status": "ok", "group": group,
-                                       "samples": g["samples"]}  # fmt: skip
+                row: dict[str, Any] = {
+                    "model": name,
+                    "status": "ok",
+                    "group": group,
+                    "samples": g["samples"],
+                }
                 for metric in METRICS:
                     value = g.get(metric)
                     row[f"{metric}_mean"] = value["mean"] if value else ""
@@ -393,10 +416,16 @@ def write_plots(out: Path, table: dict[str, Any]) -> None:
     figure, axes = plt.subplots(figsize=(5, 4))
     for name in names:
         jaccard, ddi = ok[name]["groups"]["all"]["jaccard"], ok[name]["groups"]["all"]["ddi_rate"]
-        axes.errorbar(ddi["mean"], jaccard["mean"], xerr=ddi["std"], yerr=jaccard["std"],
-                      fmt="o", capsize=2)  # fmt: skip
-        axes.annotate(name, (ddi["mean"], jaccard["mean"]), fontsize=8,
-                      xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        axes.errorbar(
+            ddi["mean"], jaccard["mean"], xerr=ddi["std"], yerr=jaccard["std"], fmt="o", capsize=2
+        )
+        axes.annotate(
+            name,
+            (ddi["mean"], jaccard["mean"]),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     axes.set_xlabel("DDI rate (lower is safer)")
     axes.set_ylabel("Jaccard")
     figure.tight_layout()
@@ -440,8 +469,10 @@ def run_benchmark(
             results.append(result)
             if result["status"] == "ok":
                 m = result["groups"]["all"]["metrics"]
-                log(f"{name} seed {seed}: PRAUC {m['prauc']:.4f} Jaccard {m['jaccard']:.4f} "
-                    f"F1 {m['f1']:.4f} DDI {m['ddi_rate']:.4f}")  # fmt: skip
+                log(
+                    f"{name} seed {seed}: PRAUC {m['prauc']:.4f} Jaccard {m['jaccard']:.4f} "
+                    f"F1 {m['f1']:.4f} DDI {m['ddi_rate']:.4f}"
+                )
             else:
                 log(f"{name} seed {seed}: FAILED: {result['reason']}")
                 break  # the other seeds would fail the same way
@@ -455,8 +486,9 @@ def run_benchmark(
         f"drugs: {dataset.vocab.size('medication')}; DDI source: {dataset.ddi_source}; "
         f"patients: {stats.get('patients', '?')}. Cells: mean ± std over seeds x rounds."
     )
-    write_json_atomic(out / "results.json", {"config": asdict(config), "models": table,
-                                              "runs": results})  # fmt: skip
+    write_json_atomic(
+        out / "results.json", {"config": asdict(config), "models": table, "runs": results}
+    )
     write_markdown(out / "results.md", table, header)
     write_csv(out / "results.csv", table)
     write_plots(out, table)

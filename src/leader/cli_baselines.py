@@ -38,7 +38,9 @@ def benchmark(
     rounds: Annotated[int, typer.Option(help="Rounds of a random 80% of the test set.")] = 10,
     smiles: Annotated[
         Path | None,
-        typer.Option(help="atc3,smiles CSV for SafeDrug / MoleRec (e.g. resources/atc3_smiles.csv)."),
+        typer.Option(
+            help="atc3,smiles CSV for SafeDrug / MoleRec (e.g. resources/atc3_smiles.csv)."
+        ),
     ] = None,
     allow_missing_molecules: Annotated[
         bool,
@@ -46,14 +48,18 @@ def benchmark(
     ] = False,
     teacher_features: Annotated[
         Path | None,
-        typer.Option(help="Teacher features file (`leader teacher predict`): scores LEADER(T), "
-                     "and distils LEADER(S)."),  # fmt: skip
+        typer.Option(
+            help="Teacher features file (`leader teacher predict`): scores LEADER(T), "
+            "and distils LEADER(S)."
+        ),
     ] = None,
     student_run: Annotated[
         Path | None, typer.Option(help="Evaluate this LEADER(S) run instead of training one.")
     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = default).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Reuse finished runs in the results folder.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Reuse finished runs in the results folder.")
+    ] = False,
 ) -> None:
     """Train and evaluate baselines and LEADER on one dataset; write tables and plots."""
     from leader.benchmark import BenchmarkConfig, run_benchmark

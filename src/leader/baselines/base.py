@@ -3,9 +3,9 @@
 A recommender is built from a typed dataclass config, learns from a dataset directory and
 scores samples::
 
-    model = Popularity(PopularityConfig()).fit(dataset)    # returns self
+    model = Popularity(FloorConfig()).fit(dataset)          # returns self
     probabilities = model.predict_proba(samples)           # (samples, drugs) in [0, 1]
-    model.save_pretrained("runs/popularity")               # config.json + *.safetensors + vocab.json
+    model.save_pretrained("runs/popularity")    # config.json, *.safetensors, vocab.json
     same = Popularity.from_pretrained("runs/popularity")
 
 Probabilities are thresholded by the caller (0.5 by default, DESIGN.md); sequence decoders

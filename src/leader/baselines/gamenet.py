@@ -84,7 +84,9 @@ class GAMENetNetwork(nn.Module):
         super().__init__()
         dim, drugs = config.embedding_dim, meta["drugs"]
         self.config = config
-        self.encoder = VisitQuery(meta["diagnoses"], meta["procedures"], dim, 2 * dim, config.dropout)
+        self.encoder = VisitQuery(
+            meta["diagnoses"], meta["procedures"], dim, 2 * dim, config.dropout
+        )
         self.ehr_gcn = GCN(drugs, dim, inputs["ehr_adjacency"], config.dropout)
         self.ddi_gcn = GCN(drugs, dim, inputs["ddi_adjacency"], config.dropout)
         self.inter = nn.Parameter(torch.tensor(0.1))
@@ -142,7 +144,9 @@ class GAMENet(NeuralRecommender):
     name: ClassVar[str] = "gamenet"
     config_class: ClassVar[type[Any]] = GAMENetConfig
 
-    def prepare(self, dataset: VisitDataset, train: Sequence[Sample]) -> tuple[dict[str, Any], Inputs]:
+    def prepare(
+        self, dataset: VisitDataset, train: Sequence[Sample]
+    ) -> tuple[dict[str, Any], Inputs]:
         return {}, {
             "ehr_adjacency": torch.from_numpy(cooccurrence(dataset, train)),
             "ddi_adjacency": torch.from_numpy(dataset.ddi_matrix().astype(np.float32)),

@@ -59,7 +59,9 @@ class SafeLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[mi
         self.classes_ = np.array([0, 1])
         if np.unique(y).size < 2:
             self.coef_ = np.zeros((1, X.shape[1]))
-            self.intercept_ = np.array([CONSTANT_LOGIT if y.size and y[0] == 1 else -CONSTANT_LOGIT])
+            self.intercept_ = np.array(
+                [CONSTANT_LOGIT if y.size and y[0] == 1 else -CONSTANT_LOGIT]
+            )
             return self
         inner = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(X, y)
         self.coef_, self.intercept_ = inner.coef_, inner.intercept_

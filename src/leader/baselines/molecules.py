@@ -58,7 +58,9 @@ def read_smiles(path: str | Path | None, model: str) -> dict[str, list[str]]:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         if "atc3" not in columns or "smiles" not in columns:
-            raise LeaderError(f"{file}: columns atc3 and smiles needed (found: {', '.join(columns)})")
+            raise LeaderError(
+                f"{file}: columns atc3 and smiles needed (found: {', '.join(columns)})"
+            )
         for row in reader:
             code, smiles = (row["atc3"] or "").strip(), (row["smiles"] or "").strip()
             if code and smiles:
@@ -98,7 +100,9 @@ def drug_molecules(
         if kept == 0:
             missing.append(drug)
     if missing and not allow_missing:
-        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        shown = ", ".join(missing[:20]) + (
+            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
         raise LeaderError(
             f"{source}: no parsable SMILES for {len(missing)} of {len(drugs)} drugs: {shown}. "
             "Add rows (atc3,smiles) for them, prepare the dataset keeping only drugs with a "
@@ -163,8 +167,9 @@ class MoleculeEncoder(nn.Module):
     ``h_a <- ReLU(W_l (h_a + sum_{b in N(a)} h_b))`` for ``layers`` rounds.
     """
 
-    def __init__(self, graphs: dict[str, torch.Tensor], prefix: str, count: int, dim: int,
-                 layers: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, graphs: dict[str, torch.Tensor], prefix: str, count: int, dim: int, layers: int = 2
+    ) -> None:
         super().__init__()
         self.count = count
         for key in ("atoms", "edges", "owner"):

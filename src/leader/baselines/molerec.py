@@ -94,7 +94,9 @@ class MoleRec(NeuralRecommender):
     name: ClassVar[str] = "molerec"
     config_class: ClassVar[type[Any]] = MoleculeConfig
 
-    def prepare(self, dataset: VisitDataset, train: Sequence[Sample]) -> tuple[dict[str, Any], Inputs]:
+    def prepare(
+        self, dataset: VisitDataset, train: Sequence[Sample]
+    ) -> tuple[dict[str, Any], Inputs]:
         meta, inputs, fragments = prepare_molecules(dataset, self.config, self.name)
         inputs.update(molecule_graphs(fragments, "fragment"))
         return meta, inputs

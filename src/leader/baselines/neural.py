@@ -70,7 +70,9 @@ class NeuralRecommender:
         self.fit_result_: Any = None
 
     # ---------------------------------------------------------------- subclass hooks
-    def prepare(self, dataset: VisitDataset, train: Sequence[Sample]) -> tuple[dict[str, Any], Inputs]:
+    def prepare(
+        self, dataset: VisitDataset, train: Sequence[Sample]
+    ) -> tuple[dict[str, Any], Inputs]:
         """Build metadata (JSON) and fixed input tensors from the training data."""
         return {}, {}
 
@@ -147,7 +149,9 @@ class NeuralRecommender:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.network_.state_dict().items()}
         save_file(state, str(out / "model.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.inputs_.items()}, str(out / "inputs.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in self.inputs_.items()}, str(out / "inputs.safetensors")
+        )
         write_config(out, self.name, self.config, self.meta_)
         write_vocab(out, self.vocab_)
         return out
@@ -284,3 +288,32 @@ def controllable_ddi_loss(
         beta = max(0.0, 1.0 + (target_ddi - rate) / kp)
         loss = beta * accuracy + (1 - beta) * penalty
     return loss, {"bce": float(bce.detach()), "ddi_rate": rate, "ddi": float(penalty.detach())}
+
+
+# -------------------------------------------------------------------- sequence decoders
+
+
+def teacher_forcing(
+    sequences: Sequence[Sequence[int]], start: int, end: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder inputs ``[START, m1..mk]`` and outputs ``[m1..mk, END]``, padded.
+
+    Padding: inputs ``start`` (ignored through the outputs), outputs -100 (ignored by the loss).
+    """
+    length = max(len(s) for s in sequences) + 1
+    inputs = torch.full((len(sequences), length), start, dtype=torch.long)
+    outputs = torch.full((len(sequences), length), -100, dtype=torch.long)
+    for b, sequence in enumerate(sequences):
+        inputs[b, 1 : len(sequence) + 1] = torch.tensor(sequence, dtype=torch.long)
+        outputs[b, : len(sequence) + 1] = torch.tensor([*sequence, end], dtype=torch.long)
+    return inputs, outputs
+
+
+def decoded_scores(best: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Scores whose ``>= 0.5`` set is the decoded set, ranked by decoding probability.
+
+    ``best`` (B, drugs): each drug's highest probability over the decoding steps;
+    ``chosen`` (B, drugs) bool: the decoded drugs. Chosen: ``0.5 + 0.5 p``, others ``0.5 p``
+    (strictly below 0.5), so PRAUC ranks the decoded drugs first.
+    """
+    return torch.where(chosen, 0.5 + 0.5 * best, 0.5 * best.clamp(max=0.999))

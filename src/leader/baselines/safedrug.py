@@ -78,9 +78,12 @@ def prepare_molecules(
     """Molecule graphs, drug -> molecule projection, BRICS fragments, DDI matrix."""
     smiles_by_drug = read_smiles(config.smiles, model)
     molecules = drug_molecules(
-        dataset.vocab.codes["medication"], smiles_by_drug, config.smiles or "",
-        config.molecules_per_drug, config.allow_missing_molecules,
-    )  # fmt: skip
+        dataset.vocab.codes["medication"],
+        smiles_by_drug,
+        config.smiles or "",
+        config.molecules_per_drug,
+        config.allow_missing_molecules,
+    )
     fragments, molecule_fragments = brics_fragments(molecules.smiles)
     inputs: Inputs = {
         **molecule_graphs(molecules.smiles, "molecule"),
@@ -142,7 +145,9 @@ class SafeDrug(NeuralRecommender):
     name: ClassVar[str] = "safedrug"
     config_class: ClassVar[type[Any]] = MoleculeConfig
 
-    def prepare(self, dataset: VisitDataset, train: Sequence[Sample]) -> tuple[dict[str, Any], Inputs]:
+    def prepare(
+        self, dataset: VisitDataset, train: Sequence[Sample]
+    ) -> tuple[dict[str, Any], Inputs]:
         meta, inputs, _ = prepare_molecules(dataset, self.config, self.name)
         return meta, inputs
 
