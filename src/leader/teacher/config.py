@@ -1,0 +1,146 @@
+"""TeacherConfig: every default of the LLM teacher in one place (LEADER, arXiv 2402.02803).
+
+Paper settings (LLaMA-7B): LoRA r=8, alpha=32, dropout 0.1 on q/k/v/o/gate/up/down, AdamW,
+lr 2e-4, linear decay, effective batch 32, prompts up to 2,048 tokens. The defaults here fit
+the small default backbone on a CPU; a YAML file or CLI flags override any field.
+
+>>> config = TeacherConfig(max_steps=10)
+>>> config.lora_r, config.max_steps
+(8, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from leader.errors import LeaderError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TeacherConfig:
+    """Backbone, prompt, LoRA and training settings of one teacher run."""
+
+    # --- backbone and prompt
+    model: str = "smollm2-135m"  # alias, local HF folder, GGUF file or hub id
+    max_layers: int = 0  # keep only the first N transformer layers (0 = all; cheaper on CPU)
+    sample_mode: str | None = None  # "all" or "last"; None = the dataset's default
+    history_visits: int = 3  # most recent earlier visits in the prompt
+    profile: bool = True  # profile sentence in the prompt
+    max_tokens: int = 512  # prompt token budget (oldest history dropped first)
+    template: str | None = None  # YAML/JSON prompt template file (None = built-in wording)
+    append_eos: bool = True  # end the prompt with EOS, whose hidden state feeds the output layer
+    # --- LoRA (peft) and the medication output layer
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator
+    lora_dropout: float = 0.1  # dropout on the LoRA input
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # modules
+    # --- optimisation
+    batch_size: int = 8  # samples per process per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.05  # share of the steps with linear warm-up, then linear decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    epochs: float = 1.0  # passes over the training samples (when max_steps is 0)
+    max_steps: int = 0  # optimizer steps; 0 = derive from epochs
+    max_train_samples: int = 0  # random subset of training samples (0 = all)
+    precision: str = "auto"  # auto (bf16 where it pays), bf16, fp16 (GPU only), fp32
+    gradient_checkpointing: bool = False  # trade compute for memory (long prompts, big models)
+    bucket_by_length: bool = True  # batch prompts of similar length (less padding)
+    seed: int = 42  # data order, LoRA init, dropout
+    # --- evaluation, checkpoints, logging
+    eval_every: int = 50  # validation PRAUC every N optimizer steps (0 = end only)
+    max_eval_samples: int = 0  # validation subset size during training (0 = all)
+    patience: int = 5  # evaluations without improvement before stopping (0 = never stop)
+    checkpoint_every: int = 0  # resumable checkpoint every N steps (0 = at each evaluation)
+    eval_batch_size: int = 16  # samples per forward pass in evaluation and prediction
+    threshold: float = 0.5  # decision threshold for the teacher's metrics (paper: 0.5)
+    log_every: int = 10  # progress line every N optimizer steps
+    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS} (got {self.precision!r})")
+        if self.sample_mode not in (None, "all", "last"):
+            problems.append(f"sample_mode must be all, last or null (got {self.sample_mode!r})")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "lora_r", "max_tokens"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        nonnegative = (
+            "max_steps",
+            "max_train_samples",
+            "eval_every",
+            "patience",
+            "log_every",
+            "max_layers",
+            "checkpoint_every",
+            "max_eval_samples",
+            "num_threads",
+        )
+        for name in nonnegative:
+            if int(getattr(self, name)) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.max_steps == 0 and self.epochs <= 0:
+            problems.append("set max_steps > 0 or epochs > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if not self.lora_targets:
+            problems.append("lora_targets is empty")
+        if problems:
+            raise LeaderError("teacher config: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ YAML
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "teacher config") -> TeacherConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LeaderError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise LeaderError(f"{where}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TeacherConfig:
+        """Read a YAML file (any subset of the fields); keyword overrides win."""
+        import yaml
+
+        source = Path(path)
+        if not source.is_file():
+            raise LeaderError(f"{source}: teacher config file not found")
+        try:
+            data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise LeaderError(f"{source}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise LeaderError(f"{source}: a teacher config is a mapping of key: value")
+        data.update(overrides)
+        return cls.from_dict(data, where=str(source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config atomically."""
+        import tempfile
+
+        import yaml
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+        os.replace(tmp, target)

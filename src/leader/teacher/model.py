@@ -1,0 +1,338 @@
+"""LEADER(T): an LLM body with LoRA and a medication output layer (arXiv 2402.02803, §4.2).
+
+The language-model head is not used. The hidden state of the last *real* token of the prompt
+(EOS appended) goes through ``Linear(hidden, drugs, bias=False)``; the loss is binary
+cross-entropy on the multi-hot medication target. So the teacher can never name a drug
+outside the vocabulary. Only the LoRA adapters (peft) and the output layer are trained.
+
+Pooling finds the last position whose attention mask is 1, and position ids are derived from
+the mask, so left and right padding give the same hidden state.
+
+>>> teacher = LeaderTeacher.from_pretrained("runs/teacher")        # doctest: +SKIP
+>>> probabilities = teacher.predict_proba(dataset.samples("test"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leader.data.store import Sample, Vocabulary, write_json_atomic
+from leader.errors import LeaderError
+from leader.prompts import PromptBuilder, PromptConfig, PromptStats
+from leader.teacher.backbone import (
+    ensure_pad_token,
+    keep_layers,
+    load_backbone,
+    resolve_backbone,
+)
+from leader.teacher.config import TeacherConfig
+
+log = logging.getLogger("leader.teacher")
+
+FORMAT_VERSION = 1
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32).
+
+    "auto": bf16 on GPUs that support it (else fp16), fp32 on CPUs: measured on a 2-core
+    Sapphire Rapids VM (AMX-BF16), CPU bf16 autocast trained SmolLM2 about 4x *slower*
+    than fp32 (autocast casts every LoRA/linear input), so it is opt-in there (``bf16``).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise LeaderError("precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+@dataclass
+class TeacherOutput:
+    loss: torch.Tensor | None  # BCE-with-logits, mean over samples and drugs
+    logits: torch.Tensor  # (B, drugs)
+    hidden: torch.Tensor  # (B, H): the last real token's hidden state
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last 1 in each row of the mask, for left or right padding. (B,)"""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (attention_mask.long() * positions).argmax(dim=1)  # (B,)
+
+
+def linear_module_names(model: nn.Module) -> set[str]:
+    """Last name parts of the model's linear layers (q_proj, up_proj, dense, ...)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D)
+    }
+
+
+def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
+    """Wrap the backbone with LoRA adapters on the configured targets that exist in it."""
+    from peft import LoraConfig, get_peft_model
+
+    present = linear_module_names(backbone)
+    targets = [t for t in config.lora_targets if t in present]
+    missing = [t for t in config.lora_targets if t not in present]
+    if not targets:
+        raise LeaderError(
+            f"none of lora_targets {config.lora_targets} is a linear layer of this backbone; "
+            f"its linear layers are {sorted(present)}: set lora_targets in the teacher config"
+        )
+    if missing:
+        log.warning("LoRA: %s not in this backbone; adapting %s", missing, targets)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+    )
+    return get_peft_model(backbone, lora)  # type: ignore[no-any-return]
+
+
+class LeaderTeacher(nn.Module):
+    """Backbone (+ LoRA) -> last real token's hidden state -> one logit per drug."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        vocab: Vocabulary,
+        config: TeacherConfig,
+        backbone_location: str = "",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = ensure_pad_token(tokenizer)
+        self.vocab = vocab
+        self.config = config
+        self.backbone_location = backbone_location
+        self.medication_codes: list[str] = list(vocab.codes["medication"])
+        if not self.medication_codes:
+            raise LeaderError("the dataset's medication vocabulary is empty: nothing to predict")
+        self.hidden_size = int(backbone.config.hidden_size)
+        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=False)
+        body = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        self._takes_positions = "position_ids" in inspect.signature(body.forward).parameters
+
+    # ------------------------------------------------------------------ text -> ids
+    def prompt_builder(self) -> PromptBuilder:
+        return PromptBuilder(
+            self.vocab,
+            PromptConfig(
+                history_visits=self.config.history_visits,
+                profile=self.config.profile,
+                max_tokens=self.config.max_tokens,
+                template=self.config.template,
+            ),
+            count_tokens=lambda text: len(self.token_ids(text)),
+        )
+
+    def token_ids(self, text: str) -> list[int]:
+        """Token ids of one prompt, EOS appended when configured (the paper's pooled token)."""
+        ids: list[int] = list(self.tokenizer(text)["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        if self.config.append_eos and eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        return ids
+
+    def encode(self, samples: Sequence[Sample]) -> tuple[list[list[int]], PromptStats]:
+        builder = self.prompt_builder()
+        ids = [self.token_ids(builder.build(s).text) for s in samples]
+        return ids, builder.stats
+
+    def pad(self, batch: Sequence[Sequence[int]], side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad token ids into ``input_ids`` and ``attention_mask`` (B, T)."""
+        width = max(len(ids) for ids in batch)
+        pad_id = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            span = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
+            input_ids[row, span] = torch.tensor(list(ids), dtype=torch.long)
+            mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, T)
+        labels: torch.Tensor | None = None,  # (B, drugs) multi-hot
+    ) -> TeacherOutput:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._takes_positions:
+            # Positions count real tokens only, so left padding does not shift them.
+            kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        states = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+        rows = torch.arange(states.shape[0], device=states.device)
+        hidden = states[rows, last_token_index(attention_mask)]  # (B, H)
+        logits = self.head(hidden.to(self.head.weight.dtype)).float()  # (B, drugs)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float())
+
+    @torch.no_grad()
+    def predict_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        autocast: torch.dtype | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N, drugs) and hidden states (N, H) for tokenised prompts, in order.
+
+        Batches are formed by length (less padding); results come back in input order.
+        """
+        self.eval()
+        device = self.head.weight.device
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        probabilities = np.zeros((len(ids), len(self.medication_codes)), dtype=np.float32)
+        hidden = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chosen]).items()}
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                out = self(**batch)
+            probabilities[chosen] = torch.sigmoid(out.logits).float().cpu().numpy()
+            hidden[chosen] = out.hidden.float().cpu().numpy()
+        return probabilities, hidden
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The configured precision on this model's device (None = fp32)."""
+        return resolve_precision(self.config.precision, self.head.weight.device)
+
+    def predict_proba(self, samples: Sequence[Sample], batch_size: int | None = None) -> np.ndarray:
+        """Drug probabilities (N, drugs), columns in ``medication_codes`` order."""
+        ids, _ = self.encode(samples)
+        size = batch_size or self.config.eval_batch_size
+        return self.predict_ids(ids, size, self.autocast_dtype())[0]
+
+    # ------------------------------------------------------------------ trainable state
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors (LoRA + output layer), by parameter name, on CPU."""
+        return {
+            name: param.detach().to("cpu", copy=True).contiguous()
+            for name, param in self.named_parameters()
+            if param.requires_grad
+        }
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+        unknown = [n for n in state if n not in params]
+        if missing or unknown:
+            raise LeaderError(
+                f"checkpoint does not match the model: missing {missing[:3]}, unknown "
+                f"{unknown[:3]}; was it written with another backbone or LoRA config?"
+            )
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write adapter (peft), output layer (safetensors), vocabularies, tokenizer, config."""
+        from safetensors.torch import save_file
+
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=root))
+        try:
+            if hasattr(self.backbone, "save_pretrained") and hasattr(self.backbone, "peft_config"):
+                self.backbone.save_pretrained(tmp / "adapter")
+            save_file(
+                {"weight": self.head.weight.detach().cpu().float().contiguous()},
+                tmp / "head.safetensors",
+            )
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            write_json_atomic(tmp / "vocab.json", self.vocab.to_json())
+            write_json_atomic(tmp / "medications.json", self.medication_codes)
+            write_json_atomic(
+                tmp / "teacher.json",
+                {
+                    "format_version": FORMAT_VERSION,
+                    "backbone": self.config.model,
+                    "backbone_location": self.backbone_location,
+                    "hidden_size": self.hidden_size,
+                    "drugs": len(self.medication_codes),
+                    "config": self.config.to_dict(),
+                },
+            )
+            for name in (
+                "adapter",
+                "tokenizer",
+                "head.safetensors",
+                "vocab.json",
+                "medications.json",
+                "teacher.json",
+            ):
+                source, target = tmp / name, root / name
+                if not source.exists():
+                    continue
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(source, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return root
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> LeaderTeacher:
+        """Rebuild a trained teacher from its run folder (backbone loaded from its source)."""
+        from peft import PeftModel
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        root = Path(directory)
+        meta_path = root / "teacher.json"
+        if not meta_path.is_file():
+            raise LeaderError(f"{root}: no teacher.json; not a finished `leader teacher train` run")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise LeaderError(f"{meta_path}: format_version {meta.get('format_version')} unknown")
+        config = TeacherConfig.from_dict(meta["config"], where=str(meta_path))
+        location = meta.get("backbone_location") or ""
+        source = location if location and Path(location).is_dir() else config.model
+        backbone = keep_layers(load_backbone(resolve_backbone(source)), config.max_layers)
+        if (root / "adapter").is_dir():
+            backbone = PeftModel.from_pretrained(backbone, root / "adapter", is_trainable=True)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        vocab = Vocabulary.from_json(json.loads((root / "vocab.json").read_text(encoding="utf-8")))
+        model = cls(backbone, tokenizer, vocab, config, backbone_location=location)
+        head = load_file(root / "head.safetensors")["weight"]
+        if tuple(head.shape) != tuple(model.head.weight.shape):
+            raise LeaderError(
+                f"{root}/head.safetensors: shape {tuple(head.shape)} does not "
+                f"match the backbone and vocabulary {tuple(model.head.weight.shape)}"
+            )
+        with torch.no_grad():
+            model.head.weight.copy_(head)
+        model.to(device)
+        model.eval()
+        return model

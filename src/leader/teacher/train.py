@@ -1,0 +1,524 @@
+"""Fine-tune the LLM teacher: LoRA + medication output layer, BCE (arXiv 2402.02803, §4.2).
+
+One process by default; the same code runs under ``accelerate launch`` (DDP on CPUs/GPUs,
+DeepSpeed through accelerate's config) and the main process writes the one artifact.
+
+The data order is a pure function of (seed, epoch), so a run killed at any point resumes
+from its last atomic checkpoint (trainable weights, optimizer, schedule, RNG, early-stopping
+state) and ends where an uninterrupted run would.
+
+Run folder: ``config.yaml`` (resolved), ``train.log``, ``metrics.json``, ``adapter/`` (peft),
+``head.safetensors``, ``tokenizer/``, ``vocab.json``, ``medications.json``, ``teacher.json``;
+while training, ``checkpoint/`` (last) and ``best/`` (best validation PRAUC).
+
+>>> train_teacher(Path("data/demo"), Path("runs/t"), TeacherConfig(max_steps=200))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leader.data.store import Sample, VisitDataset, write_json_atomic
+from leader.errors import LeaderError
+from leader.metrics import compute
+from leader.teacher.backbone import keep_layers, load_backbone, load_tokenizer, resolve_backbone
+from leader.teacher.config import TeacherConfig
+from leader.teacher.model import LeaderTeacher, add_lora, resolve_precision
+
+log = logging.getLogger("leader.teacher")
+
+MEGA_BATCH = 64  # length bucketing sorts windows of this many batches
+
+
+# ---------------------------------------------------------------------- batches
+def epoch_batches(
+    lengths: list[int], batch: int, seed: int, epoch: int, bucket: bool
+) -> list[list[int]]:
+    """The global batches of one epoch: a pure function of (seed, epoch).
+
+    With bucketing, windows of ``MEGA_BATCH`` batches are sorted by length and cut, and the
+    batches shuffled, so each batch holds prompts of similar length (little padding).
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if bucket:
+        window = batch * MEGA_BATCH
+        order = [
+            i
+            for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lambda j: lengths[j])
+        ]
+    batches = [order[start : start + batch] for start in range(0, len(order), batch)]
+    if bucket:
+        shuffle = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in shuffle]
+    return batches
+
+
+def shard(batch: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of a global batch (contiguous, so lengths stay similar)."""
+    return [int(i) for i in np.array_split(np.asarray(batch, dtype=np.int64), world)[rank]]
+
+
+# ---------------------------------------------------------------------- run state
+@dataclass
+class RunState:
+    """What a checkpoint needs besides tensors (JSON)."""
+
+    step: int = 0
+    best_prauc: float = -1.0
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    train_seconds: float = 0.0
+    train_tokens: int = 0  # real (non-pad) tokens seen by this process
+    padded_tokens: int = 0  # tokens including padding
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _atomic_dir(target: Path, write: Any) -> None:
+    """Fill a temporary sibling with ``write(tmp)``, then swap it in with renames."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _existing(target: Path) -> Path | None:
+    """The directory, or its ``.old`` twin when a kill landed between the two renames."""
+    if (target / "state.json").is_file():
+        return target
+    old = target.with_name(f".{target.name}.old")
+    return old if (old / "state.json").is_file() else None
+
+
+# ---------------------------------------------------------------------- logging
+def _setup_logging(out_dir: Path, main: bool) -> None:
+    log.setLevel(logging.INFO)
+    for handler in list(log.handlers):
+        if getattr(handler, "_leader", False):
+            log.removeHandler(handler)
+            handler.close()
+    if not main:
+        return
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [
+        logging.FileHandler(out_dir / "train.log", encoding="utf-8"),
+        logging.StreamHandler(sys.stderr),
+    ]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._leader = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
+    )
+
+
+# ---------------------------------------------------------------------- the trainer
+class _Trainer:
+    def __init__(self, dataset_dir: Path, out_dir: Path, config: TeacherConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        self.config = config
+        self.out = out_dir
+        # cpu=True without CUDA: a launch with several processes then uses gloo on the CPU.
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available()
+        )
+        self.main = self.accelerator.is_main_process
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.dataset = VisitDataset.load(dataset_dir)
+        mode = config.sample_mode or self.dataset.default_sample_mode
+        self.train_samples = self._subset(
+            self.dataset.samples("train", mode), config.max_train_samples
+        )
+        self.val_samples = self._subset(self.dataset.samples("val", mode), config.max_eval_samples)
+        if not self.train_samples:
+            raise LeaderError(f"{dataset_dir}: the train split has no samples")
+
+    def _subset(self, samples: list[Sample], limit: int) -> list[Sample]:
+        if not limit or len(samples) <= limit:
+            return samples
+        generator = torch.Generator().manual_seed(self.config.seed)
+        chosen = sorted(torch.randperm(len(samples), generator=generator)[:limit].tolist())
+        return [samples[i] for i in chosen]
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> None:
+        config = self.config
+        with self.accelerator.main_process_first():  # one GGUF conversion, not one per rank
+            source = resolve_backbone(config.model)
+        tokenizer = load_tokenizer(source)
+        torch.manual_seed(config.seed)  # same LoRA and head init on every process
+        backbone = keep_layers(load_backbone(source), config.max_layers)
+        for param in backbone.parameters():
+            param.requires_grad_(False)
+        if config.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        backbone = add_lora(backbone, config)
+        self.model = LeaderTeacher(backbone, tokenizer, self.dataset.vocab, config, source.location)
+        self.model.to(self.accelerator.device)
+        self.autocast = (
+            None if self.deepspeed else resolve_precision(config.precision, self.accelerator.device)
+        )
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "backbone %s (%s), hidden %d, %d drugs; trainable %d of %d parameters "
+            "(%.2f%%); precision %s; %d process(es)",
+            config.model,
+            source.location,
+            self.model.hidden_size,
+            len(self.model.medication_codes),
+            trainable,
+            total,
+            100 * trainable / total,
+            self.autocast or "fp32",
+            self.world,
+        )
+        self.train_ids, stats = self.model.encode(self.train_samples)
+        log.info("train prompts: %s", stats.summary())
+        self.val_ids, stats = self.model.encode(self.val_samples)
+        log.info("validation prompts: %s", stats.summary())
+        self.prompt_stats = stats
+        self.train_targets = torch.from_numpy(self.dataset.targets(self.train_samples))
+        self.val_targets = self.dataset.targets(self.val_samples)
+        self.lengths = [len(ids) for ids in self.train_ids]
+
+        global_batch = config.batch_size * self.world
+        self.micro_per_epoch = len(self._epoch(0))
+        steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        warmup = int(config.warmup_ratio * self.total_steps)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        log.info(
+            "%d train samples, %d validation; %d steps (%d per epoch), global batch %d x "
+            "%d accumulation",
+            len(self.train_ids),
+            len(self.val_ids),
+            self.total_steps,
+            steps_per_epoch,
+            global_batch,
+            config.grad_accum,
+        )
+
+    # ------------------------------------------------------------------ batches
+    def micro_batch(self, index: int) -> list[int]:
+        """This process's sample indices of global micro-batch ``index`` (any epoch)."""
+        epoch, position = divmod(index, self.micro_per_epoch)
+        batches = self._epoch(epoch)
+        return shard(batches[position], self.rank, self.world)
+
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_cached_epoch", None) != epoch:
+            self._cached_batches = epoch_batches(
+                self.lengths,
+                self.config.batch_size * self.world,
+                self.config.seed,
+                epoch,
+                self.config.bucket_by_length,
+            )
+            # A last batch smaller than the process count would leave a process empty.
+            if self.world > 1:
+                self._cached_batches = [b for b in self._cached_batches if len(b) >= self.world]
+            self._cached_epoch = epoch
+        return self._cached_batches
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> float:
+        """Validation PRAUC, the samples shared among processes."""
+        from accelerate.utils import gather_object
+
+        if not self.val_ids:
+            return float("nan")
+        mine = list(range(self.rank, len(self.val_ids), self.world))
+        probabilities, _ = self.model.predict_ids(
+            [self.val_ids[i] for i in mine], self.config.eval_batch_size, self.autocast
+        )
+        self.model.train()
+        gathered = (
+            gather_object([(mine, probabilities)]) if self.world > 1 else [(mine, probabilities)]
+        )
+        full = np.zeros_like(self.val_targets)
+        for rows, values in gathered:
+            full[rows] = values
+        return compute(self.val_targets, full, self.config.threshold)["prauc"]
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: RunState) -> None:
+        from safetensors.torch import save_file
+
+        target = self.out / "checkpoint"
+        tmp = target.with_name(f".{target.name}.tmp")
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        # Every process keeps its own RNG and optimizer shard (ZeRO partitions the latter).
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / f"process-{self.rank}.pt",
+        )
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            save_file(self.model.trainable_state(), tmp / "trainable.safetensors")
+            write_json_atomic(tmp / "state.json", state.__dict__ | {"world": self.world})
+            old = target.with_name(f".{target.name}.old")
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(self) -> RunState | None:
+        from safetensors.torch import load_file
+
+        found = _existing(self.out / "checkpoint")
+        if found is None:
+            return None
+        data = json.loads((found / "state.json").read_text(encoding="utf-8"))
+        if data.pop("world", self.world) != self.world:
+            raise LeaderError(
+                f"{found}: written by a run on another number of processes; "
+                "resume with the same `accelerate launch --num_processes`"
+            )
+        state = RunState(**data)
+        self.model.load_trainable_state(load_file(found / "trainable.safetensors"))
+        extra = torch.load(found / f"process-{self.rank}.pt", weights_only=True)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+        if extra["cuda_rng"]:
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        log.info("resumed from %s at step %d", found, state.step)
+        return state
+
+    def save_best(self, state: RunState) -> None:
+        from safetensors.torch import save_file
+
+        if not self.main:
+            return
+        trainable = self.model.trainable_state()
+
+        def write(folder: Path) -> None:
+            save_file(trainable, folder / "trainable.safetensors")
+            write_json_atomic(
+                folder / "state.json", {"step": state.step, "prauc": state.best_prauc}
+            )
+
+        _atomic_dir(self.out / "best", write)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, resume: bool) -> RunState:
+        config = self.config
+        state = self.load_checkpoint() if resume else None
+        if state is None:
+            state = RunState()
+            torch.manual_seed(config.seed + self.rank)  # dropout differs per process
+        if state.finished:
+            log.info("run already finished at step %d", state.step)
+            return state
+        self.wrapped.train()
+        every = config.checkpoint_every or config.eval_every
+        started = time.perf_counter() - state.train_seconds
+        window_tokens, window_loss, window_batches = 0, 0.0, 0
+        window_start = time.perf_counter()
+        micro = state.step * config.grad_accum
+        while state.step < self.total_steps and not state.stopped_early:
+            rows = self.micro_batch(micro)
+            micro += 1
+            batch = {
+                k: v.to(self.accelerator.device)
+                for k, v in self.model.pad([self.train_ids[i] for i in rows]).items()
+            }
+            labels = self.train_targets[rows].to(self.accelerator.device)
+            with self.accelerator.accumulate(self.wrapped):
+                with torch.autocast(
+                    self.accelerator.device.type,
+                    dtype=self.autocast,
+                    enabled=self.autocast is not None,
+                ):
+                    out = self.wrapped(**batch, labels=labels)
+                self.accelerator.backward(out.loss)
+                if self.accelerator.sync_gradients and config.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            real = int(batch["attention_mask"].sum())
+            state.train_tokens += real
+            state.padded_tokens += int(batch["attention_mask"].numel())
+            window_tokens += real
+            window_loss += float(out.loss.detach())
+            window_batches += 1
+            if not self.accelerator.sync_gradients:
+                continue
+            self.scheduler.step()
+            state.step += 1
+            state.train_seconds = time.perf_counter() - started
+            if state.step % config.log_every == 0 or state.step == self.total_steps:
+                elapsed = time.perf_counter() - window_start
+                rate = state.train_seconds / state.step
+                log.info(
+                    "step %d/%d | loss %.4f | %.0f tok/s | lr %.2e | %s elapsed | ETA %s",
+                    state.step,
+                    self.total_steps,
+                    window_loss / max(1, window_batches),
+                    window_tokens * self.world / max(elapsed, 1e-9),
+                    self.scheduler.get_last_lr()[0],
+                    _duration(state.train_seconds),
+                    _duration(rate * (self.total_steps - state.step)),
+                )
+                window_tokens, window_loss, window_batches = 0, 0.0, 0
+                window_start = time.perf_counter()
+            evaluate = (config.eval_every and state.step % config.eval_every == 0) or (
+                state.step == self.total_steps
+            )
+            if evaluate:
+                self.after_evaluation(state, self.evaluate())
+            if state.step == self.total_steps or state.stopped_early:
+                break
+            if every and state.step % every == 0:
+                state.train_seconds = time.perf_counter() - started
+                self.save_checkpoint(state)
+        state.train_seconds = time.perf_counter() - started
+        return state
+
+    def after_evaluation(self, state: RunState, prauc: float) -> None:
+        state.history.append({"step": state.step, "val_prauc": prauc})
+        if math.isnan(prauc) or prauc > state.best_prauc:
+            state.best_prauc = -1.0 if math.isnan(prauc) else prauc
+            state.best_step = state.step
+            state.bad_evals = 0
+            self.save_best(state)
+            mark = " (best)"
+        else:
+            state.bad_evals += 1
+            mark = f" (best {state.best_prauc:.4f} at step {state.best_step})"
+            if self.config.patience and state.bad_evals >= self.config.patience:
+                state.stopped_early = True
+                mark += "; early stop"
+        log.info("step %d: validation PRAUC %.4f%s", state.step, prauc, mark)
+
+    # ------------------------------------------------------------------ artifact
+    def finish(self, state: RunState) -> None:
+        from safetensors.torch import load_file
+
+        self.accelerator.wait_for_everyone()
+        best = _existing(self.out / "best")
+        if best is not None:
+            self.model.load_trainable_state(load_file(best / "trainable.safetensors"))
+        if self.main:
+            self.model.save_pretrained(self.out)
+            tokens = state.train_tokens * self.world
+            seconds = max(state.train_seconds, 1e-9)
+            metrics = {
+                "best_val_prauc": state.best_prauc if state.best_prauc >= 0 else None,
+                "best_step": state.best_step,
+                "steps": state.step,
+                "total_steps": self.total_steps,
+                "stopped_early": state.stopped_early,
+                "train_samples": len(self.train_ids),
+                "val_samples": len(self.val_ids),
+                "processes": self.world,
+                "precision": str(self.autocast or "fp32"),
+                "train_seconds": state.train_seconds,
+                "train_tokens_per_second": tokens / seconds,
+                "padding_share": 1 - state.train_tokens / max(1, state.padded_tokens),
+                "history": state.history,
+            }
+            write_json_atomic(self.out / "metrics.json", metrics)
+            state.finished = True
+            write_json_atomic(self.out / "state.json", state.__dict__)
+            shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
+            log.info(
+                "saved the teacher to %s (best validation PRAUC %s at step %d)",
+                self.out,
+                metrics["best_val_prauc"],
+                state.best_step,
+            )
+        self.accelerator.wait_for_everyone()
+
+
+def train_teacher(
+    dataset_dir: Path, out_dir: Path, config: TeacherConfig, resume: bool = False
+) -> Path:
+    """Fine-tune the teacher on ``dataset_dir``'s train split into the run folder ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/checkpoint`` (after a kill, at any point).
+    Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    config.validate()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not resume and (out_dir / "checkpoint").exists():
+        raise LeaderError(
+            f"{out_dir}: holds an unfinished run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    if resume and (out_dir / "state.json").is_file():
+        done = json.loads((out_dir / "state.json").read_text(encoding="utf-8"))
+        if done.get("finished"):
+            return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(Path(dataset_dir), out_dir, config)
+    _setup_logging(out_dir, trainer.main)
+    if trainer.main:
+        if resume and (out_dir / "config.yaml").is_file():
+            saved = TeacherConfig.from_yaml(out_dir / "config.yaml")
+            if saved != config:
+                log.warning("resuming with a config that differs from %s/config.yaml", out_dir)
+        config.to_yaml(out_dir / "config.yaml")
+    trainer.build()
+    state = trainer.run(resume)
+    trainer.finish(state)
+    return out_dir

@@ -1,0 +1,164 @@
+"""The teacher on a tiny random Llama: pooling, LoRA targets, config, train/save/load/predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leader.data.store import VisitDataset
+from leader.errors import LeaderError
+from leader.prompts import PromptBuilder
+from leader.teacher import LeaderTeacher, TeacherConfig, predict_teacher, train_teacher
+from leader.teacher.backbone import load_backbone, load_tokenizer, resolve_backbone
+from leader.teacher.model import add_lora, last_token_index
+from leader.teacher.predict import read_features
+from leader.teacher.testing import make_tiny_backbone
+from leader.teacher.train import epoch_batches
+
+
+@pytest.fixture()
+def tiny_backbone(tmp_path: Path, tiny_dataset: VisitDataset) -> Path:
+    texts = PromptBuilder(tiny_dataset.vocab).build_all(tiny_dataset.samples(None, "all"))
+    return make_tiny_backbone(tmp_path / "tiny-llama", texts)
+
+
+def _teacher(folder: Path, dataset: VisitDataset, **overrides: object) -> LeaderTeacher:
+    config = TeacherConfig(model=str(folder), **overrides)  # type: ignore[arg-type]
+    source = resolve_backbone(config.model)
+    backbone = add_lora(load_backbone(source), config)
+    return LeaderTeacher(backbone, load_tokenizer(source), dataset.vocab, config, source.location)
+
+
+def test_last_token_index_left_and_right() -> None:
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+
+
+def test_pooling_is_the_same_under_left_and_right_padding(
+    tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    teacher = _teacher(tiny_backbone, tiny_dataset, precision="fp32").eval()
+    ids, _ = teacher.encode(tiny_dataset.samples(None, "all"))
+    assert len({len(i) for i in ids}) > 3  # lengths differ, so padding really happens
+    assert all(i[-1] == teacher.tokenizer.eos_token_id for i in ids)  # EOS is the pooled token
+    with torch.no_grad():
+        right = teacher(**teacher.pad(ids, "right"))
+        left = teacher(**teacher.pad(ids, "left"))
+        alone = torch.cat([teacher(**teacher.pad([one])).hidden for one in ids])
+    torch.testing.assert_close(right.hidden, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left.hidden, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left.logits, right.logits, atol=1e-5, rtol=1e-4)
+    assert right.logits.shape == (len(ids), tiny_dataset.vocab.size("medication"))
+
+
+def test_lora_uses_the_targets_that_exist(
+    tiny_backbone: Path, tiny_dataset: VisitDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    teacher = _teacher(tiny_backbone, tiny_dataset, lora_targets=["q_proj", "c_attn"])
+    assert "c_attn" in caplog.text
+    names = [n for n, p in teacher.named_parameters() if p.requires_grad]
+    assert any("q_proj.lora_A" in n for n in names) and "head.weight" in names
+    assert not any("k_proj.lora" in n for n in names)
+    # the backbone itself stays frozen
+    assert all("lora_" in n or n == "head.weight" for n in names)
+    with pytest.raises(LeaderError, match="lora_targets"):
+        _teacher(tiny_backbone, tiny_dataset, lora_targets=["c_attn"])
+
+
+def test_config_yaml_round_trip_and_unknown_keys(tmp_path: Path) -> None:
+    config = TeacherConfig(max_steps=7, lora_targets=["q_proj"])
+    config.to_yaml(tmp_path / "c.yaml")
+    assert TeacherConfig.from_yaml(tmp_path / "c.yaml") == config
+    assert TeacherConfig.from_yaml(tmp_path / "c.yaml", lr=1e-3).lr == 1e-3
+    (tmp_path / "bad.yaml").write_text("max_step: 3\n")
+    with pytest.raises(LeaderError, match="unknown key"):
+        TeacherConfig.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(LeaderError, match="precision"):
+        TeacherConfig(precision="int4")
+
+
+def test_length_bucketing_is_deterministic_and_reduces_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 400, size=512).tolist()
+    plain = epoch_batches(lengths, 8, seed=1, epoch=0, bucket=False)
+    bucketed = epoch_batches(lengths, 8, seed=1, epoch=0, bucket=True)
+    assert bucketed == epoch_batches(lengths, 8, seed=1, epoch=0, bucket=True)
+    assert bucketed != epoch_batches(lengths, 8, seed=1, epoch=1, bucket=True)
+    assert sorted(i for b in bucketed for i in b) == list(range(512))
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert padded(bucketed) < 0.7 * padded(plain)
+
+
+def test_train_save_load_predict(
+    tmp_path: Path, tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    assert tiny_dataset.path is not None
+    config = TeacherConfig(
+        model=str(tiny_backbone), max_steps=8, batch_size=2, eval_every=4, lr=5e-3, log_every=2
+    )
+    run = train_teacher(tiny_dataset.path, tmp_path / "run", config)
+    for name in (
+        "config.yaml",
+        "train.log",
+        "metrics.json",
+        "head.safetensors",
+        "teacher.json",
+        "medications.json",
+        "vocab.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "tokenizer/tokenizer.json",
+    ):
+        assert (run / name).exists(), name
+    assert not (run / "checkpoint").exists()
+    assert TeacherConfig.from_yaml(run / "config.yaml") == config
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and [h["step"] for h in metrics["history"]] == [4, 8]
+    assert "validation PRAUC" in (run / "train.log").read_text()
+
+    # The saved model holds exactly the best checkpoint's trained tensors...
+    teacher = LeaderTeacher.from_pretrained(run)
+    best = load_file(run / "best" / "trainable.safetensors")
+    state = teacher.trainable_state()
+    assert set(state) == set(best)
+    for name, tensor in best.items():
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0)
+    # ... and training changed them (LoRA B starts at zero).
+    assert any(float(t.abs().sum()) > 0 for n, t in best.items() if "lora_B" in n)
+
+    out = tmp_path / "features" / "teacher.safetensors"
+    test_metrics = predict_teacher(run, tiny_dataset.path, out)
+    tensors, meta = read_features(out)
+    samples = [s for split in ("train", "val", "test") for s in tiny_dataset.samples(split, "all")]
+    assert meta["sample_ids"] == [s.sample_id for s in samples]
+    assert meta["splits"] == ["train"] * 6 + ["val"] + ["test"] * 2
+    assert meta["medication_codes"] == ["m1", "m2", "m3", "m4", "m5"]
+    assert meta["hidden_size"] == 32 and meta["sample_mode"] == "all"
+    assert meta["model"] == str(tiny_backbone)
+    assert tensors["hidden"].shape == (9, 32) and tensors["hidden"].dtype == np.float32
+    assert tensors["probabilities"].shape == (9, 5)
+    # from_pretrained twice, and the features file: identical probabilities
+    again = LeaderTeacher.from_pretrained(run).predict_proba(samples)
+    np.testing.assert_array_equal(again, teacher.predict_proba(samples))
+    np.testing.assert_array_equal(again, tensors["probabilities"])
+    # LEADER(T) rows: the test split (p2: one single-visit and one multi-visit sample)
+    saved = json.loads(out.with_name("teacher.metrics.json").read_text())
+    assert saved == json.loads(json.dumps(test_metrics))
+    assert test_metrics["all"]["samples"] == 2
+    assert test_metrics["single_visit"]["samples"] == 1
+    assert set(test_metrics["all"]["metrics"]) >= {"prauc", "jaccard", "f1", "ddi_rate"}
+
+
+def test_an_unfinished_run_needs_resume(tmp_path: Path, tiny_dataset: VisitDataset) -> None:
+    assert tiny_dataset.path is not None
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    with pytest.raises(LeaderError, match="--resume"):
+        train_teacher(tiny_dataset.path, tmp_path / "run", TeacherConfig())
