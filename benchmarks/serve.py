@@ -1,0 +1,234 @@
+"""Load test of ``leader serve``: a fixed number of single-patient requests, N concurrent clients.
+
+Starts the service on 127.0.0.1 (a free port) as its own process, drives it with a bounded
+load from keep-alive connections (a minimal asyncio HTTP/1.1 client, so the client spends
+little of the shared CPU), then prints requests/s, latency percentiles and errors.
+Targets (issue 6, 2-core machine): no errors, p99 < 50 ms, >= 500 requests/s.
+
+    .venv/bin/python benchmarks/serve.py --run runs/student --requests 5000 --clients 50
+
+Request bodies are synthetic patients drawn from the run's own vocabulary (1-3 visits,
+MIMIC-like code counts) unless ``--patients FILE`` gives real ones. Only loopback is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def synthetic_patients(run: Path, count: int, seed: int) -> list[dict[str, Any]]:
+    """Patients with codes drawn from the run's vocabulary (a few unknown ones mixed in)."""
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    dx, px, rx = (vocab[k]["codes"] for k in ("diagnosis", "procedure", "medication"))
+    rng = random.Random(seed)
+
+    def visit(current: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "diagnoses": rng.sample(dx, min(len(dx), rng.randint(5, 20))),
+            "procedures": rng.sample(px, min(len(px), rng.randint(0, 6))),
+        }
+        if rng.random() < 0.05:
+            out["diagnoses"].append("UNKNOWN9")
+        if not current:
+            out["medications"] = rng.sample(rx, min(len(rx), rng.randint(5, 20)))
+        return out
+
+    patients = []
+    for i in range(count):
+        n = rng.choice([1, 1, 1, 2, 3])
+        patients.append({"id": i, "visits": [visit(k == n - 1) for k in range(n)]})
+    return patients
+
+
+def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "leader", "serve", "--run", str(args.run),
+        "--host", HOST, "--port", str(port), "--threads", str(args.threads),
+        "--batching" if args.batching else "--no-batching",
+    ]  # fmt: skip
+    env = {**os.environ}
+    if args.token:
+        env["LEADER_TOKEN"] = args.token
+    log = subprocess.DEVNULL if not args.server_log else open(args.server_log, "wb")  # noqa: SIM115
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+async def wait_ready(port: int, server: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with code {server.returncode}")
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(f"GET /v1/health HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            await writer.drain()
+            status, _ = await read_response(reader)
+            writer.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("server did not become ready")
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+def request_bytes(body: bytes, port: int, token: str | None, query: str) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST /v1/recommend{query} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def client(
+    port: int,
+    requests: list[bytes],
+    queue: asyncio.Queue[int],
+    latencies: list[float],
+    errors: list[str],
+    timeout: float,
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            start = time.perf_counter()
+            try:
+                writer.write(requests[i % len(requests)])
+                status, body = await asyncio.wait_for(read_response(reader), timeout)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                errors.append(f"request {i}: {type(exc).__name__}")
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+                continue
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors.append(f"request {i}: HTTP {status} {body[:120]!r}")
+            elif b'"ranked"' not in body:
+                errors.append(f"request {i}: unexpected body {body[:120]!r}")
+    finally:
+        writer.close()
+
+
+async def drive(args: argparse.Namespace, port: int, bodies: list[bytes], count: int) -> dict[str, Any]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(client(port, bodies, queue, latencies, errors, args.timeout) for _ in range(args.clients))
+    )
+    seconds = time.perf_counter() - start
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else 0.0
+
+    return {
+        "requests": count,
+        "clients": args.clients,
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(count / seconds, 1),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(ordered[-1] * 1000, 2) if ordered else 0.0,
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 2) if ordered else 0.0,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="student run folder")
+    parser.add_argument("--requests", type=int, default=5000, help="requests measured")
+    parser.add_argument("--warmup", type=int, default=300, help="requests before measuring")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent connections")
+    parser.add_argument("--patients", type=Path, help="JSON/JSONL patients (default: synthetic)")
+    parser.add_argument("--distinct", type=int, default=500, help="distinct synthetic patients")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--ddi-safe", action="store_true", help="ask for the DDI-safe selection")
+    parser.add_argument("--top", type=int, default=20, help="ranked drugs per answer")
+    parser.add_argument("--token", default=None, help="run the server with this bearer token")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--server-log", type=Path, help="write the server's stderr here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 1000 or not 1 <= args.requests <= 1_000_000:
+        parser.error("--clients in 1..1000, --requests in 1..1000000 (a bounded load)")
+
+    if args.patients:
+        from leader.recommend import read_patients
+
+        patients = read_patients(args.patients)
+    else:
+        patients = synthetic_patients(args.run, args.distinct, seed=0)
+    port = free_port()
+    query = f"?top={args.top}" + ("&ddi_safe=true" if args.ddi_safe else "")
+    bodies = [request_bytes(json.dumps(p).encode(), port, args.token, query) for p in patients]
+    server = start_server(args, port)
+    try:
+        asyncio.run(wait_ready(port, server))
+        if args.warmup:
+            asyncio.run(drive(args, port, bodies, args.warmup))
+        result = asyncio.run(drive(args, port, bodies, args.requests))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result.update(
+        batching=args.batching, threads=args.threads, cpus=os.cpu_count(), ddi_safe=args.ddi_safe
+    )
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{result['requests']} requests, {result['clients']} clients, "
+        f"batching={'on' if args.batching else 'off'}: {result['requests_per_s']} req/s, "
+        f"p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, "
+        f"max {result['max_ms']} ms, errors {result['errors']}"
+    )
+    for line in result["first_errors"]:
+        print("  " + line)
+
+
+if __name__ == "__main__":
+    main()
