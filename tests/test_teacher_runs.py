@@ -77,7 +77,8 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(
     with pytest.raises(Exception, match="--resume"):
         train_teacher(tiny_dataset.path, run, config)
     train_teacher(tiny_dataset.path, run, config, resume=True)
-    assert f"resumed from {run / 'checkpoint'} at step {killed_at}" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert f"resumed from {run / 'checkpoint'} at step {killed_at}" in log
 
     done, expected = (json.loads((p / "metrics.json").read_text()) for p in (run, reference))
     assert done["steps"] == expected["steps"] == 90
