@@ -76,6 +76,17 @@ def test_teacher_scored_from_features_file(tiny_dataset: VisitDataset, tmp_path:
     assert table["leader_t"]["status"] == "ok"
     assert table["leader_t"]["seeds"] == [42]  # a file has no seed to vary
     assert table["leader_t"]["groups"]["all"]["prauc"]["mean"] == pytest.approx(1.0)
+    # Columns follow the file's medication_codes: reversed codes, reversed columns.
+    codes = tiny_dataset.vocab.codes["medication"]
+    reversed_file = tmp_path / "reversed.safetensors"
+    save_file(
+        {"probabilities": tiny_dataset.targets(samples)[:, ::-1].copy()},
+        str(reversed_file),
+        {**metadata, "medication_codes": json.dumps(codes[::-1])},
+    )
+    config = BenchmarkConfig(models=["leader_t"], teacher_features=str(reversed_file))
+    table = run_benchmark(tiny_dataset.path, tmp_path / "r", config, log=lambda _: None)
+    assert table["leader_t"]["groups"]["all"]["prauc"]["mean"] == pytest.approx(1.0)
     # A file without the test samples: failed, naming what is missing.
     partial = tmp_path / "partial.safetensors"
     save_file(

@@ -161,8 +161,14 @@ def _student(
     return Scored(probabilities, threshold, model.num_parameters(), train_seconds, predict_seconds)
 
 
-def read_teacher_probabilities(path: Path, samples: Sequence[Sample]) -> np.ndarray:
-    """Rows of the teacher features file's ``probabilities`` for ``samples``, in order."""
+def read_teacher_probabilities(
+    path: Path, samples: Sequence[Sample], drug_codes: Sequence[str] | None = None
+) -> np.ndarray:
+    """Rows of the teacher features file's ``probabilities`` for ``samples``, in order.
+
+    With ``drug_codes`` and a ``medication_codes`` metadata entry, columns are put in
+    ``drug_codes`` order (an error when the two vocabularies differ).
+    """
     from safetensors import safe_open
 
     if not path.exists():
@@ -194,7 +200,18 @@ def read_teacher_probabilities(path: Path, samples: Sequence[Sample]) -> np.ndar
             f"{path}: {len(missing)} of {len(samples)} test samples have no teacher row "
             f"(first: {', '.join(missing[:5])}); run `leader teacher predict` on the test split"
         )
-    return probabilities[[row[s.sample_id] for s in samples]].astype(np.float64)
+    probabilities = probabilities[[row[s.sample_id] for s in samples]].astype(np.float64)
+    if drug_codes is not None and "medication_codes" in metadata:
+        file_codes = [str(c) for c in json.loads(metadata["medication_codes"])]
+        if sorted(file_codes) != sorted(drug_codes):
+            raise LeaderError(
+                f"{path}: its medication_codes differ from the dataset's drug vocabulary "
+                f"({len(file_codes)} vs {len(drug_codes)} codes); predict with a teacher trained "
+                "on this dataset"
+            )
+        column = {code: i for i, code in enumerate(file_codes)}
+        probabilities = probabilities[:, [column[c] for c in drug_codes]]
+    return probabilities
 
 
 def _teacher(dataset: VisitDataset, config: BenchmarkConfig) -> Scored:
@@ -203,15 +220,17 @@ def _teacher(dataset: VisitDataset, config: BenchmarkConfig) -> Scored:
     path = Path(config.teacher_features)
     test = dataset.samples("test")
     started = time.perf_counter()
-    probabilities = read_teacher_probabilities(path, test)
-    drugs = dataset.vocab.size("medication")
+    codes = dataset.vocab.codes["medication"]
+    probabilities = read_teacher_probabilities(path, test, codes)
+    drugs = len(codes)
     if probabilities.shape[1] != drugs:
         raise LeaderError(f"{path}: {probabilities.shape[1]} drug columns, dataset has {drugs}")
     threshold = config.threshold
     if config.tune_thresholds:
         val = dataset.samples("val")
         try:
-            threshold = best_threshold(dataset.targets(val), read_teacher_probabilities(path, val))
+            val_probabilities = read_teacher_probabilities(path, val, codes)
+            threshold = best_threshold(dataset.targets(val), val_probabilities)
         except LeaderError:
             pass  # no validation rows in the file: keep the fixed threshold
     # Scoring from a file: no training or inference cost is measured here.
