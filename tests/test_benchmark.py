@@ -156,3 +156,17 @@ def test_cli(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
         app, ["benchmark", "--dataset", str(tiny_dataset.path), "--models", "nope"]
     )
     assert isinstance(result.exception, LeaderError)
+
+
+def test_cli_baseline_train(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    from leader.baselines import load
+    from leader.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["baseline", "train", "--model", "previous-visit", "--dataset", str(tiny_dataset.path),
+         "--out", str(tmp_path / "pv")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "test: prauc" in result.output
+    assert load(tmp_path / "pv").predict_proba(tiny_dataset.samples("test")).shape == (2, 5)

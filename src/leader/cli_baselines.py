@@ -13,6 +13,50 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command("benchmark")(benchmark)
+    baseline = typer.Typer(help="Train one baseline model (LR, ECC, RETAIN, GAMENet, ...).")
+    baseline.command("train")(train)
+    app.add_typer(baseline, name="baseline")
+
+
+def train(
+    model: Annotated[str, typer.Option(help="Model name (see `leader benchmark --help`).")],
+    dataset: Annotated[Path, typer.Option(help="Dataset directory written by `leader prepare`.")],
+    out: Annotated[Path, typer.Option(help="Folder for the saved model (save_pretrained).")],
+    epochs: Annotated[int | None, typer.Option(help="Epoch limit (neural models).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    smiles: Annotated[
+        Path | None, typer.Option(help="atc3,smiles CSV for SafeDrug / MoleRec.")
+    ] = None,
+    allow_missing_molecules: Annotated[
+        bool, typer.Option(help="Molecule models: let drugs without SMILES go without.")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = default).")] = 0,
+) -> None:
+    """Train one baseline (early stopping on val), save it, print its test metrics."""
+    from leader.baselines import create
+    from leader.data.store import VisitDataset
+    from leader.metrics import compute
+
+    data = VisitDataset.load(dataset)
+    overrides: dict[str, object] = {"seed": seed, "threads": threads}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if smiles is not None:
+        overrides["smiles"] = str(smiles)
+    overrides["allow_missing_molecules"] = allow_missing_molecules
+    recommender = create(model.lower().replace("-", "_"), **overrides)
+    recommender.fit(data, log=typer.echo)
+    recommender.save_pretrained(out)
+    test = data.samples("test")
+    if test:
+        metrics = compute(
+            data.targets(test), recommender.predict_proba(test), 0.5, data.ddi_matrix()
+        )
+        typer.echo(
+            "test: "
+            + " ".join(f"{k} {metrics[k]:.4f}" for k in ("prauc", "jaccard", "f1", "ddi_rate"))
+        )
+    typer.echo(f"saved: {out}")
 
 
 def benchmark(
