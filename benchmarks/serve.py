@@ -59,6 +59,15 @@ def synthetic_patients(run: Path, count: int, seed: int) -> list[dict[str, Any]]
     return patients
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "leader", "serve", "--run", str(args.run),
@@ -210,11 +219,17 @@ def main() -> None:
         asyncio.run(wait_ready(port, server))
         if args.warmup:
             asyncio.run(drive(args, port, bodies, args.warmup))
+        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
         result = asyncio.run(drive(args, port, bodies, args.requests))
+        server_cpu = cpu_seconds(server.pid) - server_cpu
+        client_cpu = time.process_time() - client_cpu
     finally:
         server.terminate()
         server.wait(timeout=30)
     result.update(
+        server_cpu_ms_per_request=round(server_cpu / args.requests * 1000, 3),
+        client_cpu_ms_per_request=round(client_cpu / args.requests * 1000, 3),
+        load_average_1m=round(os.getloadavg()[0], 2),
         batching=args.batching, threads=args.threads, cpus=os.cpu_count(), ddi_safe=args.ddi_safe
     )
     if args.json:
@@ -224,7 +239,10 @@ def main() -> None:
         f"{result['requests']} requests, {result['clients']} clients, "
         f"batching={'on' if args.batching else 'off'}: {result['requests_per_s']} req/s, "
         f"p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, "
-        f"max {result['max_ms']} ms, errors {result['errors']}"
+        f"max {result['max_ms']} ms, errors {result['errors']}\n"
+        f"server CPU {result['server_cpu_ms_per_request']} ms/request, client CPU "
+        f"{result['client_cpu_ms_per_request']} ms/request, {result['cpus']} CPUs, "
+        f"load average {result['load_average_1m']}"
     )
     for line in result["first_errors"]:
         print("  " + line)

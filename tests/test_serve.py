@@ -125,6 +125,20 @@ def test_bad_json_strict_and_batch_limit(student_run: Path) -> None:
         assert many.status_code == 422 and "at most 3" in many.json()["detail"][0]["message"]
 
 
+def test_the_documented_route_answers_like_the_fast_path(student_run: Path) -> None:
+    guarded = create_app(run_dir=student_run)
+    with TestClient(guarded) as fast, TestClient(guarded.app) as routed:  # type: ignore[attr-defined]
+        for query in ("", "?top=3&ddi_safe=true"):
+            a = fast.post("/v1/recommend" + query, json=PATIENT)
+            b = routed.post("/v1/recommend" + query, json=PATIENT)
+            assert a.status_code == b.status_code == 200 and a.json() == b.json()
+        for query in ("?top=-1", "?top=x", "?ddi_safe=maybe", "?strict=2"):
+            assert fast.post("/v1/recommend" + query, json=PATIENT).status_code == 422, query
+            assert routed.post("/v1/recommend" + query, json=PATIENT).status_code == 422, query
+        bad = fast.post("/v1/recommend?top=99999", json=PATIENT).json()
+        assert bad["detail"][0]["path"] == "query" and "top=99999" in bad["detail"][0]["message"]
+
+
 def test_oversized_bodies_are_413_before_parsing(client: TestClient) -> None:
     big = {"visits": [{"diagnoses": ["d1"] * 5000}]}
     declared = client.post("/v1/recommend", json=big, headers=AUTH)

@@ -87,10 +87,6 @@ def ddi_safe_select(
 def interacting_pairs(selected: np.ndarray, ddi: np.ndarray) -> list[tuple[int, int]]:
     """Index pairs ``(i, j)``, ``i < j``, of one boolean set (M,) that interact in ``ddi``."""
     members = np.flatnonzero(np.asarray(selected) > 0)
-    graph = np.asarray(ddi) > 0
-    return [
-        (int(a), int(b))
-        for k, a in enumerate(members)
-        for b in members[k + 1 :]
-        if graph[a, b] or graph[b, a]
-    ]
+    graph = np.asarray(ddi)[np.ix_(members, members)] > 0  # (K, K)
+    first, second = np.nonzero(np.triu(graph | graph.T, k=1))
+    return list(zip(members[first].tolist(), members[second].tolist(), strict=True))
