@@ -96,6 +96,14 @@ def train(
     max_train_samples: Annotated[
         int | None, typer.Option(help="Random subset of training samples (0 = all).")
     ] = None,
+    history_visits: Annotated[
+        int | None, typer.Option(help="Most recent earlier visits in the prompt.")
+    ] = None,
+    max_layers: Annotated[
+        int | None, typer.Option(help="Keep the first N transformer layers (0 = all).")
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validation every N steps.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
@@ -110,6 +118,10 @@ def train(
         lr=lr,
         max_tokens=max_tokens,
         max_train_samples=max_train_samples,
+        history_visits=history_visits,
+        max_layers=max_layers,
+        eval_every=eval_every,
+        grad_accum=grad_accum,
         precision=precision,
     )
     if config is not None:

@@ -59,7 +59,7 @@ class TeacherConfig:
     eval_every: int = 50  # validation PRAUC every N optimizer steps (0 = end only)
     max_eval_samples: int = 0  # validation subset size during training (0 = all)
     patience: int = 5  # evaluations without improvement before stopping (0 = never stop)
-    checkpoint_every: int = 0  # resumable checkpoint every N steps (0 = at each evaluation)
+    checkpoint_every: int = 0  # resumable checkpoint every N steps (0 = eval_every, or 1/10 run)
     eval_batch_size: int = 16  # samples per forward pass in evaluation and prediction
     threshold: float = 0.5  # decision threshold for the teacher's metrics (paper: 0.5)
     log_every: int = 10  # progress line every N optimizer steps

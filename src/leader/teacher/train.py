@@ -233,6 +233,12 @@ class _Trainer:
             return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if self.deepspeed:  # no dataloader is prepared, so DeepSpeed cannot infer these
+            plugin = self.accelerator.state.deepspeed_plugin
+            if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+            if plugin.deepspeed_config.get("train_batch_size", "auto") == "auto":
+                plugin.deepspeed_config["train_batch_size"] = global_batch * config.grad_accum
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         log.info(
             "%d train samples, %d validation; %d steps (%d per epoch), global batch %d x "
@@ -369,7 +375,7 @@ class _Trainer:
             log.info("run already finished at step %d", state.step)
             return state
         self.wrapped.train()
-        every = config.checkpoint_every or config.eval_every
+        every = config.checkpoint_every or config.eval_every or max(1, self.total_steps // 10)
         started = time.perf_counter() - state.train_seconds
         window_tokens, window_loss, window_batches = 0, 0.0, 0
         window_start = time.perf_counter()
