@@ -50,9 +50,10 @@ CONSTANT_LOGIT = 30.0  # intercept of a drug seen with one class only: probabili
 class SafeLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """LogisticRegression that accepts a target with one class (a constant model)."""
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, solver: str = "liblinear") -> None:
         self.C = C
         self.max_iter = max_iter
+        self.solver = solver
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> SafeLogisticRegression:
         y = np.asarray(y).astype(int)
@@ -63,7 +64,7 @@ class SafeLogisticRegression(ClassifierMixin, BaseEstimator):  # type: ignore[mi
                 [CONSTANT_LOGIT if y.size and y[0] == 1 else -CONSTANT_LOGIT]
             )
             return self
-        inner = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(X, y)
+        inner = LogisticRegression(C=self.C, max_iter=self.max_iter, solver=self.solver).fit(X, y)
         self.coef_, self.intercept_ = inner.coef_, inner.intercept_
         return self
 
@@ -86,7 +87,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class LRConfig:
     C: float = 1.0  # inverse L2 regularisation strength (scikit-learn's C)
     max_iter: int = 1000  # solver iterations per drug
-    seed: int = 42  # unused (lbfgs is deterministic); kept for a uniform interface
+    solver: str = "liblinear"  # scikit-learn solver; liblinear is ~20x faster than lbfgs here
+    seed: int = 42  # unused (the solver is deterministic here); kept for a uniform interface
 
 
 @dataclass
@@ -94,6 +96,7 @@ class ECCConfig:
     chains: int = 10  # classifier chains in the ensemble, each with its own random order
     C: float = 1.0  # inverse L2 regularisation strength of each logistic regression
     max_iter: int = 1000  # solver iterations per drug
+    solver: str = "liblinear"  # scikit-learn solver of every logistic regression
     seed: int = 42  # seeds the chains' random orders
 
 
@@ -147,7 +150,9 @@ class LR(_LinearBase):
         self.vocab_ = dataset.vocab
         X, Y = current_visit_features(dataset.vocab, samples), dataset.targets(samples)
         models = [
-            SafeLogisticRegression(self.config.C, self.config.max_iter).fit(X, Y[:, j])
+            SafeLogisticRegression(self.config.C, self.config.max_iter, self.config.solver).fit(
+                X, Y[:, j]
+            )
             for j in range(Y.shape[1])
         ]
         self.coef_ = np.stack([m.coef_[0] for m in models]).astype(np.float64)  # (drugs, F)
@@ -184,7 +189,7 @@ class ECC(_LinearBase):
         self.chains_: list[ClassifierChain] = []
         for _ in range(self.config.chains):
             chain = ClassifierChain(
-                SafeLogisticRegression(self.config.C, self.config.max_iter),
+                SafeLogisticRegression(self.config.C, self.config.max_iter, self.config.solver),
                 order="random",
                 random_state=int(rng.integers(2**31 - 1)),
             )
