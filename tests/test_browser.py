@@ -131,3 +131,16 @@ def test_page_recommends_with_warnings_and_disclaimer(server: str, browser: obje
     ]
     assert len(withheld) == 2  # one drug of m1-m4 and one of m2-m5
     assert "Drug-drug interaction" not in find(By.ID, "ddi-warnings").text
+
+
+def test_api_docs_render_offline(server: str, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(server + "/docs")  # type: ignore[attr-defined]
+    WebDriverWait(driver, 15).until(  # type: ignore[arg-type]
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#operations .op")) >= 4
+    )
+    text = driver.find_element(By.ID, "operations").text  # type: ignore[attr-defined]
+    assert "/v1/recommend" in text and "visits" in text and "/v1/codes" in text

@@ -167,6 +167,15 @@ def test_token_is_required_except_for_health_and_page(client: TestClient) -> Non
     assert "/v1/recommend" in client.get("/openapi.json").json()["paths"]
 
 
+def test_pages_and_docs_work_offline(client: TestClient) -> None:
+    for path in ("/", "/docs", "/static/app.js", "/static/docs.js", "/static/style.css"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "https://" not in response.text and "http://" not in response.text, path
+    assert 'src="/static/docs.js"' in client.get("/docs").text
+    assert client.get("/redoc").status_code == 404
+
+
 def test_access_log_is_one_json_line_per_request(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -356,6 +356,8 @@ def create_app(
     service = RecommendService(recommender, batcher, config.max_batch)
     codes = _CodeIndex(model)
     api = FastAPI(
+        docs_url=None,  # the default docs load Swagger UI from a CDN; ours work offline
+        redoc_url=None,
         title="LEADER medication recommendation",
         version=__version__,
         description="Research tool, not medical advice. Recommends a visit's medication set "
@@ -421,9 +423,15 @@ def create_app(
     static = resources.files("leader").joinpath("static")
     page = static.joinpath("index.html").read_text("utf-8")
 
+    docs = static.joinpath("docs.html").read_text("utf-8")
+
     @api.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @api.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(docs)
 
     api.mount("/static", StaticFiles(directory=str(static)), name="static")
     return Guard(api, config, service)
