@@ -233,8 +233,16 @@ def test_train_save_load_equality_with_distillation(
     features = _features(tmp_path / "features.safetensors", ids)
     config = StudentConfig(epochs=3, batch_size=4, patience=5)
     run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
-    for name in ("config.json", "model.safetensors", "vocab.json", "ddi.json", "config.yaml",
-                 "metrics.json", "train.log", "splits.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "ddi.json",
+        "config.yaml",
+        "metrics.json",
+        "train.log",
+        "splits.json",
+    ):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["distillation"] and len(metrics["history"]) == 3

@@ -96,8 +96,17 @@ class StudentConfig:
             raise LeaderError(f"{source}: sample_mode must be 'all', 'last' or ''")
 
 
-ARCHITECTURE = ("dim", "heads", "ffn", "dropout", "attn_dropout", "hidden", "max_visits",
-                "max_codes", "visit_positions")  # fmt: skip
+ARCHITECTURE = (
+    "dim",
+    "heads",
+    "ffn",
+    "dropout",
+    "attn_dropout",
+    "hidden",
+    "max_visits",
+    "max_codes",
+    "visit_positions",
+)
 
 
 class SetEncoderLayer(nn.Module):
@@ -129,10 +138,12 @@ class SetEncoderLayer(nn.Module):
         qkv = projected.new_zeros(n * length, 3 * dim).index_copy(0, real, projected)
         q, k, v = qkv.view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask[:, None, None, :],
             dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (N, h, L, d/h)  # fmt: skip
+        )  # (N, h, L, d/h)
         attended = attended.transpose(1, 2).reshape(n * length, dim).index_select(0, real)
         packed = packed + self.drop(self.out(attended))
         packed = packed + self.drop(self.ff(self.norm2(packed)))  # (T, d)

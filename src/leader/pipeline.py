@@ -1,0 +1,577 @@
+"""``leader run`` / ``leader demo``: the whole LEADER pipeline from one YAML file.
+
+Steps, in order (each in its own folder under the output folder):
+
+``prepare``            raw data (synthetic, events, MIMIC-III/IV, or a ready dataset) -> dataset
+``teacher``            LoRA fine-tuning of the LLM teacher LEADER(T)
+``predict``            teacher probabilities + hidden states of every sample (features file)
+``student``            LEADER(S), distilled from the teacher's hidden states
+``student_no_distill`` the same student with alpha = 0 (the ablation)
+``popularity``         the popularity floor (most frequent training drugs)
+``evaluate``           DESIGN.md metrics of every model, efficiency
+``report``             report.md, results.json, PNG plots
+
+A step is reused when its key is unchanged: the hash of its config section, the keys of
+the steps it reads, and the fingerprints (size, mtime) of the input files it reads. The key
+is stored in ``<step>/step.json`` once the step finished. ``--from STEP`` redoes that step
+and every later one. An interrupted teacher or student step resumes from its checkpoint
+when its key is unchanged.
+
+>>> run_pipeline(load_config(Path("configs/mimic3-demo.yaml")))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leader.data.store import write_json_atomic
+from leader.errors import LeaderError
+
+STEPS: tuple[str, ...] = (
+    "prepare",
+    "teacher",
+    "predict",
+    "student",
+    "student_no_distill",
+    "popularity",
+    "evaluate",
+    "report",
+)
+# Which earlier steps each step reads (their keys enter its key).
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "prepare": (),
+    "teacher": ("prepare",),
+    "predict": ("prepare", "teacher"),
+    "student": ("prepare", "predict"),
+    "student_no_distill": ("prepare",),
+    "popularity": ("prepare",),
+    "evaluate": ("prepare", "predict", "student", "student_no_distill", "popularity"),
+    "report": ("evaluate",),
+}
+# The config sections each step depends on.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data",),
+    "teacher": ("teacher",),
+    "predict": ("predict",),
+    "student": ("student",),
+    "student_no_distill": ("student",),
+    "popularity": (),
+    "evaluate": ("evaluate",),
+    "report": ("name",),
+}
+TOP_KEYS = {"name", "out", "data", "teacher", "predict", "student", "evaluate"}
+SOURCES = ("synthetic", "events", "mimic3", "mimic4", "dataset")
+# data-section keys that name input files or folders (fingerprinted into the key)
+INPUT_KEYS = (
+    "events",
+    "profiles",
+    "ddi",
+    "data",
+    "resources",
+    "atc_names",
+    "path",
+    "twosides",
+    "drug_atc",
+    "ndc_maps",
+)
+
+
+@dataclass
+class PipelineConfig:
+    """A pipeline YAML, checked; sections stay dicts validated by their own config classes."""
+
+    name: str = "leader"  # shown in the report title
+    out: str = "leader-run"  # output folder (relative to the working directory)
+    data: dict[str, Any] = field(default_factory=dict)  # source + its options
+    teacher: dict[str, Any] | None = field(default_factory=dict)  # TeacherConfig; None = none
+    predict: dict[str, Any] = field(default_factory=dict)  # batch_size
+    student: dict[str, Any] = field(default_factory=dict)  # StudentConfig fields
+    evaluate: dict[str, Any] = field(default_factory=dict)  # rounds, efficiency, teacher_samples
+    source_file: str = ""  # where the config came from (not part of any key)
+
+
+def _config_from_dict(raw: Any, source: str) -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise LeaderError(f"{source}: expected a YAML mapping with a `data:` section")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise LeaderError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}"
+        )
+    data = raw.get("data") or {}
+    if data.get("source") not in SOURCES:
+        raise LeaderError(f"{source}: data.source must be one of {', '.join(SOURCES)}")
+    teacher = raw.get("teacher", {})
+    if teacher is not None and not isinstance(teacher, dict):
+        raise LeaderError(f"{source}: teacher must be a mapping of teacher options, or null")
+    if isinstance(teacher, dict) and teacher.get("enabled", True) is False:
+        teacher = None
+    if isinstance(teacher, dict):
+        teacher = {k: v for k, v in teacher.items() if k != "enabled"}
+    config = PipelineConfig(
+        name=str(raw.get("name", "leader")),
+        out=str(raw.get("out", "leader-run")),
+        data=dict(data),
+        teacher=teacher,
+        predict=dict(raw.get("predict") or {}),
+        student=dict(raw.get("student") or {}),
+        evaluate=dict(raw.get("evaluate") or {}),
+        source_file=source,
+    )
+    # Fail now, not after an hour of teacher training.
+    from leader.student import StudentConfig
+
+    StudentConfig.from_dict(dict(config.student), f"{source}: student")
+    if config.teacher is not None:
+        from leader.teacher import TeacherConfig
+
+        TeacherConfig.from_dict(dict(config.teacher), f"{source}: teacher").validate()
+    unknown_eval = sorted(set(config.evaluate) - {"rounds", "efficiency", "teacher_samples"})
+    if unknown_eval:
+        raise LeaderError(f"{source}: unknown evaluate key(s) {', '.join(unknown_eval)}")
+    return config
+
+
+def load_config(path: Path) -> PipelineConfig:
+    """Read a pipeline YAML; relative input paths are taken from the YAML's folder."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise LeaderError(f"{path}: pipeline config not found")
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    config = _config_from_dict(raw, str(path))
+    base = Path(path).resolve().parent
+    for key in INPUT_KEYS:
+        value = config.data.get(key)
+        if isinstance(value, str):
+            config.data[key] = _input_path(value, base, f"{path}: data.{key}")
+        elif isinstance(value, list):
+            config.data[key] = [_input_path(str(v), base, f"{path}: data.{key}") for v in value]
+    model = (config.teacher or {}).get("model")
+    if isinstance(model, str) and ("$" in model or model.startswith(("./", "../", "~"))):
+        assert config.teacher is not None
+        config.teacher["model"] = _input_path(model, base, f"{path}: teacher.model")
+    return config
+
+
+def _input_path(value: str, base: Path, where: str) -> str:
+    """Expand $VARS and ~, resolve relative paths against the YAML's folder."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise LeaderError(f"{where}: {value!r} uses an environment variable that is not set")
+    return str((base / expanded).resolve())
+
+
+def demo_config() -> PipelineConfig:
+    """The packaged demo configuration (synthetic cohort, SmolLM2 teacher)."""
+    import yaml
+
+    text = resources.files("leader").joinpath("configs/demo.yaml").read_text(encoding="utf-8")
+    return _config_from_dict(yaml.safe_load(text), "leader/configs/demo.yaml")
+
+
+# ---------------------------------------------------------------------------- step keys
+def _fingerprint(path: Path) -> list[Any]:
+    """(relative name, size, mtime) of a file or of every file under a folder."""
+    if path.is_file():
+        stat = path.stat()
+        return [[path.name, stat.st_size, stat.st_mtime_ns]]
+    if path.is_dir():
+        out = []
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            stat = item.stat()
+            out.append([str(item.relative_to(path)), stat.st_size, stat.st_mtime_ns])
+        return out
+    raise LeaderError(f"{path}: input named in the pipeline config does not exist")
+
+
+def _inputs(config: PipelineConfig, step: str) -> dict[str, Any]:
+    if step != "prepare":
+        return {}
+    out: dict[str, Any] = {}
+    for key in INPUT_KEYS:
+        value = config.data.get(key)
+        if isinstance(value, str):
+            out[key] = _fingerprint(Path(value))
+        elif isinstance(value, list):
+            out[key] = [_fingerprint(Path(v)) for v in value]
+    return out
+
+
+def step_key(config: PipelineConfig, step: str, keys: dict[str, str]) -> str:
+    """Hash of the step's config sections, upstream keys and input fingerprints."""
+    from leader import __version__
+
+    sections = {s: getattr(config, s) for s in SECTIONS[step]}
+    if step == "student_no_distill":
+        sections["student"] = {**config.student, "alpha": 0.0}
+    payload = {
+        "step": step,
+        "version": __version__,
+        "sections": sections,
+        "upstream": {u: keys.get(u, "") for u in UPSTREAM[step]},
+        "inputs": _inputs(config, step),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- the runner
+@dataclass
+class StepRecord:
+    step: str
+    key: str
+    reused: bool
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, root: Path, log: Callable[[str], None]) -> None:
+        self.config = config
+        self.root = root
+        self.log = log
+        self.keys: dict[str, str] = {}
+        self.records: dict[str, StepRecord] = {}
+
+    def folder(self, step: str) -> Path:
+        return self.root / step
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.folder("prepare") / "dataset"
+
+    @property
+    def features(self) -> Path | None:
+        if self.config.teacher is None:
+            return None
+        return self.folder("predict") / "features.safetensors"
+
+    def run(self, from_step: str | None) -> None:
+        if from_step is not None and from_step not in STEPS:
+            raise LeaderError(f"--from {from_step}: unknown step; steps: {', '.join(STEPS)}")
+        forced = STEPS.index(from_step) if from_step else len(STEPS)
+        for index, step in enumerate(STEPS):
+            if self.config.teacher is None and step in ("teacher", "predict"):
+                continue
+            key = step_key(self.config, step, self.keys)
+            self.keys[step] = key
+            self._run_step(step, key, force=index >= forced)
+
+    def _run_step(self, step: str, key: str, force: bool) -> None:
+        folder = self.folder(step)
+        marker = folder / "step.json"
+        if not force and marker.exists():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done.get("key") == key:
+                self.records[step] = StepRecord(
+                    step, key, True, float(done.get("seconds", 0)), done.get("info", {})
+                )
+                self.log(f"[{step}] unchanged, reused ({folder})")
+                return
+        pending = folder / "pending.json"
+        resume = (
+            not force
+            and pending.exists()
+            and json.loads(pending.read_text(encoding="utf-8")).get("key") == key
+        )
+        if not resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(pending, {"key": key})
+        self.log(f"[{step}] {'resuming' if resume else 'running'} ...")
+        started = time.perf_counter()
+        info = getattr(self, f"_step_{step}")(folder, resume) or {}
+        seconds = time.perf_counter() - started
+        write_json_atomic(
+            marker,
+            {
+                "step": step,
+                "key": key,
+                "seconds": round(seconds, 2),
+                "info": info,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        pending.unlink(missing_ok=True)
+        self.records[step] = StepRecord(step, key, False, seconds, info)
+        self.log(f"[{step}] done in {seconds:.1f} s")
+
+    # ------------------------------------------------------------------------ steps
+    def _step_prepare(self, folder: Path, resume: bool) -> dict[str, Any]:
+        data = dict(self.config.data)
+        source = data.pop("source")
+        options = dict(data.pop("options", {}) or {})
+        if "split" in options:
+            options["split"] = tuple(options["split"])
+        out = folder / "dataset"
+        if source == "synthetic":
+            from leader.data.prepare import prepare_events
+            from leader.data.synthetic import generate, write
+
+            raw = write(
+                generate(int(data.get("patients", 2000)), int(data.get("seed", 0))), folder / "raw"
+            )
+            dataset = prepare_events(
+                raw / "events.csv",
+                out,
+                profiles=raw / "profiles.csv",
+                ddi=raw / "ddi.csv",
+                progress=self._progress("prepare"),
+                **options,
+            )
+        elif source == "events":
+            from leader.data.prepare import prepare_events
+
+            dataset = prepare_events(
+                data["events"],
+                out,
+                profiles=data.get("profiles"),
+                ddi=data.get("ddi"),
+                atc_names=data.get("atc_names"),
+                progress=self._progress("prepare"),
+                **options,
+            )
+        elif source in ("mimic3", "mimic4"):
+            from leader.data import prepare as prep
+
+            fn = prep.prepare_mimic3 if source == "mimic3" else prep.prepare_mimic4
+            extra = {
+                k: data[k]
+                for k in (
+                    "ddi",
+                    "twosides",
+                    "drug_atc",
+                    "atc_names",
+                    "ndc_maps",
+                    "patient_fraction",
+                )
+                if k in data
+            }
+            if source == "mimic3":
+                extra.pop("patient_fraction", None)
+            dataset = fn(
+                data["data"],
+                data["resources"],
+                out,
+                progress=self._progress("prepare"),
+                **extra,
+                **options,
+            )
+        else:  # a ready dataset directory: copy it so the run is self-contained
+            from leader.data.store import VisitDataset
+
+            dataset = VisitDataset.load(data["path"])
+            shutil.copytree(data["path"], out)
+        return {"stats": dataset.stats}
+
+    def _progress(self, step: str) -> Callable[[str], None]:
+        return lambda message: self.log(f"[{step}] {message}")
+
+    def _step_teacher(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.teacher import TeacherConfig, train_teacher
+
+        assert self.config.teacher is not None
+        config = TeacherConfig.from_dict(copy.deepcopy(self.config.teacher))
+        train_teacher(self.dataset_dir, folder / "run", config, resume=resume)
+        metrics_file = folder / "run" / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        return {"best_val_prauc": metrics.get("best_val_prauc")}
+
+    def _step_predict(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.teacher import predict_teacher
+
+        out = folder / "features.safetensors"
+        started = time.perf_counter()
+        predict_teacher(
+            self.folder("teacher") / "run",
+            self.dataset_dir,
+            out,
+            batch_size=self.config.predict.get("batch_size"),
+        )
+        seconds = time.perf_counter() - started
+        from leader.teacher.predict import read_features
+
+        tensors, _ = read_features(out)
+        samples = int(tensors["hidden"].shape[0])
+        return {
+            "samples": samples,
+            "seconds": round(seconds, 2),
+            "throughput_per_s": round(samples / max(seconds, 1e-9), 3),
+        }
+
+    def _student_config(self, alpha: float | None) -> Any:
+        from leader.student import StudentConfig
+
+        values = copy.deepcopy(self.config.student)
+        if alpha is not None:
+            values["alpha"] = alpha
+        return StudentConfig.from_dict(values, "student")
+
+    def _step_student(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.student import train_student
+
+        config = self._student_config(None)
+        train_student(
+            self.dataset_dir,
+            folder / "run",
+            config,
+            self.features,
+            resume=resume,
+            log=self._progress("student"),
+        )
+        return {"alpha": config.alpha}
+
+    def _step_student_no_distill(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.student import train_student
+
+        train_student(
+            self.dataset_dir,
+            folder / "run",
+            self._student_config(0.0),
+            None,
+            resume=resume,
+            log=self._progress("student_no_distill"),
+        )
+        return {"alpha": 0.0}
+
+    def _step_popularity(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.baselines.floors import Popularity
+        from leader.data.store import VisitDataset
+
+        model = Popularity().fit(VisitDataset.load(self.dataset_dir))
+        model.save_pretrained(folder / "run")
+        return {"k": model.k_}
+
+    def _step_evaluate(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.evaluate import evaluate_run
+
+        settings = self.config.evaluate
+        rounds = int(settings.get("rounds", 10))
+        efficiency = bool(settings.get("efficiency", True))
+        models = {
+            "student": self.folder("student") / "run",
+            "student_no_distill": self.folder("student_no_distill") / "run",
+            "popularity": self.folder("popularity") / "run",
+        }
+        for name, run_dir in models.items():
+            self.log(f"[evaluate] {name}")
+            report = evaluate_run(run_dir, self.dataset_dir, efficiency=efficiency, n_rounds=rounds)
+            write_json_atomic(folder / f"{name}.json", report)
+        if self.config.teacher is not None:
+            self.log("[evaluate] teacher")
+            write_json_atomic(folder / "teacher.json", self._evaluate_teacher(rounds))
+        return {}
+
+    def _evaluate_teacher(self, rounds: int) -> dict[str, Any]:
+        """Teacher rows from its features file, speed from the predict step."""
+        from leader.data.store import VisitDataset
+        from leader.evaluate import evaluate_probabilities, measure_efficiency
+        from leader.metrics import best_threshold
+        from leader.teacher import LeaderTeacher
+        from leader.teacher.predict import read_features
+
+        assert self.features is not None
+        dataset = VisitDataset.load(self.dataset_dir)
+        tensors, meta = read_features(self.features)
+        position = {sid: i for i, sid in enumerate(meta["sample_ids"])}
+        mode = str(meta.get("sample_mode") or dataset.default_sample_mode)
+        split_samples = {s: dataset.samples(s, mode) for s in ("val", "test")}  # type: ignore[arg-type]
+
+        def probs(samples: list[Any]) -> np.ndarray:
+            return tensors["probabilities"][[position[s.sample_id] for s in samples]]
+
+        test, val = split_samples["test"], split_samples["val"]
+        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
+        report: dict[str, Any] = {
+            "model": "leader-teacher",
+            "run": str(self.folder("teacher") / "run"),
+            "dataset": str(self.dataset_dir),
+            "split": "test",
+            "sample_mode": mode,
+            "samples": len(test),
+            **evaluate_probabilities(
+                dataset.targets(test),
+                probs(test).astype(np.float64),
+                [s.is_single_visit for s in test],
+                dataset.ddi_matrix(),
+                threshold,
+                rounds,
+            ),
+        }
+        n = int(self.config.evaluate.get("teacher_samples", 16))
+        if self.config.evaluate.get("efficiency", True) and n > 0 and test:
+            teacher = LeaderTeacher.from_pretrained(self.folder("teacher") / "run")
+            report["efficiency"] = measure_efficiency(
+                teacher, test[:n], latency_calls=min(3, n), min_batch=n
+            )
+            report["efficiency"]["parameters"] = sum(p.numel() for p in teacher.parameters())
+        predict = self.records.get("predict")
+        if predict is not None:
+            report["predict_step"] = predict.info
+        return report
+
+    def _step_report(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.report import write_report
+
+        evaluation = self.folder("evaluate")
+        results = {
+            name: json.loads((evaluation / f"{name}.json").read_text(encoding="utf-8"))
+            for name in ("teacher", "student", "student_no_distill", "popularity")
+            if (evaluation / f"{name}.json").exists()
+        }
+        histories = {}
+        for name in ("student", "student_no_distill"):
+            metrics = self.folder(name) / "run" / "metrics.json"
+            if metrics.exists():
+                histories[name] = json.loads(metrics.read_text(encoding="utf-8"))["history"]
+        teacher_log = self.folder("teacher") / "run" / "metrics.json"
+        if teacher_log.exists():
+            histories["teacher"] = json.loads(teacher_log.read_text(encoding="utf-8"))
+        steps = {s: asdict(r) for s, r in self.records.items()}
+        write_report(folder, self.config.name, results, histories, steps, self._config_dict())
+        return {}
+
+    def _config_dict(self) -> dict[str, Any]:
+        out = asdict(self.config)
+        out.pop("source_file", None)
+        return out
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    out: Path | None = None,
+    from_step: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run (or reuse) every step; return the output folder."""
+    import yaml
+
+    root = Path(out) if out is not None else Path(config.out)
+    root.mkdir(parents=True, exist_ok=True)
+    config_text = yaml.safe_dump(
+        {k: v for k, v in asdict(config).items() if k != "source_file"}, sort_keys=False
+    )
+    (root / "config.yaml").write_text(config_text, encoding="utf-8")
+    started = time.perf_counter()
+    pipeline = Pipeline(config, root, log)
+    pipeline.run(from_step)
+    total = time.perf_counter() - started
+    write_json_atomic(
+        root / "run.json",
+        {"seconds": round(total, 2), "steps": {s: asdict(r) for s, r in pipeline.records.items()}},
+    )
+    log(f"pipeline finished in {total:.1f} s ({root})")
+    return root

@@ -1,0 +1,115 @@
+"""`leader evaluate`: the keys of its report, thresholds, DDI-safe row, efficiency, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from leader.data.store import VisitDataset
+from leader.evaluate import evaluate_probabilities, evaluate_run, format_table
+from leader.student import StudentConfig, train_student
+
+SMALL = {"epochs": 2, "batch_size": 4, "dim": 16, "heads": 2, "ffn": 32}
+
+
+def test_evaluate_probabilities_thresholds_groups_and_ddi_safe_row() -> None:
+    y_true = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0]])
+    y_prob = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.4], [0.6, 0.1, 0.3]])
+    ddi = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    out = evaluate_probabilities(y_true, y_prob, [False, True, True], ddi, 0.35, n_rounds=3)
+    assert out["thresholds"] == {"default": 0.5, "validation": 0.35}
+    assert set(out["results"]) == {"at_0.5", "at_validation"}
+    groups = out["results"]["at_validation"]
+    assert {k: v["samples"] for k, v in groups.items()} == {
+        "all": 3,
+        "single_visit": 2,
+        "multi_visit": 1,
+    }
+    # at 0.35 the second sample also gets drug 2: recall goes up
+    assert groups["all"]["metrics"]["recall"] > out["results"]["at_0.5"]["all"]["metrics"]["recall"]
+    # the DDI-safe row drops drug 1 (interacts with drug 0, less probable) from sample 0
+    safe = out["ddi_safe"]["metrics"]
+    assert safe["ddi_rate"] == 0.0 and groups["all"]["metrics"]["ddi_rate"] > 0
+    assert safe["avg_med"] < groups["all"]["metrics"]["avg_med"]
+
+
+def test_evaluate_run_report_keys(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    assert tiny_dataset.path is not None
+    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(**SMALL))
+    report = evaluate_run(run, tiny_dataset.path, n_rounds=3, timing=(5, 50))
+    assert {"model", "run", "dataset", "split", "samples", "thresholds", "results"} <= set(report)
+    assert report["model"] == "leader-student" and report["samples"] == 2
+    assert (
+        report["thresholds"]["validation"]
+        == json.loads((run / "metrics.json").read_text())["threshold"]
+    )
+    for key in ("at_0.5", "at_validation"):
+        rounds = report["results"][key]["all"]["rounds"]
+        assert set(rounds) >= {"prauc", "jaccard", "f1", "ddi_rate", "avg_med"}
+        assert set(rounds["prauc"]) == {"mean", "std"}
+    efficiency = report["efficiency"]
+    assert efficiency["parameters"] > 0 and efficiency["latency_ms"] > 0
+    assert efficiency["throughput_per_s"] > 0
+    assert "ddi_safe" in report
+    assert "leader-student on test" in format_table(report)
+
+
+def test_evaluate_cli_writes_json(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    from leader.cli import app
+
+    assert tiny_dataset.path is not None
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "student",
+            "train",
+            "--dataset",
+            str(tiny_dataset.path),
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-align",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    assert "align: false" in config
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--run",
+            str(tmp_path / "r"),
+            "--dataset",
+            str(tiny_dataset.path),
+            "--no-efficiency",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    assert "efficiency" not in report and report["split"] == "test"
+
+
+def test_evaluate_a_saved_baseline(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    from leader.baselines.floors import Popularity
+
+    assert tiny_dataset.path is not None
+    Popularity().fit(tiny_dataset).save_pretrained(tmp_path / "pop")
+    report = evaluate_run(tmp_path / "pop", tiny_dataset.path, efficiency=False, n_rounds=2)
+    assert report["model"] == "popularity"
+    assert 0.05 <= report["thresholds"]["validation"] <= 0.95
+
+
+def test_evaluate_errors_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    from leader.errors import LeaderError
+
+    with pytest.raises(LeaderError, match="config.json"):
+        evaluate_run(tmp_path, tmp_path)

@@ -1,0 +1,178 @@
+"""`leader run`: the step cache, --from, the report folder; one slow end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_tiny_dataset
+from leader.errors import LeaderError
+from leader.pipeline import load_config, run_pipeline
+
+FAST_STUDENT = {"epochs": 1, "batch_size": 4, "patience": 5, "dim": 16, "heads": 2, "ffn": 32}
+
+
+def _write_config(path: Path, data: dict[str, object], **student: object) -> Path:
+    config = {
+        "name": "test",
+        "data": data,
+        "teacher": None,
+        "student": {**FAST_STUDENT, **student},
+        "evaluate": {"rounds": 2, "efficiency": False},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _reused(root: Path) -> dict[str, bool]:
+    steps = json.loads((root / "run.json").read_text())["steps"]
+    return {name: record["reused"] for name, record in steps.items()}
+
+
+def test_step_cache_reuses_and_redoes_what_changed(tmp_path: Path) -> None:
+    dataset = make_tiny_dataset().save(tmp_path / "tiny")
+    out = tmp_path / "out"
+    config_file = _write_config(tmp_path / "run.yaml", {"source": "dataset", "path": "tiny"})
+    logs: list[str] = []
+    run_pipeline(load_config(config_file), out=out, log=logs.append)
+    first = _reused(out)
+    assert list(first) == [
+        "prepare",
+        "student",
+        "student_no_distill",
+        "popularity",
+        "evaluate",
+        "report",
+    ]
+    assert not any(first.values())
+    report = (out / "report" / "report.md").read_text()
+    assert "| LEADER(S) (all) |" in report and "| Popularity (multi-visit) |" in report
+    assert "LEADER(S) w/o distillation" in report
+    for plot in ("training_curves.png", "metrics.png", "jaccard_ddi.png"):
+        assert (out / "report" / plot).stat().st_size > 1000
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["summary"]) == {"student", "student_no_distill", "popularity"}
+    marker = (out / "student" / "step.json").stat().st_mtime_ns
+
+    run_pipeline(load_config(config_file), out=out, log=logs.append)
+    assert all(_reused(out).values())
+    assert (out / "student" / "step.json").stat().st_mtime_ns == marker
+
+    # a changed student value redoes the students and what reads them, nothing else
+    _write_config(config_file, {"source": "dataset", "path": "tiny"}, epochs=2)
+    run_pipeline(load_config(config_file), out=out, log=logs.append)
+    assert _reused(out) == {
+        "prepare": True,
+        "student": False,
+        "student_no_distill": False,
+        "popularity": True,
+        "evaluate": False,
+        "report": False,
+    }
+    assert len(json.loads((out / "student" / "run" / "metrics.json").read_text())["history"]) == 2
+
+    # --from evaluate redoes evaluate and report only
+    run_pipeline(load_config(config_file), out=out, from_step="evaluate", log=logs.append)
+    assert [k for k, v in _reused(out).items() if not v] == ["evaluate", "report"]
+
+    # touching an input file of the prepare step redoes everything
+    (dataset / "stats.json").write_text((dataset / "stats.json").read_text() + " ")
+    run_pipeline(load_config(config_file), out=out, log=logs.append)
+    assert not any(_reused(out).values())
+
+
+def test_config_errors_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"source": "dataset", "path": "x"}, "studnt": {}}))
+    with pytest.raises(LeaderError, match="studnt"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"data": {"source": "nowhere"}}))
+    with pytest.raises(LeaderError, match="data.source"):
+        load_config(bad)
+    bad.write_text(
+        yaml.safe_dump({"data": {"source": "dataset", "path": "x"}, "student": {"alpah": 1}})
+    )
+    with pytest.raises(LeaderError, match="alpah"):
+        load_config(bad)
+    make_tiny_dataset().save(tmp_path / "tiny")
+    good = _write_config(tmp_path / "good.yaml", {"source": "dataset", "path": "tiny"})
+    with pytest.raises(LeaderError, match="--from"):
+        run_pipeline(load_config(good), out=tmp_path / "o", from_step="nope", log=lambda _: None)
+
+
+def test_packaged_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADER_DATA", "/data")
+    monkeypatch.setenv("MIMIC3", "/mimic3")
+    monkeypatch.setenv("MIMIC4", "/mimic4")
+    monkeypatch.setenv("TEACHER_7B", "/llama")
+    from leader.pipeline import demo_config
+
+    demo = demo_config()
+    assert demo.data["source"] == "synthetic" and demo.teacher is not None
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("demo", "mimic3-demo", "mimic3-paper", "mimic4-paper"):
+        path = root / f"{name}.yaml"
+        config = load_config(path)
+        assert config.data["source"] in ("synthetic", "events", "mimic3", "mimic4"), path
+
+
+@pytest.mark.slow
+def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
+    """Synthetic cohort -> events -> tiny random Llama teacher -> students -> report."""
+    from leader.data.prepare import prepare_events
+    from leader.data.synthetic import generate, write
+    from leader.prompts import PromptBuilder
+    from leader.teacher.testing import make_tiny_backbone
+
+    raw = write(generate(80, seed=3), tmp_path / "raw")
+    probe = prepare_events(
+        raw / "events.csv", tmp_path / "probe", profiles=raw / "profiles.csv", ddi=raw / "ddi.csv"
+    )
+    texts = PromptBuilder(probe.vocab).build_all(probe.samples(None, "all"))
+    backbone = make_tiny_backbone(tmp_path / "tiny-llama", texts)
+    config = {
+        "name": "e2e",
+        "data": {
+            "source": "events",
+            "events": "raw/events.csv",
+            "profiles": "raw/profiles.csv",
+            "ddi": "raw/ddi.csv",
+        },
+        "teacher": {
+            "model": str(backbone),
+            "max_steps": 6,
+            "batch_size": 8,
+            "eval_every": 3,
+            "max_tokens": 256,
+            "precision": "fp32",
+        },
+        "predict": {"batch_size": 32},
+        "student": {**FAST_STUDENT, "epochs": 3},
+        "evaluate": {"rounds": 3, "efficiency": True, "teacher_samples": 4},
+    }
+    config_file = tmp_path / "e2e.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "leader", "run", "--config", str(config_file), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["summary"]) == {"teacher", "student", "student_no_distill", "popularity"}
+    student = json.loads((out / "student" / "run" / "metrics.json").read_text())
+    assert student["distillation"] and student["teacher_features"].endswith("features.safetensors")
+    plain = json.loads((out / "student_no_distill" / "run" / "metrics.json").read_text())
+    assert not plain["distillation"]
+    assert (out / "report" / "speed.png").exists()
+    report = (out / "report" / "report.md").read_text()
+    assert "| LEADER(T) (all) |" in report and "as many patients per second" in report
+    assert results["summary"]["student"]["efficiency"]["throughput_per_s"] > 0
