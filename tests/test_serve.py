@@ -214,6 +214,23 @@ def test_concurrent_requests_are_batched(student_run: Path) -> None:
             assert a["probability"] == pytest.approx(b["probability"], abs=2e-4)
 
 
+def test_a_model_failure_is_a_logged_500(
+    student_run: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(run_dir=student_run, config=ServeConfig(batching=False))
+    recommender = app.app.state.recommender  # type: ignore[attr-defined]
+
+    def broken(samples: object) -> None:
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(recommender.model, "predict_proba", broken)
+    with TestClient(app) as http, caplog.at_level(logging.ERROR, logger="leader.serve"):
+        response = http.post("/v1/recommend", json=PATIENT)
+        assert http.get("/v1/health").status_code == 200  # still serving
+    assert response.status_code == 500 and "server log" in response.json()["detail"]
+    assert "model exploded" in caplog.text
+
+
 def test_serving_never_unpickles_nor_writes(
     student_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,6 +57,7 @@ from leader.recommend import (
 from leader.safety import DEFAULT_MARGIN
 
 ACCESS_LOG = logging.getLogger("leader.access")
+ERROR_LOG = logging.getLogger("leader.serve")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -164,7 +165,12 @@ class Guard:
             if self.service is not None and path == "/v1/recommend":
                 # The hot path: same handler as the documented FastAPI route, minus routing
                 # and parameter injection (about a third of the per-request CPU).
-                status, payload = await self.service.handle(body, scope["query_string"])
+                try:
+                    status, payload = await self.service.handle(body, scope["query_string"])
+                except Exception:  # a bug, not bad input: log it, answer a plain 500
+                    ERROR_LOG.exception("POST /v1/recommend failed")
+                    await _send_plain(send, 500, "internal error; see the server log")
+                    return
                 await _send_json(send, status, payload)
                 return
             replayed = False
