@@ -292,6 +292,7 @@ class Recommender:
             if a in index and b in index and a != b:
                 self.ddi[index[a], index[b]] = self.ddi[index[b], index[a]] = True
         # Higher-index partners of every drug: warnings without a (drugs x drugs) scan.
+        self.interacts = [set(np.flatnonzero(row).tolist()) for row in self.ddi]
         self.partners: list[list[int]] = [
             (np.flatnonzero(row[i + 1 :]) + i + 1).tolist() for i, row in enumerate(self.ddi)
         ]
@@ -387,24 +388,28 @@ class Recommender:
     def format(
         self,
         prepared: Prepared,
-        prob: np.ndarray,
-        chosen: np.ndarray,
+        prob: Sequence[float],
+        chosen: Sequence[bool],
         ddi_safe: bool,
         top: int = DEFAULT_TOP,
     ) -> dict[str, Any]:
-        """One patient's result: ranked drugs, recommended set, DDI warnings, unknown codes."""
-        order = np.argsort(-prob, kind="stable").tolist()
+        """One patient's result: ranked drugs, recommended set, DDI warnings, unknown codes.
+
+        Plain Python on lists (one row of :meth:`results`): numpy calls on such short rows
+        cost more than they save, and in the server each one may wait for the GIL.
+        """
+        # Most probable first; sorted(reverse=True) is stable, so ties keep index order.
+        order = sorted(range(len(prob)), key=prob.__getitem__, reverse=True)
         ranked = order if top <= 0 else order[:top]
-        member = chosen.tolist()
-        recommended = [i for i in order if member[i]]
-        pairs = [(a, b) for a in sorted(recommended) for b in self.partners[a] if member[b]]
+        recommended = [i for i in order if chosen[i]]
+        pairs = [(a, b) for a in sorted(recommended) for b in self.partners[a] if chosen[b]]
         result: dict[str, Any] = {
             "index": prepared.index,
             "id": prepared.patient_id,
             "threshold": self.threshold,
             "ddi_safe": ddi_safe,
             "recommended": [self._drug(i, prob) for i in recommended],
-            "ranked": [{**self._drug(i, prob), "recommended": member[i]} for i in ranked],
+            "ranked": [{**self._drug(i, prob), "recommended": bool(chosen[i])} for i in ranked],
             "ddi_warnings": [
                 {"drugs": [self._drug(a), self._drug(b)], "source": self.model.ddi_source}
                 for a, b in pairs
@@ -412,17 +417,19 @@ class Recommender:
             "unknown_codes": prepared.unknown,
         }
         if ddi_safe:
-            withheld = [i for i in order if prob[i] >= self.threshold and not member[i]]
+            withheld = [i for i in order if prob[i] >= self.threshold and not chosen[i]]
             result["withheld_for_ddi"] = [
                 {
                     **self._drug(i, prob),
-                    "interacts_with": [self.drugs[j] for j in recommended if self.ddi[i, j]],
+                    "interacts_with": [
+                        self.drugs[j] for j in recommended if j in self.interacts[i]
+                    ],
                 }
                 for i in withheld
             ]
         return result
 
-    def _drug(self, i: int, prob: np.ndarray | None = None) -> dict[str, Any]:
+    def _drug(self, i: int, prob: Sequence[float] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"code": self.drugs[i], "name": self.drug_names[i]}
         if prob is not None:
             out["probability"] = round(float(prob[i]), 4)
@@ -442,10 +449,10 @@ class Recommender:
     def results(
         self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
     ) -> list[dict[str, Any]]:
-        chosen = self.select(prob, ddi_safe)
-        return [
-            self.format(p, prob[row], chosen[row], ddi_safe, top) for row, p in enumerate(prepared)
-        ]
+        """Formatted results for prepared patients and their probabilities (N, drugs)."""
+        chosen = self.select(prob, ddi_safe).tolist()
+        rows = np.asarray(prob, dtype=np.float64).tolist()
+        return [self.format(p, rows[r], chosen[r], ddi_safe, top) for r, p in enumerate(prepared)]
 
 
 class InvalidInput(LeaderError):
