@@ -140,7 +140,7 @@ async def client(
             try:
                 writer.write(requests[i % len(requests)])
                 status, body = await asyncio.wait_for(read_response(reader), timeout)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
                 errors.append(f"request {i}: {type(exc).__name__}")
                 writer.close()
                 reader, writer = await asyncio.open_connection(HOST, port)
@@ -154,7 +154,9 @@ async def client(
         writer.close()
 
 
-async def drive(args: argparse.Namespace, port: int, bodies: list[bytes], count: int) -> dict[str, Any]:
+async def drive(
+    args: argparse.Namespace, port: int, bodies: list[bytes], count: int
+) -> dict[str, Any]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
@@ -168,7 +170,11 @@ async def drive(args: argparse.Namespace, port: int, bodies: list[bytes], count:
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2) if ordered else 0.0
+        return (
+            round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+            if ordered
+            else 0.0
+        )
 
     return {
         "requests": count,
@@ -230,7 +236,10 @@ def main() -> None:
         server_cpu_ms_per_request=round(server_cpu / args.requests * 1000, 3),
         client_cpu_ms_per_request=round(client_cpu / args.requests * 1000, 3),
         load_average_1m=round(os.getloadavg()[0], 2),
-        batching=args.batching, threads=args.threads, cpus=os.cpu_count(), ddi_safe=args.ddi_safe
+        batching=args.batching,
+        threads=args.threads,
+        cpus=os.cpu_count(),
+        ddi_safe=args.ddi_safe,
     )
     if args.json:
         print(json.dumps(result))

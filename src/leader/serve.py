@@ -240,7 +240,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
-                batch, size = [], 0
+                batch: list[tuple[list[Prepared], asyncio.Future[np.ndarray]]] = []
+                size = 0
                 while self.pending and (not batch or size < self.max_model_batch):
                     item = self.pending.pop(0)
                     batch.append(item)
