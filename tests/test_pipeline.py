@@ -153,7 +153,13 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
         },
         "predict": {"batch_size": 32},
         "student": {**FAST_STUDENT, "epochs": 3},
-        "evaluate": {"rounds": 3, "efficiency": True, "teacher_samples": 4},
+        "evaluate": {
+            "rounds": 3,
+            "efficiency": True,
+            "teacher_samples": 2,
+            "latency_calls": 5,
+            "throughput_samples": 200,
+        },
     }
     config_file = tmp_path / "e2e.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")

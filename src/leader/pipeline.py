@@ -72,6 +72,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "report": ("name",),
 }
 TOP_KEYS = {"name", "out", "data", "teacher", "predict", "student", "evaluate"}
+# evaluate: rounds (of 80%), efficiency (time the models), teacher_samples (patients used to
+# time the teacher), latency_calls (single-patient calls), throughput_samples (student batch)
+EVALUATE_KEYS = {"rounds", "efficiency", "teacher_samples", "latency_calls", "throughput_samples"}
 SOURCES = ("synthetic", "events", "mimic3", "mimic4", "dataset")
 # data-section keys that name input files or folders (fingerprinted into the key)
 INPUT_KEYS = (
@@ -138,7 +141,7 @@ def _config_from_dict(raw: Any, source: str) -> PipelineConfig:
         from leader.teacher import TeacherConfig
 
         TeacherConfig.from_dict(dict(config.teacher), f"{source}: teacher").validate()
-    unknown_eval = sorted(set(config.evaluate) - {"rounds", "efficiency", "teacher_samples"})
+    unknown_eval = sorted(set(config.evaluate) - EVALUATE_KEYS)
     if unknown_eval:
         raise LeaderError(f"{source}: unknown evaluate key(s) {', '.join(unknown_eval)}")
     return config
@@ -468,7 +471,16 @@ class Pipeline:
         }
         for name, run_dir in models.items():
             self.log(f"[evaluate] {name}")
-            report = evaluate_run(run_dir, self.dataset_dir, efficiency=efficiency, n_rounds=rounds)
+            report = evaluate_run(
+                run_dir,
+                self.dataset_dir,
+                efficiency=efficiency,
+                n_rounds=rounds,
+                timing=(
+                    int(settings.get("latency_calls", 50)),
+                    int(settings.get("throughput_samples", 2000)),
+                ),
+            )
             write_json_atomic(folder / f"{name}.json", report)
         if self.config.teacher is not None:
             self.log("[evaluate] teacher")
