@@ -48,6 +48,12 @@ async function explain(response) {
 }
 
 // ------------------------------------------------------------------ code pickers
+// Tokens that all contain a digit (4019 25000, V5861, A10A) are codes, not words of a name.
+function looksLikeCodes(text, minTokens) {
+  const tokens = text.split(/[\s,;]+/).filter(Boolean);
+  return tokens.length >= minTokens && tokens.every((t) => /\d/.test(t));
+}
+
 function renderChips(kind) {
   const box = document.getElementById(kind + "-chips");
   box.replaceChildren();
@@ -93,7 +99,7 @@ function setupPicker(kind) {
 
   async function suggest() {
     const q = input.value.trim();
-    if (!q || /[,;\s]/.test(q)) { close(); return; }
+    if (!q || /[,;]/.test(q) || looksLikeCodes(q, 2)) { close(); return; }
     const ticket = ++asked;
     const url = "/v1/codes?kind=" + kind + "&limit=15&q=" + encodeURIComponent(q);
     const response = await fetch(url, { headers: headers() });
@@ -130,8 +136,19 @@ function setupPicker(kind) {
       highlight(Math.max(active - 1, 0));
     } else if (event.key === "Enter") {
       event.preventDefault();
-      if (active >= 0 && items[active]) addCodes(kind, [items[active].dataset.code]);
-      else addCodes(kind, input.value.split(/[\s,;]+/));
+      const text = input.value.trim();
+      if (active >= 0 && items[active]) {
+        addCodes(kind, [items[active].dataset.code]);
+      } else if (!text) {
+        return;
+      } else if (looksLikeCodes(text, 1) || /[,;]/.test(text)) {
+        addCodes(kind, text.split(/[\s,;]+/));  // pasted codes
+      } else if (items.length) {
+        addCodes(kind, [items[0].dataset.code]);  // words of a name: the best match
+      } else {
+        setStatus("no " + kind + " code matches '" + text + "'", true);
+        return;
+      }
       input.value = "";
       clearTimeout(timer);
       asked++;
@@ -156,7 +173,7 @@ function render(result) {
     const row = el("tr", null, drug.recommended ? "recommended" : "");
     row.appendChild(el("td", drug.code));
     row.appendChild(el("td", drug.name));
-    const cell = el("td");
+    const cell = el("td", null, "probability");
     const bar = el("span", null, "bar");
     bar.style.width = Math.round(drug.probability * 120) + "px";
     cell.appendChild(bar);
