@@ -60,6 +60,7 @@ class StudentConfig:
     beta: float = 0.005  # weight of the profile alignment InfoNCE
     align: bool = True  # use the alignment term at all (--no-align turns it off)
     temperature: float = 1.0  # InfoNCE temperature on cosine similarities
+    standardize_teacher: bool = True  # z-score teacher states per dimension (train statistics)
     # --- training
     epochs: int = 100  # at most this many epochs
     batch_size: int = 16  # samples per optimiser step

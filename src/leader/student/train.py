@@ -20,14 +20,14 @@ import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from leader.data.store import VisitDataset, write_json_atomic
+from leader.data.store import SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import best_threshold, compute
 from leader.student.data import (
@@ -142,7 +142,9 @@ def _train(
 ) -> Path:
     started = time.perf_counter()
     dataset = VisitDataset.load(dataset_dir)
-    mode = config.sample_mode or dataset.default_sample_mode
+    mode: SampleMode = (
+        "last" if (config.sample_mode or dataset.default_sample_mode) == "last" else "all"
+    )
     samples = {split: dataset.samples(split, mode) for split in ("train", "val", "test")}
     if not samples["train"]:
         raise LeaderError(f"{dataset_dir}: the train split has no samples")
@@ -160,7 +162,7 @@ def _train(
         teacher_hidden, teacher_ids, _ = load_teacher_features(Path(teacher_features))
     elif config.alpha > 0:
         say("no teacher features given: training without distillation (alpha = 0)")
-        config.alpha = 0.0
+        config = replace(config, alpha=0.0)
 
     seed_everything(config.seed)
     teacher_width = int(teacher_hidden.shape[1]) if teacher_hidden is not None else 0
@@ -169,6 +171,18 @@ def _train(
     encoded = {split: model.encode(s) for split, s in samples.items()}
     if teacher_hidden is not None:
         attach_teacher(encoded["train"], teacher_hidden, teacher_ids, str(teacher_features))
+        if config.standardize_teacher:
+            # LLM hidden states have a few huge dimensions; z-scores keep the MSE on the
+            # scale of the BCE and let every dimension count (the projector is affine,
+            # so no information is lost).
+            states = encoded["train"].teacher
+            assert states is not None
+            mean, std = states.mean(axis=0), states.std(axis=0)
+            encoded["train"].teacher = (states - mean) / np.maximum(std, 1e-6)
+            say(
+                f"teacher states: width {states.shape[1]}, |mean| max {np.abs(mean).max():.2f}, "
+                f"std range {std.min():.3f}..{std.max():.3f}; standardized"
+            )
     say(
         f"student: {model.num_parameters():,} parameters at inference "
         f"({model.num_parameters(inference=False):,} with the projector); "
