@@ -93,8 +93,11 @@ def evaluate(
         bool, typer.Option(help="Measure latency and throughput on this CPU.")
     ] = True,
 ) -> None:
-    """DESIGN metrics (whole, single-, multi-visit; 10 rounds of 80%) at 0.5 and the
-    validation threshold, a DDI-safe row, and efficiency."""
+    """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed.
+
+    Whole test set, single- and multi-visit samples, 10 rounds of 80% (mean, std);
+    parameters, single-patient latency, batch throughput. Writes RUN/evaluation.json.
+    """
     from leader.data.store import write_json_atomic
     from leader.evaluate import evaluate_run, format_table
 
@@ -115,8 +118,10 @@ def run(
         typer.Option("--from", help="Redo this step and every later one."),
     ] = None,
 ) -> None:
-    """Prepare, teacher train + predict, student (with and without distillation),
-    popularity, evaluate, report; unchanged steps are reused."""
+    """The whole pipeline from one YAML: prepare, teacher, students, popularity, report.
+
+    Steps whose inputs and config are unchanged are reused; --from STEP redoes from there.
+    """
     from leader.pipeline import load_config, run_pipeline
 
     result = run_pipeline(load_config(config), out=out, from_step=from_step, log=typer.echo)
@@ -129,8 +134,10 @@ def demo(
         str | None, typer.Option("--from", help="Redo this step and every later one.")
     ] = None,
 ) -> None:
-    """The whole pipeline on the embedded synthetic cohort with the real SmolLM2 teacher
-    (about 15 minutes on a 2-core CPU)."""
+    """The whole pipeline on the synthetic demo cohort with the real SmolLM2 teacher.
+
+    Sized for a laptop CPU (about 15 minutes on 2 cores); writes ./leader-demo.
+    """
     from leader.pipeline import demo_config, run_pipeline
 
     result = run_pipeline(demo_config(), out=out, from_step=from_step, log=typer.echo)
