@@ -26,8 +26,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -223,8 +224,9 @@ class Batcher:
         self.recommender = recommender
         self.max_model_batch = max_model_batch
         self.pending: list[tuple[list[Prepared], asyncio.Future[np.ndarray]]] = []
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-model")
+        self.executor: ThreadPoolExecutor | None = None  # started on first use
         self.busy = False
+        self.task: asyncio.Task[None] | None = None
         self.calls = 0  # model calls made (for tests and tuning)
 
     async def predict(self, prepared: list[Prepared]) -> np.ndarray:
@@ -233,7 +235,7 @@ class Batcher:
         self.pending.append((prepared, future))
         if not self.busy:
             self.busy = True
-            loop.create_task(self._drain())
+            self.task = loop.create_task(self._drain())  # keep a reference: tasks are weak
         return await future
 
     async def _drain(self) -> None:
@@ -247,6 +249,8 @@ class Batcher:
                     batch.append(item)
                     size += len(item[0])
                 flat = [p for prepared, _ in batch for p in prepared]
+                if self.executor is None:
+                    self.executor = ThreadPoolExecutor(1, thread_name_prefix="leader-model")
                 self.calls += 1
                 try:
                     prob = await loop.run_in_executor(self.executor, self.recommender.predict, flat)
@@ -264,7 +268,10 @@ class Batcher:
             self.busy = False
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the model thread (a later request starts a new one)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
 
 
 # ----------------------------------------------------------------------------- recommend
@@ -362,7 +369,15 @@ def create_app(
     batcher = Batcher(recommender, config.max_model_batch) if config.batching else None
     service = RecommendService(recommender, batcher, config.max_batch)
     codes = _CodeIndex(model)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            batcher.close()
+
     api = FastAPI(
+        lifespan=lifespan,
         docs_url=None,  # the default docs load Swagger UI from a CDN; ours work offline
         redoc_url=None,
         title="LEADER medication recommendation",
