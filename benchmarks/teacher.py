@@ -99,8 +99,7 @@ def main() -> None:
 
     from leader.data.store import VisitDataset
     from leader.teacher import LeaderTeacher, TeacherConfig
-    from leader.teacher.backbone import keep_layers, load_backbone, load_tokenizer, resolve_backbone
-    from leader.teacher.model import add_lora, resolve_precision
+    from leader.teacher.model import resolve_precision
     from leader.teacher.train import epoch_batches
 
     scratch = Path(tempfile.mkdtemp(prefix="leader-bench-"))
@@ -110,9 +109,7 @@ def main() -> None:
                            history_visits=args.history_visits, max_layers=args.max_layers,
                            precision=args.precision)  # fmt: skip
     started = time.perf_counter()
-    source = resolve_backbone(config.model)
-    backbone = add_lora(keep_layers(load_backbone(source), config.max_layers), config)
-    teacher = LeaderTeacher(backbone, load_tokenizer(source), dataset.vocab, config)
+    teacher = LeaderTeacher.build(config, dataset.vocab)
     load_seconds = time.perf_counter() - started
     samples = dataset.samples("train")
     ids, stats = teacher.encode(samples)

@@ -14,8 +14,7 @@ from leader.data.store import VisitDataset
 from leader.errors import LeaderError
 from leader.prompts import PromptBuilder
 from leader.teacher import LeaderTeacher, TeacherConfig, predict_teacher, train_teacher
-from leader.teacher.backbone import load_backbone, load_tokenizer, resolve_backbone
-from leader.teacher.model import add_lora, last_token_index
+from leader.teacher.model import last_token_index
 from leader.teacher.predict import read_features
 from leader.teacher.testing import make_tiny_backbone
 from leader.teacher.train import epoch_batches
@@ -29,9 +28,7 @@ def tiny_backbone(tmp_path: Path, tiny_dataset: VisitDataset) -> Path:
 
 def _teacher(folder: Path, dataset: VisitDataset, **overrides: object) -> LeaderTeacher:
     config = TeacherConfig(model=str(folder), **overrides)  # type: ignore[arg-type]
-    source = resolve_backbone(config.model)
-    backbone = add_lora(load_backbone(source), config)
-    return LeaderTeacher(backbone, load_tokenizer(source), dataset.vocab, config, source.location)
+    return LeaderTeacher.build(config, dataset.vocab)
 
 
 def test_last_token_index_left_and_right() -> None:
@@ -162,3 +159,14 @@ def test_an_unfinished_run_needs_resume(tmp_path: Path, tiny_dataset: VisitDatas
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     with pytest.raises(LeaderError, match="--resume"):
         train_teacher(tiny_dataset.path, tmp_path / "run", TeacherConfig())
+
+
+def test_max_layers_keeps_the_first_blocks(tiny_backbone: Path, tiny_dataset: VisitDataset) -> None:
+    full = _teacher(tiny_backbone, tiny_dataset, precision="fp32").eval()
+    short = _teacher(tiny_backbone, tiny_dataset, precision="fp32", max_layers=1).eval()
+    body = short.backbone.get_base_model()
+    assert len(body.layers) == 1 and body.config.num_hidden_layers == 1
+    ids, _ = short.encode(tiny_dataset.samples("test"))
+    with torch.no_grad():
+        one, two = short(**short.pad(ids)).hidden, full(**full.pad(ids)).hidden
+    assert one.shape == two.shape and not torch.allclose(one, two)

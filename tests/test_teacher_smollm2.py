@@ -35,7 +35,9 @@ def test_smollm2_alias_trains_predicts_and_reloads(
     assert resolve_backbone("smollm2-135m") == source
     assert time.perf_counter() - started < 2.0  # the cached folder is reused
 
-    config = TeacherConfig(max_steps=2, batch_size=2, eval_every=0, lr=1e-3, log_every=1)
+    config = TeacherConfig(
+        max_steps=2, batch_size=2, eval_every=0, lr=1e-3, log_every=1, max_tokens=96, num_threads=1
+    )
     run = train_teacher(tiny_dataset.path, tmp_path / "run", config)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["train_tokens_per_second"] > 0

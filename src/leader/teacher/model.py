@@ -33,9 +33,11 @@ from leader.data.store import Sample, Vocabulary, write_json_atomic
 from leader.errors import LeaderError
 from leader.prompts import PromptBuilder, PromptConfig, PromptStats
 from leader.teacher.backbone import (
+    BackboneSource,
     ensure_pad_token,
     keep_layers,
     load_backbone,
+    load_tokenizer,
     resolve_backbone,
 )
 from leader.teacher.config import TeacherConfig
@@ -252,6 +254,24 @@ class LeaderTeacher(nn.Module):
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls, config: TeacherConfig, vocab: Vocabulary, source: BackboneSource | None = None
+    ) -> LeaderTeacher:
+        """A fresh teacher: backbone (first ``max_layers``), frozen, LoRA added, new head."""
+        source = source or resolve_backbone(config.model)
+        tokenizer = load_tokenizer(source)
+        torch.manual_seed(config.seed)  # the same LoRA and head init on every process
+        backbone = keep_layers(load_backbone(source), config.max_layers)
+        for param in backbone.parameters():
+            param.requires_grad_(False)
+        if config.gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return cls(add_lora(backbone, config), tokenizer, vocab, config, source.location)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

@@ -33,9 +33,9 @@ import torch
 from leader.data.store import Sample, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import compute
-from leader.teacher.backbone import keep_layers, load_backbone, load_tokenizer, resolve_backbone
+from leader.teacher.backbone import resolve_backbone
 from leader.teacher.config import TeacherConfig
-from leader.teacher.model import LeaderTeacher, add_lora, resolve_precision
+from leader.teacher.model import LeaderTeacher, resolve_precision
 
 log = logging.getLogger("leader.teacher")
 
@@ -180,17 +180,7 @@ class _Trainer:
         config = self.config
         with self.accelerator.main_process_first():  # one GGUF conversion, not one per rank
             source = resolve_backbone(config.model)
-        tokenizer = load_tokenizer(source)
-        torch.manual_seed(config.seed)  # same LoRA and head init on every process
-        backbone = keep_layers(load_backbone(source), config.max_layers)
-        for param in backbone.parameters():
-            param.requires_grad_(False)
-        if config.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        backbone = add_lora(backbone, config)
-        self.model = LeaderTeacher(backbone, tokenizer, self.dataset.vocab, config, source.location)
+        self.model = LeaderTeacher.build(config, self.dataset.vocab, source)
         self.model.to(self.accelerator.device)
         self.autocast = (
             None if self.deepspeed else resolve_precision(config.precision, self.accelerator.device)
