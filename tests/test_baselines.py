@@ -83,6 +83,9 @@ def test_ecc_saved_chains_reproduce_scikit_learn(tiny_dataset: VisitDataset) -> 
         # The j-th classifier of a chain sees the features plus the j earlier drugs.
         widths = [est.coef_.shape[1] for est in chain.estimators_]
         assert widths == [8 + j for j in range(5)]  # 5 diagnoses + 3 procedures
+    assert model.num_parameters() == sum(
+        est.coef_.size + 1 for chain in model.chains_ for est in chain.estimators_
+    )
     samples = tiny_dataset.samples(None)
     X = current_visit_features(tiny_dataset.vocab, samples)
     expected = np.mean([chain.predict_proba(X) for chain in model.chains_], axis=0)

@@ -221,6 +221,12 @@ class ECC(_LinearBase):
                 chained[:, position] = (decision > 0).astype(float)
         return total / len(self.orders_)
 
+    def num_parameters(self) -> int:
+        """Weights actually used (the saved coefficients are zero-padded per position)."""
+        chains, drugs, width = self.coef_.shape
+        features = width - drugs
+        return int(chains * (drugs * (features + 1) + drugs * (drugs - 1) // 2))
+
     def _tensors(self) -> dict[str, np.ndarray]:
         return {"orders": self.orders_, "coef": self.coef_, "intercept": self.intercept_}
 
