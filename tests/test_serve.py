@@ -347,3 +347,13 @@ def test_cli_serve_on_loopback_with_token(student_run: Path) -> None:
     logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert {"method": "POST", "path": "/v1/recommend", "status": 200}.items() <= logged[-1].items()
     assert f"http://127.0.0.1:{port}/" in stderr
+
+
+def test_load_benchmark_runs_clean(student_run: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve.py"
+    command = [sys.executable, str(script), "--run", str(student_run), "--requests", "60"]
+    command += ["--clients", "5", "--warmup", "0", "--distinct", "10", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["requests"] == 60 and result["errors"] == 0, result
+    assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]

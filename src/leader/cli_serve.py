@@ -134,5 +134,8 @@ def serve(
         token=token, max_body=max_body, batching=batching, access_log=access_log, margin=margin
     )
     app = create_app(run_dir=run, config=config)
+    import gc
+
+    gc.freeze()  # the model and vocabularies live forever: keep them out of GC scans
     typer.echo(f"serving {run} on http://{host}:{port}/ (docs: /docs)", err=True)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
