@@ -306,12 +306,17 @@ class PromptBuilder:
         # 2. Cut the remaining history visit's lists from the end, the longest list first.
         while parts and tokens > budget:
             lists, counts = parts[0].lists, parts[0].cut
-            longest = max(KINDS, key=lambda kind: len(lists[kind]))
-            if not lists[longest]:
+            # Pop items worth about the excess (names counted alone), then count exactly.
+            excess, removed = tokens - budget, 0
+            while removed < excess:
+                longest = max(KINDS, key=lambda kind: len(lists[kind]))
+                if not lists[longest]:
+                    break
+                removed += max(1, self.count_tokens(lists[longest].pop()))
+                counts[longest] += 1
+                cut += 1
+            if not removed:
                 break
-            lists[longest].pop()
-            counts[longest] += 1
-            cut += 1
             text = self._assemble(sample, parts, profile)
             tokens = self.count_tokens(text)
         # 3. Drop that visit too, then the profile; the current visit is never cut.
