@@ -141,7 +141,11 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(help="Samples per forward pass.")] = None,
 ) -> None:
     """Write probabilities + hidden states of every sample, and the LEADER(T) test metrics."""
+    import logging
+
     from leader.teacher import predict_teacher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     metrics = predict_teacher(run, dataset, out, batch_size=batch_size)
     whole = metrics.get("all", {}).get("metrics") or {}

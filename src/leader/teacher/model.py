@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def _frozen_dtype(config: TeacherConfig) -> torch.dtype | None:
+    """Half-precision frozen backbone weights on a GPU running bf16/fp16 (half the memory);
+    the LoRA adapters and the output layer stay float32."""
+    if not torch.cuda.is_available():
+        return None
+    return resolve_precision(config.precision, torch.device("cuda"))
 
 
 @dataclass
@@ -214,7 +223,13 @@ class LeaderTeacher(nn.Module):
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probabilities = np.zeros((len(ids), len(self.medication_codes)), dtype=np.float32)
         hidden = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        started = last = time.perf_counter()
         for start in range(0, len(order), batch_size):
+            if time.perf_counter() - last > 30:  # a progress line every 30 s on long runs
+                last = time.perf_counter()
+                rate = start / (last - started)
+                log.info("predicted %d/%d samples | %.1f samples/s | ETA %.0fs", start,
+                         len(order), rate, (len(order) - start) / max(rate, 1e-9))  # fmt: skip
             chosen = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chosen]).items()}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
@@ -264,7 +279,7 @@ class LeaderTeacher(nn.Module):
         source = source or resolve_backbone(config.model)
         tokenizer = load_tokenizer(source)
         torch.manual_seed(config.seed)  # the same LoRA and head init on every process
-        backbone = keep_layers(load_backbone(source), config.max_layers)
+        backbone = keep_layers(load_backbone(source, _frozen_dtype(config)), config.max_layers)
         for param in backbone.parameters():
             param.requires_grad_(False)
         if config.gradient_checkpointing:
@@ -339,7 +354,8 @@ class LeaderTeacher(nn.Module):
         config = TeacherConfig.from_dict(meta["config"], where=str(meta_path))
         location = meta.get("backbone_location") or ""
         source = location if location and Path(location).is_dir() else config.model
-        backbone = keep_layers(load_backbone(resolve_backbone(source)), config.max_layers)
+        dtype = _frozen_dtype(config) if torch.device(device).type == "cuda" else None
+        backbone = keep_layers(load_backbone(resolve_backbone(source), dtype), config.max_layers)
         if (root / "adapter").is_dir():
             backbone = PeftModel.from_pretrained(backbone, root / "adapter", is_trainable=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")

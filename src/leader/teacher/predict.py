@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from leader.data.store import SPLITS, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
@@ -53,7 +54,8 @@ def predict_teacher(
     from safetensors.numpy import save_file
 
     run_dir, out_file = Path(run_dir), Path(out_file)
-    teacher = LeaderTeacher.from_pretrained(run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = LeaderTeacher.from_pretrained(run_dir, device=device)
     dataset = VisitDataset.load(dataset_dir)
     if teacher.medication_codes != dataset.vocab.codes["medication"]:
         raise LeaderError(

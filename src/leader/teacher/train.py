@@ -514,7 +514,11 @@ def train_teacher(
             if saved != config:
                 log.warning("resuming with a config that differs from %s/config.yaml", out_dir)
         config.to_yaml(out_dir / "config.yaml")
-    trainer.build()
-    state = trainer.run(resume)
-    trainer.finish(state)
+    try:
+        trainer.build()
+        state = trainer.run(resume)
+        trainer.finish(state)
+    finally:
+        _setup_logging(out_dir, main=False)  # detach the run's handlers
+        log.propagate = True
     return out_dir
