@@ -46,13 +46,13 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(
     assert tiny_dataset.path is not None
     config = TeacherConfig(
         model=str(tiny_backbone),
-        max_steps=90,
+        max_steps=60,
         batch_size=2,
         lr=5e-3,
-        eval_every=30,
+        eval_every=20,
         checkpoint_every=3,
         patience=0,
-        log_every=30,
+        log_every=20,
         precision="fp32",
         num_threads=1,
     )
@@ -71,7 +71,7 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = _checkpoint_step(run)
-    assert 12 <= killed_at < 90, f"not killed mid-run (checkpoint step {killed_at})"
+    assert 12 <= killed_at < 60, f"not killed mid-run (checkpoint step {killed_at})"
     assert not (run / "teacher.json").exists()
 
     with pytest.raises(Exception, match="--resume"):
@@ -81,7 +81,7 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(
     assert f"resumed from {run / 'checkpoint'} at step {killed_at}" in log
 
     done, expected = (json.loads((p / "metrics.json").read_text()) for p in (run, reference))
-    assert done["steps"] == expected["steps"] == 90
+    assert done["steps"] == expected["steps"] == 60
     assert done["history"] == expected["history"]
     for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
         got, want = load_file(run / name), load_file(reference / name)
