@@ -170,3 +170,10 @@ def test_max_layers_keeps_the_first_blocks(tiny_backbone: Path, tiny_dataset: Vi
     with torch.no_grad():
         one, two = short(**short.pad(ids)).hidden, full(**full.pad(ids)).hidden
     assert one.shape == two.shape and not torch.allclose(one, two)
+
+
+def test_shipped_teacher_configs_parse() -> None:
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("teacher-*.yaml"))
+    assert configs
+    for path in configs:
+        TeacherConfig.from_yaml(path)

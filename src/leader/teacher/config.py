@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from leader.data.store import SampleMode
 from leader.errors import LeaderError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -128,6 +129,10 @@ class TeacherConfig:
             raise LeaderError(f"{source}: a teacher config is a mapping of key: value")
         data.update(overrides)
         return cls.from_dict(data, where=str(source))
+
+    def resolved_sample_mode(self, dataset_default: str) -> SampleMode:
+        """``sample_mode``, or the dataset's default when unset."""
+        return "last" if (self.sample_mode or dataset_default) == "last" else "all"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

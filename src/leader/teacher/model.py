@@ -129,7 +129,7 @@ class LeaderTeacher(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Any,  # a transformers model, usually wrapped by peft
         tokenizer: Any,
         vocab: Vocabulary,
         config: TeacherConfig,

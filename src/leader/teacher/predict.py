@@ -62,7 +62,7 @@ def predict_teacher(
             f"{dataset_dir}: its drug vocabulary differs from the one {run_dir} was trained on; "
             "predict on the dataset the teacher was trained on"
         )
-    mode = teacher.config.sample_mode or dataset.default_sample_mode
+    mode = teacher.config.resolved_sample_mode(dataset.default_sample_mode)
     samples, splits = [], []
     for split in SPLITS:
         if split in dataset.splits:

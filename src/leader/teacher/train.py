@@ -160,7 +160,7 @@ class _Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.dataset = VisitDataset.load(dataset_dir)
-        mode = config.sample_mode or self.dataset.default_sample_mode
+        mode = config.resolved_sample_mode(self.dataset.default_sample_mode)
         self.train_samples = self._subset(
             self.dataset.samples("train", mode), config.max_train_samples
         )
@@ -401,7 +401,9 @@ class _Trainer:
             self.scheduler.step()
             state.step += 1
             state.train_seconds = time.perf_counter() - started
-            if state.step % config.log_every == 0 or state.step == self.total_steps:
+            if (config.log_every and state.step % config.log_every == 0) or (
+                state.step == self.total_steps
+            ):
                 elapsed = time.perf_counter() - window_start
                 rate = state.train_seconds / state.step
                 log.info(
@@ -426,6 +428,8 @@ class _Trainer:
             if every and state.step % every == 0:
                 state.train_seconds = time.perf_counter() - started
                 self.save_checkpoint(state)
+            if evaluate or (every and state.step % every == 0):
+                window_start, window_tokens = time.perf_counter(), 0  # tokens/s: training only
         state.train_seconds = time.perf_counter() - started
         return state
 
