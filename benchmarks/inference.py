@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument(
         "--student-batch", type=int, default=20000, help="patients per student batch"
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--latency-calls", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
