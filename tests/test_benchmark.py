@@ -75,6 +75,7 @@ def test_teacher_scored_from_features_file(tiny_dataset: VisitDataset, tmp_path:
     table = run_benchmark(tiny_dataset.path, tmp_path / "b", config, log=lambda _: None)
     assert table["leader_t"]["status"] == "ok"
     assert table["leader_t"]["seeds"] == [42]  # a file has no seed to vary
+    assert table["leader_t"]["patients_per_second"] is None  # nothing ran: not measured
     assert table["leader_t"]["groups"]["all"]["prauc"]["mean"] == pytest.approx(1.0)
     # Columns follow the file's medication_codes: reversed codes, reversed columns.
     codes = tiny_dataset.vocab.codes["medication"]
