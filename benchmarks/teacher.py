@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--history-visits", type=int, default=3)
     parser.add_argument("--max-layers", type=int, default=0)
     parser.add_argument("--predict-samples", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (CPU autocast)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (autocast)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
     if args.threads:

@@ -52,6 +52,7 @@ def test_smollm2_alias_trains_predicts_and_reloads(
     tensors, meta = read_features(out)
     assert tensors["hidden"].shape == (9, 576) and np.isfinite(tensors["hidden"]).all()
     assert meta["model"] == "smollm2-135m"
-    test = tiny_dataset.samples("test")
-    again = LeaderTeacher.from_pretrained(run).predict_proba(test)
-    np.testing.assert_allclose(again, tensors["probabilities"][-2:], atol=1e-6)
+    samples = [s for split in ("train", "val", "test") for s in tiny_dataset.samples(split)]
+    assert meta["sample_ids"] == [s.sample_id for s in samples]
+    again = LeaderTeacher.from_pretrained(run).predict_proba(samples)
+    np.testing.assert_allclose(again, tensors["probabilities"], atol=1e-6)

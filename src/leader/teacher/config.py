@@ -52,7 +52,7 @@ class TeacherConfig:
     epochs: float = 1.0  # passes over the training samples (when max_steps is 0)
     max_steps: int = 0  # optimizer steps; 0 = derive from epochs
     max_train_samples: int = 0  # random subset of training samples (0 = all)
-    precision: str = "auto"  # auto (bf16 where it pays), bf16, fp16 (GPU only), fp32
+    precision: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs), bf16, fp16 (GPU), fp32
     gradient_checkpointing: bool = False  # trade compute for memory (long prompts, big models)
     bucket_by_length: bool = True  # batch prompts of similar length (less padding)
     seed: int = 42  # data order, LoRA init, dropout

@@ -48,12 +48,21 @@ log = logging.getLogger("leader.teacher")
 FORMAT_VERSION = 1
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = fp32).
 
-    "auto": bf16 on GPUs that support it (else fp16), fp32 on CPUs: measured on a 2-core
-    Sapphire Rapids VM (AMX-BF16), CPU bf16 autocast trained SmolLM2 about 4x *slower*
-    than fp32 (autocast casts every LoRA/linear input), so it is opt-in there (``bf16``).
+    "auto": bf16 on GPUs that support it (else fp16); on CPUs bf16 only with native bf16
+    instructions. Measured on a Sapphire Rapids VM (AMX-BF16), SmolLM2 with LoRA, one
+    thread: bf16 autocast trains 1.25x and infers 1.25-1.55x faster than fp32.
     """
     if precision == "fp32":
         return None
@@ -65,7 +74,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def _frozen_dtype(config: TeacherConfig) -> torch.dtype | None:
