@@ -170,11 +170,14 @@ def load_config(path: Path) -> PipelineConfig:
 
 
 def _input_path(value: str, base: Path, where: str) -> str:
-    """Expand $VARS and ~, resolve relative paths against the YAML's folder."""
+    """Expand $VARS and ~; resolve relative paths against the YAML's folder, except those
+    that come from an environment variable, which mean what they mean in the user's shell
+    (``LEADER_DATA=../shared/data``: relative to the working directory)."""
     expanded = os.path.expanduser(os.path.expandvars(value))
     if "$" in expanded:
         raise LeaderError(f"{where}: {value!r} uses an environment variable that is not set")
-    return str((base / expanded).resolve())
+    anchor = Path.cwd() if value.startswith("$") else base
+    return str((anchor / expanded).resolve())
 
 
 def demo_config() -> PipelineConfig:
