@@ -182,3 +182,18 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
     report = (out / "report" / "report.md").read_text()
     assert "| LEADER(T) (all) |" in report and "as many patients per second" in report
     assert results["summary"]["student"]["efficiency"]["throughput_per_s"] > 0
+
+
+def test_input_paths_from_environment_follow_the_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leader.pipeline import _input_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEADER_DATA", "shared/data")
+    base = tmp_path / "configs"
+    assert _input_path("${LEADER_DATA}/x.csv", base, "w") == str(tmp_path / "shared/data/x.csv")
+    assert _input_path("data/x.csv", base, "w") == str(base / "data/x.csv")
+    monkeypatch.delenv("LEADER_DATA")
+    with pytest.raises(LeaderError, match="not set"):
+        _input_path("${LEADER_DATA}/x.csv", base, "w")
