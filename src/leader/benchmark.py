@@ -169,30 +169,10 @@ def read_teacher_probabilities(
     With ``drug_codes`` and a ``medication_codes`` metadata entry, columns are put in
     ``drug_codes`` order (an error when the two vocabularies differ).
     """
-    from safetensors import safe_open
+    from leader.features import read_features
 
-    if not path.exists():
-        raise LeaderError(
-            f"{path}: no teacher features file; write one with `leader teacher predict`"
-        )
-    try:
-        with safe_open(str(path), framework="np") as handle:
-            metadata = dict(handle.metadata() or {})
-            if "probabilities" not in handle.keys():
-                raise LeaderError(
-                    f"{path}: no 'probabilities' tensor (found {', '.join(handle.keys())})"
-                )
-            probabilities = handle.get_tensor("probabilities")
-    except LeaderError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types
-        raise LeaderError(f"{path}: not a readable safetensors file ({exc})") from exc
-    try:
-        ids = [str(s) for s in json.loads(metadata["sample_ids"])]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise LeaderError(f"{path}: metadata 'sample_ids' missing or not a JSON list") from exc
-    if probabilities.ndim != 2 or probabilities.shape[0] != len(ids):
-        raise LeaderError(f"{path}: 'probabilities' is {probabilities.shape}, ids {len(ids)}")
+    tensors, metadata = read_features(path, require=("probabilities",))
+    probabilities, ids = tensors["probabilities"], list(metadata["sample_ids"])
     row = {sample_id: i for i, sample_id in enumerate(ids)}
     missing = [s.sample_id for s in samples if s.sample_id not in row]
     if missing:
@@ -202,7 +182,7 @@ def read_teacher_probabilities(
         )
     probabilities = probabilities[[row[s.sample_id] for s in samples]].astype(np.float64)
     if drug_codes is not None and "medication_codes" in metadata:
-        file_codes = [str(c) for c in json.loads(metadata["medication_codes"])]
+        file_codes = list(metadata["medication_codes"])
         if sorted(file_codes) != sorted(drug_codes):
             raise LeaderError(
                 f"{path}: its medication_codes differ from the dataset's drug vocabulary "

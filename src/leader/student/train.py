@@ -16,7 +16,6 @@ revision), splits.json (patient ids per split), train.log, checkpoint/ (for --re
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -41,36 +40,12 @@ from leader.student.model import LeaderStudent, StudentConfig
 from leader.training import TrainConfig, fit, seed_everything
 
 
-def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, str]]:
+def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """(hidden (N, H) float32, sample ids, metadata) from a teacher features file."""
-    from safetensors import safe_open
+    from leader.features import read_features
 
-    if not path.exists():
-        raise LeaderError(
-            f"{path}: no teacher features file; write one with `leader teacher predict`"
-        )
-    try:
-        with safe_open(str(path), framework="np") as handle:
-            metadata = dict(handle.metadata() or {})
-            if "hidden" not in handle.keys():
-                raise LeaderError(
-                    f"{path}: no 'hidden' tensor (found {', '.join(handle.keys())}); "
-                    "not a teacher features file"
-                )
-            hidden = handle.get_tensor("hidden")
-    except LeaderError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types
-        raise LeaderError(f"{path}: not a readable safetensors file ({exc})") from exc
-    try:
-        sample_ids = [str(s) for s in json.loads(metadata["sample_ids"])]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise LeaderError(f"{path}: metadata 'sample_ids' missing or not a JSON list") from exc
-    if hidden.ndim != 2 or hidden.shape[0] != len(sample_ids):
-        raise LeaderError(
-            f"{path}: 'hidden' is {hidden.shape} but metadata lists {len(sample_ids)} samples"
-        )
-    return hidden.astype(np.float32, copy=False), sample_ids, metadata
+    tensors, meta = read_features(path, require=("hidden",))
+    return tensors["hidden"].astype(np.float32, copy=False), list(meta["sample_ids"]), meta
 
 
 def git_revision() -> str:

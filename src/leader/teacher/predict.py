@@ -25,26 +25,11 @@ import torch
 
 from leader.data.store import SPLITS, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
+from leader.features import read_features  # noqa: F401  (re-exported)
 from leader.metrics import evaluate_groups
 from leader.teacher.model import LeaderTeacher
 
 log = logging.getLogger("leader.teacher")
-
-
-def read_features(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Tensors and decoded metadata of a features file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as handle:
-        raw = handle.metadata() or {}
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    meta: dict[str, Any] = dict(raw)
-    for key in ("sample_ids", "splits", "medication_codes"):
-        if key in meta:
-            meta[key] = json.loads(meta[key])
-    if "hidden_size" in meta:
-        meta["hidden_size"] = int(meta["hidden_size"])
-    return tensors, meta
 
 
 def predict_teacher(
