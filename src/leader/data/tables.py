@@ -107,3 +107,22 @@ def file_checksum(path: Path) -> str:
 def table_columns(path: Path) -> list[str]:
     """The header of a CSV / CSV.GZ / Parquet table."""
     return _header(path)
+
+
+class TableReader:
+    """Reads named tables from one folder and remembers each file, for the manifest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.inputs: list[Path] = []
+
+    def __call__(
+        self,
+        name: str,
+        required: Sequence[str],
+        optional: Sequence[str] = (),
+        text: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        path = find_table(self.folder, name)
+        self.inputs.append(path)
+        return read_table(path, required, optional, text)

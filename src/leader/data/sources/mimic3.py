@@ -22,7 +22,7 @@ from leader.data.sources.common import (
     parse_times,
     years_between,
 )
-from leader.data.tables import find_table, read_table
+from leader.data.tables import TableReader, find_table
 from leader.errors import LeaderError
 
 PROFILE_FIELDS: tuple[str, ...] = (
@@ -37,14 +37,8 @@ PROFILE_FIELDS: tuple[str, ...] = (
 def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> RawCohort:
     counts: dict[str, Any] = {}
     funnel: list[dict[str, Any]] = []
-    inputs: list[Path] = []
-
-    def table(
-        name: str, required: list[str], optional: Sequence[str] = (), text: Sequence[str] = ()
-    ) -> pd.DataFrame:
-        path = find_table(data, name)
-        inputs.append(path)
-        return read_table(path, required, optional, text)
+    table = TableReader(data)
+    inputs = table.inputs
 
     admissions = table(
         "ADMISSIONS",

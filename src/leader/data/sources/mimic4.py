@@ -19,7 +19,7 @@ from leader.data.codes import DrugMapper
 from leader.data.cohort import RawCohort
 from leader.data.sources.common import age_band, code_rows, dedupe_visits, parse_times
 from leader.data.sources.mimic3 import medication_rows
-from leader.data.tables import find_table, read_table
+from leader.data.tables import TableReader, find_table, read_table
 from leader.errors import LeaderError
 
 PROFILE_FIELDS: tuple[str, ...] = (
@@ -46,14 +46,8 @@ def read_mimic4(
 ) -> RawCohort:
     counts: dict[str, Any] = {}
     funnel: list[dict[str, Any]] = []
-    inputs: list[Path] = []
-
-    def table(
-        name: str, required: list[str], optional: Sequence[str] = (), text: Sequence[str] = ()
-    ) -> pd.DataFrame:
-        path = find_table(data, name)
-        inputs.append(path)
-        return read_table(path, required, optional, text)
+    table = TableReader(data)
+    inputs = table.inputs
 
     admissions = table(
         "admissions",
