@@ -135,7 +135,8 @@ def load_tokenizer(spec: str | BackboneSource) -> Any:
 
     source = spec if isinstance(spec, BackboneSource) else resolve_backbone(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location)
+        # A folder on disk never reaches for the network (offline by default).
+        tokenizer = AutoTokenizer.from_pretrained(source.location, local_files_only=source.is_local)
     except (OSError, ValueError) as exc:
         raise _hub_error(source, exc) from exc
     return ensure_pad_token(tokenizer)
@@ -155,7 +156,9 @@ def load_backbone(spec: str | BackboneSource, dtype: Any = None) -> Any:
     from transformers import AutoModel
 
     source = spec if isinstance(spec, BackboneSource) else resolve_backbone(spec)
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"local_files_only": source.is_local}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     try:
         model = AutoModel.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
