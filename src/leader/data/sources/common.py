@@ -96,3 +96,17 @@ def dedupe_visits(
         }
     )
     return visits[~bad_time].reset_index(drop=True)
+
+
+def admission_visits(
+    admissions: pd.DataFrame, funnel: list[dict[str, Any]], counts: dict[str, Any]
+) -> pd.DataFrame:
+    """MIMIC admissions (``subject_id, hadm_id, admittime``) -> clean visits."""
+    visits = pd.DataFrame(
+        {
+            "patient_id": admissions["subject_id"].astype("string").str.strip(),
+            "visit_id": admissions["hadm_id"].astype("string").str.strip(),
+            "time": parse_times(admissions["admittime"]),
+        }
+    )
+    return dedupe_visits(visits, funnel, counts)

@@ -16,9 +16,9 @@ import pandas as pd
 from leader.data.codes import DrugMapper, read_icd_names
 from leader.data.cohort import RawCohort
 from leader.data.sources.common import (
+    admission_visits,
     age_band,
     code_rows,
-    dedupe_visits,
     parse_times,
     years_between,
 )
@@ -49,14 +49,7 @@ def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> R
     patients = table(
         "PATIENTS", ["subject_id", "gender", "dob"], text=["subject_id", "gender", "dob"]
     )
-    visits = pd.DataFrame(
-        {
-            "patient_id": admissions["subject_id"].astype("string").str.strip(),
-            "visit_id": admissions["hadm_id"].astype("string").str.strip(),
-            "time": parse_times(admissions["admittime"]),
-        }
-    )
-    visits = dedupe_visits(visits, funnel, counts)
+    visits = admission_visits(admissions, funnel, counts)
 
     diagnoses = table(
         "DIAGNOSES_ICD", ["hadm_id", "seq_num", "icd9_code"], text=["hadm_id", "icd9_code"]

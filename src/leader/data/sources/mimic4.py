@@ -17,7 +17,12 @@ import pandas as pd
 
 from leader.data.codes import DrugMapper
 from leader.data.cohort import RawCohort
-from leader.data.sources.common import age_band, code_rows, dedupe_visits, parse_times
+from leader.data.sources.common import (
+    admission_visits,
+    age_band,
+    code_rows,
+    parse_times,
+)
 from leader.data.sources.mimic3 import medication_rows
 from leader.data.tables import TableReader, find_table, read_table
 from leader.errors import LeaderError
@@ -71,14 +76,7 @@ def read_mimic4(
         ["subject_id", "gender", "anchor_age", "anchor_year"],
         text=["subject_id", "gender"],
     )
-    visits = pd.DataFrame(
-        {
-            "patient_id": admissions["subject_id"].astype("string").str.strip(),
-            "visit_id": admissions["hadm_id"].astype("string").str.strip(),
-            "time": parse_times(admissions["admittime"]),
-        }
-    )
-    visits = dedupe_visits(visits, funnel, counts)
+    visits = admission_visits(admissions, funnel, counts)
 
     parts = []
     for name, kind in (("diagnoses_icd", "diagnosis"), ("procedures_icd", "procedure")):
