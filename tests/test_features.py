@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from leader.errors import LeaderError
-from leader.features import read_features
+from leader.teacher.features import read_features
 
 
 def _write(path: Path, rows: int, ids: int) -> Path:

@@ -126,7 +126,7 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
     """Synthetic cohort -> events -> tiny random Llama teacher -> students -> report."""
     from leader.data.prepare import prepare_events
     from leader.data.synthetic import generate, write
-    from leader.prompts import PromptBuilder
+    from leader.teacher.prompts import PromptBuilder
     from leader.teacher.testing import make_tiny_backbone
 
     raw = write(generate(80, seed=3), tmp_path / "raw")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from leader.data.store import Sample, Visit, VisitDataset, Vocabulary
 from leader.errors import LeaderError
-from leader.prompts import PromptBuilder, PromptConfig, PromptTemplate, word_count
+from leader.teacher.prompts import PromptBuilder, PromptConfig, PromptTemplate, word_count
 
 
 def _sample(dataset: VisitDataset, sample_id: str) -> Sample:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from leader.data.store import VisitDataset
-from leader.prompts import PromptBuilder
+from leader.teacher.prompts import PromptBuilder
 from leader.teacher import LeaderTeacher, TeacherConfig, train_teacher
 from leader.teacher.testing import make_tiny_backbone
 

@@ -169,7 +169,7 @@ def read_teacher_probabilities(
     With ``drug_codes`` and a ``medication_codes`` metadata entry, columns are put in
     ``drug_codes`` order (an error when the two vocabularies differ).
     """
-    from leader.features import read_features
+    from leader.teacher.features import read_features
 
     tensors, metadata = read_features(path, require=("probabilities",))
     probabilities, ids = tensors["probabilities"], list(metadata["sample_ids"])

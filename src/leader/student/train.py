@@ -42,7 +42,7 @@ from leader.training import TrainConfig, fit, seed_everything
 
 def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """(hidden (N, H) float32, sample ids, metadata) from a teacher features file."""
-    from leader.features import read_features
+    from leader.teacher.features import read_features
 
     tensors, meta = read_features(path, require=("hidden",))
     return tensors["hidden"].astype(np.float32, copy=False), list(meta["sample_ids"]), meta

@@ -32,7 +32,7 @@ from torch import nn
 
 from leader.data.store import Sample, Vocabulary, write_json_atomic
 from leader.errors import LeaderError
-from leader.prompts import PromptBuilder, PromptConfig, PromptStats
+from leader.teacher.prompts import PromptBuilder, PromptConfig, PromptStats
 from leader.teacher.backbone import (
     BackboneSource,
     ensure_pad_token,

@@ -1,6 +1,6 @@
 """The ``leader`` command: one Typer app, thin; each area registers its commands.
 
-Areas live in ``leader.cli_<area>`` modules exposing ``register(app)``; their
+Areas live in ``leader.cli.<area>`` modules exposing ``register(app)``; their
 top-level imports stay light (typer + stdlib) so ``leader --help`` is instant.
 A :class:`~leader.errors.LeaderError` becomes one line on stderr and exit code 2.
 """
@@ -8,7 +8,6 @@ A :class:`~leader.errors.LeaderError` becomes one line on stderr and exit code 2
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -16,12 +15,14 @@ import typer
 from leader.errors import LeaderError
 
 AREAS: tuple[str, ...] = (
-    "leader.cli_data",  # prepare
-    "leader.cli_synth",  # synth
-    "leader.cli_teacher",  # prompts, teacher train/predict
-    "leader.cli_student",  # student train, evaluate, run, demo
-    "leader.cli_baselines",  # benchmark
-    "leader.cli_serve",  # recommend, serve
+    "leader.cli.data",  # prepare, stats
+    "leader.cli.synth",  # synth
+    "leader.cli.teacher",  # prompts, teacher train/predict
+    "leader.cli.student",  # student train
+    "leader.cli.pipeline",  # evaluate, run, demo
+    "leader.cli.baselines",  # benchmark, baseline train
+    "leader.cli.serve",  # recommend, serve
+    "leader.cli.config",  # config show
 )
 
 app = typer.Typer(
@@ -43,9 +44,8 @@ def version() -> None:
 
 
 def _register_areas() -> None:
+    # A missing area is a broken install, not an optional feature: let the ImportError show.
     for name in AREAS:
-        if importlib.util.find_spec(name) is None:
-            continue
         importlib.import_module(name).register(app)
 
 

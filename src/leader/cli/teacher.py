@@ -39,7 +39,7 @@ def prompts(
     """Print the teacher's prompt for one patient visit."""
     from leader.data.store import VisitDataset
     from leader.errors import LeaderError
-    from leader.prompts import PromptBuilder, PromptConfig
+    from leader.teacher.prompts import PromptBuilder, PromptConfig
 
     data = VisitDataset.load(dataset)
     visits = data.patient_visits(patient)

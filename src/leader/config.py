@@ -1,0 +1,343 @@
+"""One configuration system for every typed dataclass config of the project.
+
+A config is a dataclass whose fields carry their default *and* their help text
+(``option(default, "help")``), so the CLI flags, ``leader config show NAME`` and the docs
+come from one place. Every config is read the same way: defaults, then a YAML file (the
+whole file or one section of it), then ``--set key=value`` overrides (repeatable, dotted
+keys reach nested configs, values parsed as YAML). Unknown keys and wrongly typed values
+are errors naming the source, the key and what was expected; a config's own ``check()``
+adds the rules between fields.
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class Demo:
+...     steps: int = option(10, "optimizer steps")
+>>> load(Demo, overrides=["steps=20"]).steps
+20
+>>> describe(Demo)[0]
+('steps', 'int', 10, 'optimizer steps')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from leader.errors import LeaderError
+
+T = TypeVar("T")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002  (the word every CLI uses)
+    *,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field with its help text; ``factory`` for mutable defaults."""
+    metadata = {"help": help}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def nested(cls: type[Any], help: str = "", **defaults: Any) -> Any:  # noqa: A002
+    """A field holding another config (``defaults`` replace the inner class's)."""
+    return dataclasses.field(
+        default_factory=lambda: cls(**defaults), metadata={"help": help, "nested": True}
+    )
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load(
+    cls: type[T],
+    path: str | os.PathLike[str] | None = None,
+    section: str | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults <- ``path`` (its ``section`` when the file has one) <- ``values`` <- ``overrides``.
+
+    ``values`` are already-typed settings (e.g. CLI flags that were given); ``overrides``
+    are ``key=value`` strings (``--set``).
+    """
+    data: dict[str, Any] = {}
+    where = cls.__name__
+    if path is not None:
+        data = read_yaml_mapping(path, section)
+        where = str(path)
+    if values:
+        _merge(data, dict(values))
+    for text in overrides:
+        key, value = parse_override(text)
+        _assign(data, key, value)
+    if overrides:
+        where = f"{where} with --set" if path is not None else "--set"
+    return from_dict(cls, data, where)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], section: str | None = None) -> dict[str, Any]:
+    """The mapping in a YAML file, or its ``section`` when that key holds a mapping."""
+    import yaml
+
+    source = Path(path)
+    if not source.is_file():
+        raise LeaderError(f"{source}: config file not found")
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LeaderError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise LeaderError(f"{source}: a config file is a mapping of key: value")
+    if section is not None and section in data:
+        inner = data[section]
+        if not isinstance(inner, dict):
+            raise LeaderError(f"{source}: section {section!r} must be a mapping")
+        return dict(inner)
+    return dict(data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``; the value is parsed as YAML."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise LeaderError(f"--set {text!r}: expected key=value (e.g. --set lr=1e-3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
+    """Build ``cls`` from a mapping: unknown keys and wrong types are errors; then ``check()``."""
+    where = where or cls.__name__
+    if not isinstance(data, Mapping):
+        raise LeaderError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise LeaderError(
+            f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}: {name}")
+    config = cls(**kwargs)
+    validate(config, where)
+    return config
+
+
+def validate(config: Any, where: str | None = None) -> None:
+    """Run ``config.check()`` (and its nested configs'); problems become one LeaderError."""
+    problems = _problems(config)
+    if problems:
+        raise LeaderError(f"{where or type(config).__name__}: " + "; ".join(problems))
+
+
+def _problems(config: Any, prefix: str = "") -> list[str]:
+    found = [prefix + p for p in (config.check() if hasattr(config, "check") else [])]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += _problems(value, f"{prefix}{f.name}.")
+    return found
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config as plain data (YAML/JSON ready)."""
+    return dataclasses.asdict(config)
+
+
+def replace(config: T, **changes: Any) -> T:
+    """A copy with ``changes`` applied where the field exists (others ignored), then checked."""
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    copy = dataclasses.replace(config, **{k: v for k, v in changes.items() if k in names})  # type: ignore[type-var]
+    validate(copy)
+    return copy
+
+
+# ----------------------------------------------------------------------------- describing
+
+
+def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, help) for every field, nested configs flattened."""
+    rows: list[tuple[str, str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            rows += describe(type(value), f"{prefix}{f.name}.")
+            continue
+        rows.append((prefix + f.name, type_name(hints[f.name]), value, f.metadata.get("help", "")))
+    return rows
+
+
+def help_text(cls: type[Any], name: str) -> str:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(name)
+
+
+def type_name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " | ".join(type_name(a) for a in get_args(hint))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(hint))
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in get_args(hint))}]"
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+# Every named config ``leader config show NAME`` knows: name -> "module:Class".
+CONFIGS: dict[str, str] = {
+    "cohort": "leader.data.cohort:CohortOptions",
+    "teacher": "leader.teacher.config:TeacherConfig",
+    "student": "leader.student.model:StudentConfig",
+    "train": "leader.training:TrainConfig",
+    "pipeline": "leader.pipeline:PipelineConfig",
+    "benchmark": "leader.benchmark:BenchmarkConfig",
+}
+
+
+def named(name: str) -> type[Any]:
+    """The config class registered as ``name`` (baselines by their model name too)."""
+    if name in CONFIGS:
+        module, _, attr = CONFIGS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    from leader.baselines.registry import MODELS, model_class
+
+    if name in MODELS:
+        return model_class(name).config_class  # type: ignore[no-any-return]
+    raise LeaderError(
+        f"unknown config {name!r}; known: {', '.join([*CONFIGS, *sorted(MODELS)])}"
+    )
+
+
+def all_names() -> list[str]:
+    from leader.baselines.registry import MODELS
+
+    return [*CONFIGS, *MODELS]
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise LeaderError(f"--set {dotted}: {part!r} is not a section")
+        node = child
+    node[last] = value
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type hint (ints accepted for floats, None for optionals)."""
+    origin = get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option_hint in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option_hint, where)
+            except LeaderError as exc:
+                errors.append(exc)
+        raise LeaderError(f"{where}: expected {type_name(hint)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise LeaderError(f"{where}: expected one of {list(get_args(hint))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise LeaderError(f"{where}: expected a list, got {value!r}")
+        args = get_args(hint)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise LeaderError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(value) and isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            raise LeaderError(f"{where}: expected a mapping of {hint.__name__} settings")
+        return from_dict(hint, value, where)
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: Any, where: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise LeaderError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise LeaderError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise LeaderError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # e.g. `split: 8:1:1` is fine, `seed_name: 42` too
+        raise LeaderError(f"{where}: expected a string, got {value!r}")
+    if hint is Path:
+        if isinstance(value, str | os.PathLike):
+            return Path(value)
+        raise LeaderError(f"{where}: expected a path, got {value!r}")
+    return value
+
+
+def flag_fields(cls: type[Any], exclude: Iterable[str] = ()) -> list[dataclasses.Field[Any]]:
+    """The scalar fields that get a CLI flag (nested configs are reached with ``--set``)."""
+    skip = set(exclude)
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and not f.metadata.get("nested")
+    ]
