@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from leader.data.store import VisitDataset
-from leader.teacher.prompts import PromptBuilder
 from leader.teacher import LeaderTeacher, TeacherConfig, train_teacher
+from leader.teacher.prompts import PromptBuilder
 from leader.teacher.testing import make_tiny_backbone
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

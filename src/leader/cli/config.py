@@ -15,7 +15,9 @@ config_app = typer.Typer(
 
 @config_app.command("show")
 def show(
-    name: Annotated[str, typer.Argument(help="Config name: teacher, student, train, ... or a model.")],
+    name: Annotated[
+        str, typer.Argument(help="Config name: teacher, student, train, ... or a model.")
+    ],
     file: Annotated[
         Path | None, typer.Option("--file", help="Resolve this YAML file against the defaults.")
     ] = None,

@@ -83,7 +83,8 @@ def _flag_annotation(hint: Any, name: str, help: str) -> Any:  # noqa: A002
     flag = "--" + name.replace("_", "-")
     inner = _without_none(hint)
     if inner is bool:
-        return Annotated[bool | None, typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help)]
+        negative = "--no-" + name.replace("_", "-")
+        return Annotated[bool | None, typer.Option(f"{flag}/{negative}", help=help)]
     if get_origin(inner) is list:
         (item,) = get_args(inner) or (str,)
         return Annotated[list[item] | None, typer.Option(flag, help=help + " (repeatable)")]  # type: ignore[valid-type]

@@ -32,7 +32,6 @@ from torch import nn
 
 from leader.data.store import Sample, Vocabulary, write_json_atomic
 from leader.errors import LeaderError
-from leader.teacher.prompts import PromptBuilder, PromptConfig, PromptStats
 from leader.teacher.backbone import (
     BackboneSource,
     ensure_pad_token,
@@ -42,6 +41,7 @@ from leader.teacher.backbone import (
     resolve_backbone,
 )
 from leader.teacher.config import TeacherConfig
+from leader.teacher.prompts import PromptBuilder, PromptConfig, PromptStats
 
 log = logging.getLogger("leader.teacher")
 
