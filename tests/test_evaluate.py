@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from leader.config import replace
 from leader.data.store import VisitDataset
 from leader.evaluate import evaluate_probabilities, evaluate_run, format_table
 from leader.student import StudentConfig, train_student
@@ -39,10 +40,10 @@ def test_evaluate_probabilities_thresholds_groups_and_ddi_safe_row() -> None:
 
 def test_evaluate_run_report_keys(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
     assert tiny_dataset.path is not None
-    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(**SMALL))
+    run = train_student(tiny_dataset.path, tmp_path / "run", replace(StudentConfig(), **SMALL))
     report = evaluate_run(run, tiny_dataset.path, n_rounds=3, timing=(5, 50))
     assert {"model", "run", "dataset", "split", "samples", "thresholds", "results"} <= set(report)
-    assert report["model"] == "leader-student" and report["samples"] == 2
+    assert report["model"] == "leader_s" and report["samples"] == 2
     assert (
         report["thresholds"]["validation"]
         == json.loads((run / "metrics.json").read_text())["threshold"]
@@ -55,7 +56,7 @@ def test_evaluate_run_report_keys(tiny_dataset: VisitDataset, tmp_path: Path) ->
     assert efficiency["parameters"] > 0 and efficiency["latency_ms"] > 0
     assert efficiency["throughput_per_s"] > 0
     assert "ddi_safe" in report
-    assert "leader-student on test" in format_table(report)
+    assert "leader_s on test" in format_table(report)
 
 
 def test_evaluate_cli_writes_json(tiny_dataset: VisitDataset, tmp_path: Path) -> None:

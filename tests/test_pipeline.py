@@ -14,7 +14,8 @@ from conftest import make_tiny_dataset
 from leader.errors import LeaderError
 from leader.pipeline import load_config, run_pipeline
 
-FAST_STUDENT = {"epochs": 1, "batch_size": 4, "patience": 5, "dim": 16, "heads": 2, "ffn": 32}
+FAST_TRAIN = {"epochs": 1, "batch_size": 4, "patience": 5}
+FAST_STUDENT = {"dim": 16, "heads": 2, "ffn": 32, "train": FAST_TRAIN}
 
 
 def _write_config(path: Path, data: dict[str, object], **student: object) -> Path:
@@ -22,7 +23,7 @@ def _write_config(path: Path, data: dict[str, object], **student: object) -> Pat
         "name": "test",
         "data": data,
         "teacher": None,
-        "student": {**FAST_STUDENT, **student},
+        "student": {**FAST_STUDENT, "train": {**FAST_TRAIN, **student}},
         "evaluate": {"rounds": 2, "efficiency": False},
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -152,7 +153,7 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
             "precision": "fp32",
         },
         "predict": {"batch_size": 32},
-        "student": {**FAST_STUDENT, "epochs": 3},
+        "student": {**FAST_STUDENT, "train": {**FAST_TRAIN, "epochs": 3}},
         "evaluate": {
             "rounds": 3,
             "efficiency": True,

@@ -24,14 +24,14 @@ def trained_run(factory: pytest.TempPathFactory) -> Path:
     The tiny dataset directory it was trained on is ``run.parent / "tiny"``.
     """
     if "run" not in _RUNS:
+        from leader.config import TrainConfig
         from leader.student import StudentConfig, train_student
 
         torch.set_num_threads(1)
         root = factory.mktemp("student")
         dataset = make_tiny_dataset().save(root / "tiny")
-        config = StudentConfig(
-            dim=16, heads=2, ffn=32, hidden=16, epochs=3, batch_size=4, patience=3
-        )
+        train = TrainConfig(epochs=3, batch_size=4, patience=3)
+        config = StudentConfig(dim=16, heads=2, ffn=32, hidden=16, train=train)
         _RUNS["run"] = train_student(dataset, root / "run", config)
     return _RUNS["run"]
 
@@ -41,8 +41,8 @@ def eager_copy(factory: pytest.TempPathFactory) -> Path:
     if "eager" not in _RUNS:
         copy = factory.mktemp("eager") / "run"
         shutil.copytree(trained_run(factory), copy)
-        config = json.loads((copy / "config.json").read_text())
-        config["threshold"] = 0.0
-        (copy / "config.json").write_text(json.dumps(config))
+        decision = json.loads((copy / "decision.json").read_text())
+        decision["threshold"] = 0.0
+        (copy / "decision.json").write_text(json.dumps(decision))
         _RUNS["eager"] = copy
     return _RUNS["eager"]

@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from leader.config import replace
 from leader.data.store import Sample, Visit, VisitDataset
 from leader.errors import LeaderError
+from leader.models import load_deployed
 from leader.student import LeaderStudent, StudentConfig, train_student
 from leader.student.data import (
     EMPTY,
@@ -231,13 +233,15 @@ def test_train_save_load_equality_with_distillation(
     assert tiny_dataset.path is not None
     ids = [s.sample_id for s in tiny_dataset.samples()]
     features = _features(tmp_path / "features.safetensors", ids)
-    config = StudentConfig(epochs=3, batch_size=4, patience=5)
+    config = replace(StudentConfig(), epochs=3, batch_size=4, patience=5)
     run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
     for name in (
         "config.json",
         "model.safetensors",
         "vocab.json",
-        "ddi.json",
+        "decision.json",
+        "run.json",
+        "README.md",
         "config.yaml",
         "metrics.json",
         "train.log",
@@ -249,8 +253,9 @@ def test_train_save_load_equality_with_distillation(
     assert metrics["parameters_with_projector"] > metrics["parameters"]
     model = LeaderStudent.from_pretrained(run)
     assert not model.training and model.teacher_width == 8
-    assert model.ddi_pairs == [("m1", "m4"), ("m2", "m5")] and model.ddi_source == "test"
-    assert model.threshold == metrics["threshold"]
+    deployed = load_deployed(run)  # the decision is kept beside the model, not on it
+    assert deployed.ddi_pairs == [("m1", "m4"), ("m2", "m5")] and deployed.ddi_source == "test"
+    assert deployed.threshold == metrics["threshold"]
     assert model.vocab.name("medication", "m2") == "insulins"
     test = tiny_dataset.samples("test")
     first = model.predict_proba(test)
@@ -263,7 +268,7 @@ def test_missing_teacher_features_are_named(tiny_dataset: VisitDataset, tmp_path
     assert tiny_dataset.path is not None
     ids = [s.sample_id for s in tiny_dataset.samples()][1:]
     features = _features(tmp_path / "f.safetensors", ids)
-    config = StudentConfig(epochs=1, batch_size=4)
+    config = replace(StudentConfig(), epochs=1, batch_size=4)
     with pytest.raises(LeaderError, match="p1:v1"):
         train_student(tiny_dataset.path, tmp_path / "run", config, features)
 
@@ -272,7 +277,9 @@ def test_without_features_there_is_no_distillation(
     tiny_dataset: VisitDataset, tmp_path: Path
 ) -> None:
     assert tiny_dataset.path is not None
-    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(epochs=1, batch_size=4))
+    run = train_student(
+        tiny_dataset.path, tmp_path / "run", replace(StudentConfig(), epochs=1, batch_size=4)
+    )
     model = LeaderStudent.from_pretrained(run)
     assert model.projector is None and model.config.alpha == 0.0
 

@@ -54,7 +54,7 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(
         patience=0,
         log_every=20,
         precision="fp32",
-        num_threads=1,
+        threads=1,
     )
     config.to_yaml(tmp_path / "config.yaml")
     reference = train_teacher(tiny_dataset.path, tmp_path / "reference", config)

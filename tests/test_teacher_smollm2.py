@@ -36,7 +36,7 @@ def test_smollm2_alias_trains_predicts_and_reloads(
     assert time.perf_counter() - started < 2.0  # the cached folder is reused
 
     config = TeacherConfig(
-        max_steps=2, batch_size=2, eval_every=0, lr=1e-3, log_every=1, max_tokens=96, num_threads=1
+        max_steps=2, batch_size=2, eval_every=0, lr=1e-3, log_every=1, max_tokens=96, threads=1
     )
     run = train_teacher(tiny_dataset.path, tmp_path / "run", config)
     metrics = json.loads((run / "metrics.json").read_text())

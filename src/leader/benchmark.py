@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from leader.config import replace
 from leader.data.store import Sample, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import METRICS, best_threshold, evaluate_groups
@@ -133,7 +134,8 @@ def _student(
     log: Callable[[str], None],
 ) -> Scored:
     try:
-        from leader.student import LeaderStudent, StudentConfig, train_student
+        from leader.models import load_deployed
+        from leader.student import StudentConfig, train_student
     except ImportError as exc:
         raise LeaderError(
             f"LEADER(S) not available: leader.student cannot be imported ({exc})"
@@ -144,15 +146,17 @@ def _student(
     else:
         if dataset.path is None:
             raise LeaderError("LEADER(S) needs a dataset directory on disk")
-        student_config = StudentConfig(seed=seed, threads=config.threads)
-        student_config.choose_threshold = config.tune_thresholds
+        changes: dict[str, Any] = {"seed": seed, "threads": config.threads}
         if config.epochs is not None:
-            student_config.epochs = config.epochs
+            changes["epochs"] = config.epochs
+        student_config = replace(
+            StudentConfig(), choose_threshold=config.tune_thresholds, **changes
+        )
         features = Path(config.teacher_features) if config.teacher_features else None
         started = time.perf_counter()
         source = train_student(dataset.path, run_dir / "model", student_config, features, log=log)
         train_seconds = time.perf_counter() - started
-    model = LeaderStudent.from_pretrained(source)
+    model = load_deployed(source)
     test = dataset.samples("test")
     started = time.perf_counter()
     probabilities = model.predict_proba(test)

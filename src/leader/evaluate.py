@@ -12,7 +12,6 @@ this CPU. Works for student runs and saved baselines (``leader.baselines.registr
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -93,26 +92,6 @@ def measure_efficiency(
     }
 
 
-def load_model(run_dir: Path) -> tuple[Any, str]:
-    """A student run or a saved baseline, and its name."""
-    config_file = Path(run_dir) / "config.json"
-    if not config_file.exists():
-        raise LeaderError(
-            f"{run_dir}: no config.json; give a student run folder (`leader student train`) "
-            "or a saved baseline"
-        )
-    raw = json.loads(config_file.read_text(encoding="utf-8"))
-    if raw.get("model_type") == "leader-student":
-        from leader.student import LeaderStudent
-
-        return LeaderStudent.from_pretrained(run_dir), "leader-student"
-    if "model" in raw:
-        from leader.baselines.registry import load
-
-        return load(run_dir), str(raw["model"])
-    raise LeaderError(f"{config_file}: neither a student run nor a saved baseline")
-
-
 def evaluate_run(
     run_dir: Path,
     dataset_dir: Path,
@@ -126,14 +105,18 @@ def evaluate_run(
 
     ``timing``: (single-patient calls for the latency, samples in the throughput batch).
     """
-    model, name = load_model(Path(run_dir))
+    from leader.models import load, read_decision, read_header
+
+    name = read_header(run_dir).model_type
+    model = load(run_dir)
+    decision = read_decision(run_dir)
     dataset = VisitDataset.load(dataset_dir)
     config = getattr(model, "config", None)
     mode = getattr(config, "sample_mode", "") or dataset.default_sample_mode
     samples = dataset.samples(split, mode)  # type: ignore[arg-type]
     if not samples:
         raise LeaderError(f"{dataset_dir}: the {split} split has no samples to evaluate")
-    threshold = getattr(model, "threshold", None)
+    threshold = decision.threshold if decision is not None else None
     if threshold is None:
         val = dataset.samples("val", mode)  # type: ignore[arg-type]
         threshold = best_threshold(dataset.targets(val), model.predict_proba(val)) if val else 0.5
@@ -158,8 +141,9 @@ def evaluate_run(
     }
     if efficiency:
         report["efficiency"] = measure_efficiency(model, samples, *timing)
-        if hasattr(model, "num_parameters") and name == "leader-student":
-            report["efficiency"]["parameters_with_projector"] = model.num_parameters(
+        if name == "leader_s":
+            student = model.model  # the nn.Module behind the registry's adapter
+            report["efficiency"]["parameters_with_projector"] = student.num_parameters(
                 inference=False
             )
     return report

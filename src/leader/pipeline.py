@@ -29,15 +29,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leader.data.store import write_json_atomic
+from leader.config import Config, from_dict, nested, option, replace, to_dict
 from leader.errors import LeaderError
+from leader.io import write_json_atomic
+from leader.student.config import StudentConfig
+from leader.teacher.config import TeacherConfig
 
 STEPS: tuple[str, ...] = (
     "prepare",
@@ -71,10 +74,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": ("evaluate",),
     "report": ("name",),
 }
-TOP_KEYS = {"name", "out", "data", "teacher", "predict", "student", "evaluate"}
-# evaluate: rounds (of 80%), efficiency (time the models), teacher_samples (patients used to
-# time the teacher), latency_calls (single-patient calls), throughput_samples (student batch)
-EVALUATE_KEYS = {"rounds", "efficiency", "teacher_samples", "latency_calls", "throughput_samples"}
 SOURCES = ("synthetic", "events", "mimic3", "mimic4", "dataset")
 # data-section keys that name input files or folders (fingerprinted into the key)
 INPUT_KEYS = (
@@ -92,59 +91,59 @@ INPUT_KEYS = (
 
 
 @dataclass
-class PipelineConfig:
-    """A pipeline YAML, checked; sections stay dicts validated by their own config classes."""
+class PredictSection(Config):
+    """The teacher's feature export."""
 
-    name: str = "leader"  # shown in the report title
-    out: str = "leader-run"  # output folder (relative to the working directory)
-    data: dict[str, Any] = field(default_factory=dict)  # source + its options
-    teacher: dict[str, Any] | None = field(default_factory=dict)  # TeacherConfig; None = none
-    predict: dict[str, Any] = field(default_factory=dict)  # batch_size
-    student: dict[str, Any] = field(default_factory=dict)  # StudentConfig fields
-    evaluate: dict[str, Any] = field(default_factory=dict)  # rounds, efficiency, teacher_samples
-    source_file: str = ""  # where the config came from (not part of any key)
+    batch_size: int | None = option(
+        None, "samples per forward pass (null = the teacher's eval_batch_size)"
+    )
+
+
+@dataclass
+class EvaluateSection(Config):
+    """How the evaluate step scores and times every model."""
+
+    rounds: int = option(10, "rounds of a random 80% of the test samples (mean ± std)")
+    efficiency: bool = option(True, "time the models (parameters, latency, throughput)")
+    teacher_samples: int = option(16, "patients used to time the teacher")
+    latency_calls: int = option(50, "single-patient calls for the student's latency")
+    throughput_samples: int = option(2000, "samples in the student's throughput batch")
+
+    def check(self) -> list[str]:
+        return [] if self.rounds >= 1 else [f"rounds must be >= 1 (got {self.rounds})"]
+
+
+@dataclass
+class PipelineConfig(Config):
+    """A pipeline YAML: every section typed and checked before the first step runs."""
+
+    name: str = option("leader", "shown in the report title")
+    out: str = option("leader-run", "output folder (relative to the working directory)")
+    data: dict[str, Any] = option(
+        factory=dict, help="source (synthetic, events, mimic3, mimic4, dataset) and its options"
+    )
+    teacher: TeacherConfig | None = nested(TeacherConfig, "the LLM teacher (null: none)")
+    predict: PredictSection = nested(PredictSection, "the teacher's feature export")
+    student: StudentConfig = nested(StudentConfig, "LEADER(S) (also trained with alpha 0)")
+    evaluate: EvaluateSection = nested(EvaluateSection, "evaluation rounds and timing")
+
+    def check(self) -> list[str]:
+        if self.data.get("source") not in SOURCES:
+            return [f"data.source must be one of {', '.join(SOURCES)}"]
+        return []
 
 
 def _config_from_dict(raw: Any, source: str) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise LeaderError(f"{source}: expected a YAML mapping with a `data:` section")
-    unknown = sorted(set(raw) - TOP_KEYS)
-    if unknown:
-        raise LeaderError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}"
-        )
-    data = raw.get("data") or {}
-    if data.get("source") not in SOURCES:
-        raise LeaderError(f"{source}: data.source must be one of {', '.join(SOURCES)}")
+    raw = dict(raw)
     teacher = raw.get("teacher", {})
-    if teacher is not None and not isinstance(teacher, dict):
-        raise LeaderError(f"{source}: teacher must be a mapping of teacher options, or null")
     if isinstance(teacher, dict) and teacher.get("enabled", True) is False:
-        teacher = None
-    if isinstance(teacher, dict):
-        teacher = {k: v for k, v in teacher.items() if k != "enabled"}
-    config = PipelineConfig(
-        name=str(raw.get("name", "leader")),
-        out=str(raw.get("out", "leader-run")),
-        data=dict(data),
-        teacher=teacher,
-        predict=dict(raw.get("predict") or {}),
-        student=dict(raw.get("student") or {}),
-        evaluate=dict(raw.get("evaluate") or {}),
-        source_file=source,
-    )
-    # Fail now, not after an hour of teacher training.
-    from leader.student import StudentConfig
-
-    StudentConfig.from_dict(dict(config.student), f"{source}: student")
-    if config.teacher is not None:
-        from leader.teacher import TeacherConfig
-
-        TeacherConfig.from_dict(dict(config.teacher), f"{source}: teacher").validate()
-    unknown_eval = sorted(set(config.evaluate) - EVALUATE_KEYS)
-    if unknown_eval:
-        raise LeaderError(f"{source}: unknown evaluate key(s) {', '.join(unknown_eval)}")
-    return config
+        raw["teacher"] = None
+    elif isinstance(teacher, dict):
+        raw["teacher"] = {k: v for k, v in teacher.items() if k != "enabled"}
+    # Fails now, not after an hour of teacher training.
+    return from_dict(PipelineConfig, raw, source)
 
 
 def load_config(path: Path) -> PipelineConfig:
@@ -162,10 +161,10 @@ def load_config(path: Path) -> PipelineConfig:
             config.data[key] = _input_path(value, base, f"{path}: data.{key}")
         elif isinstance(value, list):
             config.data[key] = [_input_path(str(v), base, f"{path}: data.{key}") for v in value]
-    model = (config.teacher or {}).get("model")
+    model = config.teacher.model if config.teacher is not None else None
     if isinstance(model, str) and ("$" in model or model.startswith(("./", "../", "~"))):
         assert config.teacher is not None
-        config.teacher["model"] = _input_path(model, base, f"{path}: teacher.model")
+        config.teacher.model = _input_path(model, base, f"{path}: teacher.model")
     return config
 
 
@@ -220,9 +219,9 @@ def step_key(config: PipelineConfig, step: str, keys: dict[str, str]) -> str:
     """Hash of the step's config sections, upstream keys and input fingerprints."""
     from leader import __version__
 
-    sections = {s: getattr(config, s) for s in SECTIONS[step]}
+    sections = {s: _plain(getattr(config, s)) for s in SECTIONS[step]}
     if step == "student_no_distill":
-        sections["student"] = {**config.student, "alpha": 0.0}
+        sections["student"] = {**to_dict(config.student), "alpha": 0.0}
     payload = {
         "step": step,
         "version": __version__,
@@ -232,6 +231,10 @@ def step_key(config: PipelineConfig, step: str, keys: dict[str, str]) -> str:
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    return to_dict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -387,10 +390,10 @@ class Pipeline:
         return lambda message: self.log(f"[{step}] {message}")
 
     def _step_teacher(self, folder: Path, resume: bool) -> dict[str, Any]:
-        from leader.teacher import TeacherConfig, train_teacher
+        from leader.teacher import train_teacher
 
         assert self.config.teacher is not None
-        config = TeacherConfig.from_dict(copy.deepcopy(self.config.teacher))
+        config = copy.deepcopy(self.config.teacher)
         train_teacher(self.dataset_dir, folder / "run", config, resume=resume)
         metrics_file = folder / "run" / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -405,7 +408,7 @@ class Pipeline:
             self.folder("teacher") / "run",
             self.dataset_dir,
             out,
-            batch_size=self.config.predict.get("batch_size"),
+            batch_size=self.config.predict.batch_size,
         )
         seconds = time.perf_counter() - started
         from leader.teacher.predict import read_features
@@ -418,13 +421,10 @@ class Pipeline:
             "throughput_per_s": round(samples / max(seconds, 1e-9), 3),
         }
 
-    def _student_config(self, alpha: float | None) -> Any:
-        from leader.student import StudentConfig
-
-        values = copy.deepcopy(self.config.student)
-        if alpha is not None:
-            values["alpha"] = alpha
-        return StudentConfig.from_dict(values, "student")
+    def _student_config(self, alpha: float | None) -> StudentConfig:
+        if alpha is None:
+            return copy.deepcopy(self.config.student)
+        return replace(self.config.student, alpha=alpha)
 
     def _step_student(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.student import train_student
@@ -465,8 +465,7 @@ class Pipeline:
         from leader.evaluate import evaluate_run
 
         settings = self.config.evaluate
-        rounds = int(settings.get("rounds", 10))
-        efficiency = bool(settings.get("efficiency", True))
+        rounds, efficiency = settings.rounds, settings.efficiency
         models = {
             "student": self.folder("student") / "run",
             "student_no_distill": self.folder("student_no_distill") / "run",
@@ -479,10 +478,7 @@ class Pipeline:
                 self.dataset_dir,
                 efficiency=efficiency,
                 n_rounds=rounds,
-                timing=(
-                    int(settings.get("latency_calls", 50)),
-                    int(settings.get("throughput_samples", 2000)),
-                ),
+                timing=(settings.latency_calls, settings.throughput_samples),
             )
             write_json_atomic(folder / f"{name}.json", report)
         if self.config.teacher is not None:
@@ -526,8 +522,8 @@ class Pipeline:
                 rounds,
             ),
         }
-        n = int(self.config.evaluate.get("teacher_samples", 16))
-        if self.config.evaluate.get("efficiency", True) and n > 0 and test:
+        n = self.config.evaluate.teacher_samples
+        if self.config.evaluate.efficiency and n > 0 and test:
             teacher = LeaderTeacher.from_pretrained(self.folder("teacher") / "run")
             report["efficiency"] = measure_efficiency(
                 teacher, test[:n], latency_calls=min(3, n), min_batch=n
@@ -560,9 +556,7 @@ class Pipeline:
         return {}
 
     def _config_dict(self) -> dict[str, Any]:
-        out = asdict(self.config)
-        out.pop("source_file", None)
-        return out
+        return to_dict(self.config)
 
 
 def run_pipeline(
@@ -572,14 +566,10 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run (or reuse) every step; return the output folder."""
-    import yaml
 
     root = Path(out) if out is not None else Path(config.out)
     root.mkdir(parents=True, exist_ok=True)
-    config_text = yaml.safe_dump(
-        {k: v for k, v in asdict(config).items() if k != "source_file"}, sort_keys=False
-    )
-    (root / "config.yaml").write_text(config_text, encoding="utf-8")
+    config.to_yaml(root / "config.yaml")
     started = time.perf_counter()
     pipeline = Pipeline(config, root, log)
     pipeline.run(from_step)

@@ -39,12 +39,19 @@ MAX_BATCH = 1000  # patients per request / per ``{"patients": [...]}`` document
 
 
 class Predictor(Protocol):
-    """What recommending needs from a model (the student satisfies it)."""
+    """What recommending needs: a model and its decision (``leader.models.Deployed``)."""
 
-    vocab: Vocabulary
-    ddi_pairs: list[tuple[str, str]]
-    ddi_source: str
-    threshold: float
+    @property
+    def vocab(self) -> Vocabulary: ...
+
+    @property
+    def ddi_pairs(self) -> list[tuple[str, str]]: ...
+
+    @property
+    def ddi_source(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray: ...  # (N, drugs)
 
@@ -474,9 +481,9 @@ def load_model(run_dir: str | os.PathLike[str]) -> Predictor:
             f"{root}: not a student run folder (no config.json); train one with "
             "`leader student train` and pass its --out folder"
         )
-    from leader.student import LeaderStudent
+    from leader.models import load_deployed
 
-    return LeaderStudent.from_pretrained(root)  # type: ignore[no-any-return]
+    return load_deployed(root)
 
 
 def run_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from leader.data.store import write_json_atomic
+from leader.io import write_json_atomic
 
 LABELS: dict[str, str] = {
     "teacher": "LEADER(T)",

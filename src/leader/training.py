@@ -8,14 +8,12 @@ The model contract (STYLE.md): ``model(batch) -> Output(loss, logits)``.
 >>> result = fit(model, batches, validate, TrainConfig(epochs=20), run_dir)  # doctest: +SKIP
 >>> result.best_score, result.best_epoch                                      # doctest: +SKIP
 """
+# TrainConfig lives with the config system (a light module: the CLI builds flags from it).
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from leader.config import TrainConfig
+from leader.io import atomic_dir
+
 
 @dataclass
 class Output:
@@ -34,18 +35,6 @@ class Output:
     loss: torch.Tensor | None  # scalar training loss (None when no targets were given)
     logits: torch.Tensor  # (B, drugs)
     parts: dict[str, float] = field(default_factory=dict)  # named loss terms, for the log
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 50  # at most this many passes over the training samples
-    batch_size: int = 16  # samples per optimiser step
-    lr: float = 5e-4  # Adam(W) learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    patience: int = 10  # stop after this many epochs without a better validation score
-    grad_clip: float = 5.0  # max gradient norm (0 disables clipping)
-    seed: int = 42  # seeds weights, shuffling and dropout (per epoch, so resume is exact)
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
 
 
 @dataclass
@@ -113,8 +102,8 @@ def fit(
             if output.loss is None:
                 raise ValueError("the model returned no loss for a training batch")
             output.loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             losses.append(float(output.loss.detach()))
         model.eval()
@@ -170,18 +159,11 @@ def _save_checkpoint(
     best_weights: dict[str, torch.Tensor],
 ) -> None:
     """Write into a temporary sibling, then swap it in: a crash leaves the old one whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=target.parent))
-    save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))
-    save_file(_contiguous(best_weights), str(tmp / "best.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    old = target.with_name(".checkpoint.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(target) as tmp:
+        save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))
+        save_file(_contiguous(best_weights), str(tmp / "best.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
 
 
 def _load_checkpoint(

@@ -14,7 +14,6 @@ Probabilities are thresholded by the caller (0.5 by default, DESIGN.md); sequenc
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,8 +23,7 @@ import numpy as np
 
 from leader.data.store import Sample, VisitDataset, Vocabulary, write_json_atomic
 from leader.errors import LeaderError
-
-FORMAT_VERSION = 1
+from leader.models import read_header, write_header
 
 
 @runtime_checkable
@@ -55,38 +53,21 @@ ConfigT = TypeVar("ConfigT")
 
 
 def config_from_dict(cls: type[ConfigT], data: dict[str, Any], source: str) -> ConfigT:
-    """Build a dataclass config; unknown keys are an error naming them."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise LeaderError(
-            f"{source}: unknown option(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"known: {', '.join(sorted(names))}"
-        )
-    return cls(**data)
+    """Build a dataclass config (the one loader: unknown keys and wrong types are errors)."""
+    from leader.config import from_dict
+
+    return from_dict(cls, data, source)
 
 
 def write_config(directory: Path, name: str, config: Any, meta: dict[str, Any]) -> None:
-    write_json_atomic(
-        directory / "config.json",
-        {
-            "model": name,
-            "format_version": FORMAT_VERSION,
-            "config": dataclasses.asdict(config),
-            "meta": meta,
-        },
-    )
+    """The saved-model header every model writes (:mod:`leader.models`)."""
+    write_header(directory, name, config, meta)
 
 
 def read_config(directory: str | Path, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config dict, meta dict) of a saved model; checks it is the expected model."""
-    path = Path(directory) / "config.json"
-    if not path.exists():
-        raise LeaderError(f"{path}: missing; is {directory} a folder written by save_pretrained?")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("model") != expected:
-        raise LeaderError(f"{path}: holds model {data.get('model')!r}, not {expected!r}")
-    return dict(data["config"]), dict(data.get("meta", {}))
+    header = read_header(directory, expected)
+    return header.config, header.meta
 
 
 def write_vocab(directory: Path, vocab: Vocabulary) -> None:

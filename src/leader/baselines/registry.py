@@ -1,4 +1,6 @@
-"""Every baseline by name, imported lazily, so ``leader benchmark`` can run any of them.
+"""Every model by name, imported lazily: the baselines and LEADER(S), one contract.
+
+``load(dir)`` opens any saved model folder (:mod:`leader.models`).
 
 >>> sorted(MODELS)[:3]
 ['cognet', 'ecc', 'gamenet']
@@ -8,12 +10,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
 from leader.baselines.base import Recommender
-from leader.baselines.neural import replace_config
+from leader.config import replace
 from leader.errors import LeaderError
 
 # name -> "module:Class"; every class has a ``config_class`` and takes its config first.
@@ -29,15 +30,20 @@ MODELS: dict[str, str] = {
     "micron": "leader.baselines.micron:MICRON",
     "cognet": "leader.baselines.cognet:COGNet",
     "molerec": "leader.baselines.molerec:MoleRec",
+    "leader_s": "leader.student.recommender:StudentRecommender",
 }
+# Saved-folder types that load (``leader.models.load``) but are not trained by ``create``:
+# the teacher is trained by ``leader teacher train`` and scored from its features file.
+LOADABLE: dict[str, str] = {"leader_t": "leader.teacher.model:LeaderTeacher"}
 # Models that read molecules (SMILES through RDKit).
 MOLECULE_MODELS: frozenset[str] = frozenset({"safedrug", "molerec"})
 
 
 def model_class(name: str) -> type[Any]:
-    if name not in MODELS:
+    target = MODELS.get(name) or LOADABLE.get(name)
+    if target is None:
         raise LeaderError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    module, _, cls = MODELS[name].partition(":")
+    module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
@@ -48,13 +54,11 @@ def default_config(name: str) -> Any:
 def create(name: str, **overrides: Any) -> Recommender:
     """A fresh model with its default config, ``overrides`` applied where the field exists."""
     cls = model_class(name)
-    return cls(replace_config(default_config(name), **overrides))  # type: ignore[no-any-return]
+    return cls(replace(default_config(name), **overrides))  # type: ignore[no-any-return]
 
 
 def load(directory: str | Path) -> Recommender:
-    """Load any saved baseline; the model name comes from its ``config.json``."""
-    path = Path(directory) / "config.json"
-    if not path.exists():
-        raise LeaderError(f"{path}: missing; not a saved baseline folder")
-    name = json.loads(path.read_text(encoding="utf-8")).get("model")
-    return model_class(str(name)).from_pretrained(directory)  # type: ignore[no-any-return]
+    """Load any saved model folder; its type comes from the ``config.json`` header."""
+    from leader.models import load as load_model
+
+    return load_model(directory)  # type: ignore[no-any-return]

@@ -26,10 +26,7 @@ SET_HELP = "Override any config key, dotted for nested ones (repeatable): --set 
 def config_flags(
     cls: type[Any], exclude: Iterable[str] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    from leader.config import flag_fields, help_text
-
-    fields = flag_fields(cls, exclude)
-    hints = typing.get_type_hints(cls)
+    from leader.config import assign, flag_fields
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func)
@@ -37,20 +34,20 @@ def config_flags(
             p for p in signature.parameters.values() if p.name not in ("config_values", "overrides")
         ]
         taken = {p.name for p in own}
-        generated = []
         annotations = dict(typing.get_type_hints(func, include_extras=True))
         annotations.pop("config_values", None)
         annotations.pop("overrides", None)
-        names = []
-        for f in fields:
-            if f.name in taken:
+        dotted: dict[str, str] = {}  # parameter name -> dotted config key
+        generated = []
+        for key, hint, help_ in flag_fields(cls, exclude):
+            name = key.rpartition(".")[2]
+            if name in taken:
                 continue
-            names.append(f.name)
-            annotation = _flag_annotation(hints[f.name], f.name, help_text(cls, f.name))
-            annotations[f.name] = annotation
+            dotted[name] = key
+            annotations[name] = _flag_annotation(hint, name, help_)
             generated.append(
                 inspect.Parameter(
-                    f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+                    name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name]
                 )
             )
         set_annotation = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
@@ -63,13 +60,18 @@ def config_flags(
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
-            values = {n: kwargs.pop(n) for n in names if kwargs.get(n) is not None}
-            for n in names:
-                kwargs.pop(n, None)
+            values: dict[str, Any] = {}
+            for name, key in dotted.items():
+                value = kwargs.pop(name, None)
+                if value is not None:
+                    assign(values, key, value)
             overrides = kwargs.pop("set_", None) or []
             return func(**kwargs, config_values=values, overrides=list(overrides))
 
-        positional = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        positional = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotations[p.name])
+            for p in own
+        ]
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*positional, *generated]
         )

@@ -27,8 +27,8 @@ def evaluate(
     Whole test set, single- and multi-visit samples, 10 rounds of 80% (mean, std);
     parameters, single-patient latency, batch throughput. Writes RUN/evaluation.json.
     """
-    from leader.data.store import write_json_atomic
     from leader.evaluate import evaluate_run, format_table
+    from leader.io import write_json_atomic
 
     report = evaluate_run(run, dataset, split=split, efficiency=efficiency)
     target = out or run / "evaluation.json"

@@ -10,6 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from leader.cli.options import config_flags
+from leader.teacher.config import TeacherConfig
+
 teacher_app = typer.Typer(
     help="The LLM teacher LEADER(T): LoRA fine-tuning with a medication output layer, "
     "and feature export for the student.",
@@ -73,63 +76,29 @@ def prompts(
     typer.echo(note + "]", err=True)
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 @teacher_app.command("train")
+@config_flags(TeacherConfig)
 def train(
     dataset: Annotated[Path, typer.Option(help="Dataset directory (leader prepare).")],
     out: Annotated[Path, typer.Option(help="Run folder to write.")],
     config: Annotated[
-        Path | None, typer.Option(help="YAML TeacherConfig; flags below override it.")
+        Path | None, typer.Option(help="YAML TeacherConfig (a `teacher:` section or flat).")
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="smollm2-135m (default), a local HF folder, a GGUF file or a hub id."),
-    ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (0 = epochs).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs when max_steps is 0.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per process per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Prompt token budget.")] = None,
-    max_train_samples: Annotated[
-        int | None, typer.Option(help="Random subset of training samples (0 = all).")
-    ] = None,
-    history_visits: Annotated[
-        int | None, typer.Option(help="Most recent earlier visits in the prompt.")
-    ] = None,
-    max_layers: Annotated[
-        int | None, typer.Option(help="Keep the first N transformer layers (0 = all).")
-    ] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Validation every N steps.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per step.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, bf16, fp16 or fp32.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    config_values: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
 ) -> None:
-    """Fine-tune the teacher (LoRA + medication output layer). Works under `accelerate launch`."""
-    from leader.teacher import TeacherConfig, train_teacher
+    """Fine-tune the teacher (LoRA + medication output layer). Works under `accelerate launch`.
 
-    overrides = _overrides(
-        model=model,
-        max_steps=max_steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        max_tokens=max_tokens,
-        max_train_samples=max_train_samples,
-        history_visits=history_visits,
-        max_layers=max_layers,
-        eval_every=eval_every,
-        grad_accum=grad_accum,
-        precision=precision,
-    )
-    if config is not None:
-        resolved = TeacherConfig.from_yaml(config, **overrides)
-    elif resume and (out / "config.yaml").is_file():
-        resolved = TeacherConfig.from_yaml(out / "config.yaml", **overrides)
-    else:
-        resolved = TeacherConfig(**overrides)
+    Every TeacherConfig field has a flag (`leader config show teacher` lists them).
+    """
+    from leader import config as configs
+    from leader.teacher import train_teacher
+
+    source = config
+    if source is None and resume and (out / "config.yaml").is_file():
+        source = out / "config.yaml"
+    resolved = configs.load(TeacherConfig, source, "teacher", overrides or [], config_values)
     train_teacher(dataset, out, resolved, resume=resume)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leader.errors import LeaderError
+from leader.io import atomic_dir, write_json
+from leader.io import write_json_atomic as write_json_atomic  # re-exported
 
 KINDS: tuple[str, ...] = ("diagnosis", "procedure", "medication")
 # Column of visits.parquet holding each kind's codes.
@@ -189,30 +189,17 @@ class VisitDataset:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the directory atomically: a temporary sibling renamed into place."""
         root = Path(path)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-        try:
+        with atomic_dir(root) as tmp:
             _write_visits(self.visits, tmp / "visits.parquet")
             _write_plain(self.profiles.astype(str), tmp / "profiles.parquet")
-            _write_json(tmp / "vocab.json", self.vocab.to_json())
-            _write_json(tmp / "splits.json", self.splits)
-            _write_json(
+            write_json(tmp / "vocab.json", self.vocab.to_json())
+            write_json(tmp / "splits.json", self.splits)
+            write_json(
                 tmp / "ddi.json",
                 {"source": self.ddi_source, "pairs": [list(p) for p in self.ddi_pairs]},
             )
-            _write_json(tmp / "stats.json", self.stats)
-            _write_json(tmp / "manifest.json", self.manifest)
-            if root.exists():
-                old = root.with_name(f".{root.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                root.rename(old)
-                tmp.rename(root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_json(tmp / "stats.json", self.stats)
+            write_json(tmp / "manifest.json", self.manifest)
         self.path = root
         return root
 
@@ -353,31 +340,3 @@ def _read_json(path: Path) -> Any:
         raise LeaderError(f"{path}: not valid JSON ({exc}); run `leader prepare` again") from exc
 
 
-def _write_json(path: Path, data: Any) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
-        handle.write("\n")
-
-
-def _json_default(value: object) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        _write_json(Path(tmp), data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,9 +1,27 @@
 """LEADER(S): the compact student distilled from the LLM teacher (arXiv 2402.02803).
 
+Names load lazily, so importing the package (or its config) does not import torch.
+
 >>> from leader.student import LeaderStudent, StudentConfig, train_student  # doctest: +SKIP
 """
 
-from leader.student.model import LeaderStudent, StudentConfig
-from leader.student.train import load_teacher_features, train_student
+from __future__ import annotations
 
-__all__ = ["LeaderStudent", "StudentConfig", "load_teacher_features", "train_student"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "LeaderStudent": "leader.student.model",
+    "StudentConfig": "leader.student.config",
+    "StudentRecommender": "leader.student.recommender",
+    "load_teacher_features": "leader.student.train",
+    "train_student": "leader.student.train",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'leader.student' has no attribute {name!r}")

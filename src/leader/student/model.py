@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from torch import nn
 
 from leader.data.store import Sample, Vocabulary
 from leader.errors import LeaderError
+from leader.student.config import StudentConfig
 from leader.student.data import (
     STREAMS,
     EncodedSamples,
@@ -39,64 +38,6 @@ from leader.student.data import (
 )
 from leader.student.losses import bce_loss, distillation_loss, info_nce
 from leader.training import Output
-
-
-@dataclass
-class StudentConfig:
-    """Architecture, objective and training of the student; paper defaults (MIMIC-III)."""
-
-    # --- architecture
-    dim: int = 64  # embedding and encoder width d
-    heads: int = 4  # attention heads in every transformer layer
-    ffn: int = 300  # feed-forward width in every transformer layer
-    dropout: float = 0.4  # hidden dropout in the transformer layers
-    attn_dropout: float = 0.1  # attention-probability dropout
-    hidden: int = 128  # width of the patient vector (head's first linear layer)
-    max_visits: int = 10  # most recent visits kept per sample, the current one always
-    max_codes: int = 100  # codes kept per set (first ones in record order)
-    visit_positions: bool = True  # add a learned recency embedding per visit (not in the paper)
-    # --- objective
-    alpha: float = 0.4  # weight of the feature distillation MSE (0 = no distillation)
-    beta: float = 0.005  # weight of the profile alignment InfoNCE
-    align: bool = True  # use the alignment term at all (--no-align turns it off)
-    temperature: float = 1.0  # InfoNCE temperature on cosine similarities
-    standardize_teacher: bool = True  # z-score teacher states per dimension (train statistics)
-    # --- training
-    epochs: int = 100  # at most this many epochs
-    batch_size: int = 16  # samples per optimiser step
-    lr: float = 5e-4  # Adam learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    patience: int = 10  # early stopping patience on validation PRAUC, in epochs
-    seed: int = 42  # seeds weights, shuffling and dropout
-    threads: int = 1  # torch CPU threads while training; 1 is fastest for this small model
-    # on a few shared cores (measured: 2 threads cost 10x the CPU time on a busy 2-core VM)
-    sample_mode: str = ""  # "all" or "last" samples per patient; "" = the dataset's default
-    choose_threshold: bool = True  # pick the decision threshold maximising validation Jaccard
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "student config") -> StudentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LeaderError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        config = cls(**data)
-        config.validate(source)
-        return config
-
-    def validate(self, source: str = "student config") -> None:
-        if self.dim % self.heads:
-            raise LeaderError(f"{source}: dim {self.dim} must be divisible by heads {self.heads}")
-        if self.max_visits < 1 or self.max_codes < 1:
-            raise LeaderError(f"{source}: max_visits and max_codes must be at least 1")
-        if self.alpha < 0 or self.beta < 0:
-            raise LeaderError(f"{source}: alpha and beta must be >= 0")
-        if self.temperature <= 0:
-            raise LeaderError(f"{source}: temperature must be > 0")
-        if self.sample_mode not in ("", "all", "last"):
-            raise LeaderError(f"{source}: sample_mode must be 'all', 'last' or ''")
-
 
 ARCHITECTURE = (
     "dim",
@@ -171,9 +112,6 @@ class LeaderStudent(nn.Module):
         self.space = TokenSpace(vocab)
         self.profile_vocab = profile_vocab
         self.teacher_width = teacher_width
-        self.ddi_pairs: list[tuple[str, str]] = []
-        self.ddi_source = "none"
-        self.threshold = 0.5
         d = config.dim
         self.embedding = nn.Embedding(self.space.size, d, padding_idx=0)
         self.set_encoders = nn.ModuleList(
@@ -287,22 +225,26 @@ class LeaderStudent(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
-        """config.json, model.safetensors (projector included), vocab.json, ddi.json."""
+        """config.json (the model header), model.safetensors (projector included), vocab.json.
+
+        The decision threshold and DDI pairs are written beside it by training
+        (``decision.json``, :mod:`leader.models`), not held by the model.
+        """
         from safetensors.torch import save_file
 
-        from leader.data.store import write_json_atomic
+        from leader.io import atomic_file, write_json_atomic
+        from leader.models import write_header
 
         root = Path(run_dir)
         root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            root / "config.json",
+        write_header(
+            root,
+            "leader_s",
+            self.config,
             {
-                "model_type": "leader-student",
-                **asdict(self.config),
                 "teacher_width": self.teacher_width,
                 "token_space": {"size": self.space.size, "offsets": self.space.offsets},
                 "drugs": self.vocab.size("medication"),
-                "threshold": self.threshold,
                 "weights_include_projector": self.projector is not None,
             },
         )
@@ -310,20 +252,18 @@ class LeaderStudent(nn.Module):
             root / "vocab.json",
             {**self.vocab.to_json(), "profile": self.profile_vocab.to_json()},
         )
-        write_json_atomic(
-            root / "ddi.json",
-            {"source": self.ddi_source, "pairs": [list(p) for p in self.ddi_pairs]},
-        )
-        tmp = root / ".model.safetensors.tmp"
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "pt", "model": "leader-student"})
-        os.replace(tmp, root / "model.safetensors")
+        with atomic_file(root / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "model": "leader_s"})
         return root
 
     @classmethod
     def from_pretrained(cls, run_dir: str | os.PathLike[str]) -> LeaderStudent:
         """Load a student run folder; the model is returned in eval mode."""
         from safetensors.torch import load_file
+
+        from leader.config import from_dict
+        from leader.models import read_header
 
         root = Path(run_dir)
         needed = ("config.json", "model.safetensors", "vocab.json")
@@ -333,35 +273,17 @@ class LeaderStudent(nn.Module):
                 f"{root}: not a student run folder (missing {', '.join(missing)}); "
                 "train one with `leader student train`"
             )
-        raw = json.loads((root / "config.json").read_text(encoding="utf-8"))
-        if raw.get("model_type") != "leader-student":
-            raise LeaderError(f"{root / 'config.json'}: not a leader student (model_type)")
-        known = {f.name for f in fields(StudentConfig)}
-        config = StudentConfig(**{k: v for k, v in raw.items() if k in known})
+        header = read_header(root, "leader_s")
+        config = from_dict(StudentConfig, header.config, f"{root / 'config.json'}: config")
         vocab_json = json.loads((root / "vocab.json").read_text(encoding="utf-8"))
         model = cls(
             config,
             Vocabulary.from_json(vocab_json),
             ProfileVocab.from_json(vocab_json["profile"]),
-            teacher_width=int(raw.get("teacher_width", 0)),
+            teacher_width=int(header.meta.get("teacher_width", 0)),
         )
-        if model.space.offsets != raw["token_space"]["offsets"]:
+        if model.space.offsets != header.meta.get("token_space", {}).get("offsets"):
             raise LeaderError(f"{root}: vocab.json does not match config.json's token space")
         model.load_state_dict(load_file(str(root / "model.safetensors")))
-        model.threshold = float(raw.get("threshold", 0.5))
-        ddi_file = root / "ddi.json"
-        if ddi_file.exists():
-            ddi = json.loads(ddi_file.read_text(encoding="utf-8"))
-            model.ddi_pairs = [(str(a), str(b)) for a, b in ddi.get("pairs", [])]
-            model.ddi_source = str(ddi.get("source", "none"))
         model.eval()
         return model
-
-    def ddi_matrix(self) -> np.ndarray:
-        """Symmetric 0/1 (drugs, drugs) matrix of the run's DDI pairs."""
-        index = self.vocab.index("medication")
-        matrix = np.zeros((len(index), len(index)), dtype=np.int8)
-        for a, b in self.ddi_pairs:
-            if a in index and b in index and a != b:
-                matrix[index[a], index[b]] = matrix[index[b], index[a]] = 1
-        return matrix

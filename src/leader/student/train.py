@@ -16,10 +16,9 @@ revision), splits.json (patient ids per split), train.log, checkpoint/ (for --re
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ import torch
 from leader.data.store import SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import best_threshold, compute
+from leader.models import Decision, write_decision
+from leader.runinfo import write_model_card, write_run_info
 from leader.student.data import (
     EncodedSamples,
     ProfileVocab,
@@ -37,7 +38,7 @@ from leader.student.data import (
     make_batch,
 )
 from leader.student.model import LeaderStudent, StudentConfig
-from leader.training import TrainConfig, fit, seed_everything
+from leader.training import fit, seed_everything
 
 
 def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, Any]]:
@@ -46,22 +47,6 @@ def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, 
 
     tensors, meta = read_features(path, require=("hidden",))
     return tensors["hidden"].astype(np.float32, copy=False), list(meta["sample_ids"]), meta
-
-
-def git_revision() -> str:
-    """The source tree's git commit, or 'unknown' outside a checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def epoch_batches(
@@ -139,10 +124,9 @@ def _train(
         say("no teacher features given: training without distillation (alpha = 0)")
         config = replace(config, alpha=0.0)
 
-    seed_everything(config.seed)
+    seed_everything(config.train.seed)
     teacher_width = int(teacher_hidden.shape[1]) if teacher_hidden is not None else 0
     model = LeaderStudent(config, dataset.vocab, profile_vocab, teacher_width)
-    model.ddi_pairs, model.ddi_source = list(dataset.ddi_pairs), dataset.ddi_source
     encoded = {split: model.encode(s) for split, s in samples.items()}
     if teacher_hidden is not None:
         attach_teacher(encoded["train"], teacher_hidden, teacher_ids, str(teacher_features))
@@ -173,32 +157,23 @@ def _train(
         assert isinstance(m, LeaderStudent)
         return compute(val_truth, m.predict_encoded(encoded["val"]))["prauc"]
 
-    train_config = TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        patience=config.patience,
-        seed=config.seed,
-        threads=config.threads,
-    )
     result = fit(
         model,
-        epoch_batches(encoded["train"], config.batch_size),
+        epoch_batches(encoded["train"], config.train.batch_size),
         validate,
-        train_config,
+        config.train,
         out_dir,
         resume,
         log=say,
     )
     val_prob = model.predict_encoded(encoded["val"])
-    model.threshold = best_threshold(val_truth, val_prob) if config.choose_threshold else 0.5
+    threshold = best_threshold(val_truth, val_prob) if config.choose_threshold else 0.5
     ddi = dataset.ddi_matrix()
     test_prob = model.predict_encoded(encoded["test"])
     test_truth = encoded["test"].targets
     metrics: dict[str, Any] = {
-        "model": "leader-student",
-        "threshold": model.threshold,
+        "model": "leader_s",
+        "threshold": threshold,
         "best_epoch": result.best_epoch,
         "best_val_prauc": result.best_score,
         "epochs_run": result.epochs_run,
@@ -207,29 +182,30 @@ def _train(
         "history": result.history,
         "val": {
             "at_0.5": compute(val_truth, val_prob, 0.5, ddi),
-            "at_threshold": compute(val_truth, val_prob, model.threshold, ddi),
+            "at_threshold": compute(val_truth, val_prob, threshold, ddi),
         },
         "test": {
             "at_0.5": compute(test_truth, test_prob, 0.5, ddi) if len(test_truth) else None,
             "at_threshold": (
-                compute(test_truth, test_prob, model.threshold, ddi) if len(test_truth) else None
+                compute(test_truth, test_prob, threshold, ddi) if len(test_truth) else None
             ),
         },
         "parameters": model.num_parameters(),
         "parameters_with_projector": model.num_parameters(inference=False),
-        "seed": config.seed,
+        "seed": config.train.seed,
         "sample_mode": mode,
         "distillation": teacher_width > 0,
         "teacher_features": str(teacher_features) if teacher_width else None,
-        "git_revision": git_revision(),
     }
     model.save_pretrained(out_dir)
+    write_decision(out_dir, Decision(threshold, list(dataset.ddi_pairs), dataset.ddi_source))
+    _write_card(out_dir, dataset_dir, metrics, teacher_width > 0)
     write_json_atomic(out_dir / "splits.json", dataset.splits)
     write_json_atomic(out_dir / "metrics.json", metrics)
     test = metrics["test"]["at_threshold"]
     say(
         f"done: best val PRAUC {result.best_score:.4f} at epoch {result.best_epoch}; "
-        f"threshold {model.threshold}; test "
+        f"threshold {threshold}; test "
         + (
             f"PRAUC {test['prauc']:.4f} Jaccard {test['jaccard']:.4f} F1 {test['f1']:.4f}"
             if test
@@ -246,14 +222,35 @@ def _write_resolved(
     teacher_features: Path | None,
     mode: str,
 ) -> None:
-    import yaml
+    """config.yaml (the resolved config, to rerun with --config) and run.json."""
+    config.to_yaml(out_dir / "config.yaml")
+    write_run_info(
+        out_dir,
+        "student",
+        config,
+        seed=config.train.seed,
+        dataset_dir=dataset_dir,
+        extra={
+            "teacher_features": str(teacher_features) if teacher_features else None,
+            "sample_mode": mode,
+        },
+    )
 
-    resolved = {
-        "dataset": str(dataset_dir),
-        "teacher_features": str(teacher_features) if teacher_features else None,
-        "sample_mode": mode,
-        "student": asdict(config),
-    }
-    tmp = out_dir / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    tmp.replace(out_dir / "config.yaml")
+
+def _write_card(out_dir: Path, dataset_dir: Path, metrics: dict[str, Any], distilled: bool) -> None:
+    test = metrics["test"]["at_threshold"] or {}
+    write_model_card(
+        out_dir,
+        "LEADER(S) student" + ("" if distilled else " (no distillation)"),
+        "The compact ID-based student of LEADER (Liu et al., arXiv 2402.02803): code "
+        "embeddings, set encoders per visit, a visit-level encoder and an MLP head, "
+        + (
+            "distilled from an LLM teacher's hidden states."
+            if distilled
+            else "trained on the labels alone."
+        ),
+        data=f"Dataset directory `{dataset_dir}` (see run.json for its checksums and split).",
+        metrics={k: float(test[k]) for k in ("prauc", "jaccard", "f1", "ddi_rate") if k in test},
+        protocol=f"Test split, decision threshold {metrics['threshold']:.2f} chosen on validation "
+        "(Jaccard); per-sample means (DESIGN.md metrics).",
+    )

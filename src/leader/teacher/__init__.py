@@ -1,13 +1,28 @@
 """The LLM teacher LEADER(T): prompts -> LoRA-tuned LLM -> medication output layer.
 
+Names load lazily, so importing the package (or its config) does not import torch.
+
 >>> from leader.teacher import TeacherConfig, train_teacher, predict_teacher  # doctest: +SKIP
 >>> run = train_teacher(data_dir, Path("runs/t"), TeacherConfig(max_steps=100))  # doctest: +SKIP
 >>> metrics = predict_teacher(run, data_dir, Path("runs/t/features.safetensors"))  # doctest: +SKIP
 """
 
-from leader.teacher.config import TeacherConfig
-from leader.teacher.model import LeaderTeacher
-from leader.teacher.predict import predict_teacher
-from leader.teacher.train import train_teacher
+from __future__ import annotations
 
-__all__ = ["LeaderTeacher", "TeacherConfig", "predict_teacher", "train_teacher"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "LeaderTeacher": "leader.teacher.model",
+    "TeacherConfig": "leader.teacher.config",
+    "predict_teacher": "leader.teacher.predict",
+    "train_teacher": "leader.teacher.train",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'leader.teacher' has no attribute {name!r}")

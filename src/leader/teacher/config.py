@@ -11,65 +11,76 @@ the small default backbone on a CPU; a YAML file or CLI flags override any field
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from leader.data.store import SampleMode
-from leader.errors import LeaderError
+from leader.config import Config, option
+
+if TYPE_CHECKING:
+    from leader.data.store import SampleMode
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Config):
     """Backbone, prompt, LoRA and training settings of one teacher run."""
 
     # --- backbone and prompt
-    model: str = "smollm2-135m"  # alias, local HF folder, GGUF file or hub id
-    max_layers: int = 0  # keep only the first N transformer layers (0 = all; cheaper on CPU)
-    sample_mode: str | None = None  # "all" or "last"; None = the dataset's default
-    history_visits: int = 3  # most recent earlier visits in the prompt
-    profile: bool = True  # profile sentence in the prompt
-    max_tokens: int = 512  # prompt token budget (oldest history dropped first)
-    template: str | None = None  # YAML/JSON prompt template file (None = built-in wording)
-    append_eos: bool = True  # end the prompt with EOS, whose hidden state feeds the output layer
+    model: str = option("smollm2-135m", "alias, local HF folder, GGUF file or hub id")
+    max_layers: int = option(
+        0, "keep only the first N transformer layers (0 = all; cheaper on CPU)"
+    )
+    sample_mode: str | None = option(None, '"all" or "last"; None = the dataset\'s default')
+    history_visits: int = option(3, "most recent earlier visits in the prompt")
+    profile: bool = option(True, "profile sentence in the prompt")
+    max_tokens: int = option(512, "prompt token budget (oldest history dropped first)")
+    template: str | None = option(None, "YAML/JSON prompt template file (None = built-in wording)")
+    append_eos: bool = option(
+        True, "end the prompt with EOS, whose hidden state feeds the output layer"
+    )
     # --- LoRA (peft) and the medication output layer
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: int = 32  # LoRA scaling numerator
-    lora_dropout: float = 0.1  # dropout on the LoRA input
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # modules
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator")
+    lora_dropout: float = option(0.1, "dropout on the LoRA input")
+    lora_targets: list[str] = option(
+        factory=lambda: list(DEFAULT_TARGETS), help="module names that get LoRA adapters"
+    )
     # --- optimisation
-    batch_size: int = 8  # samples per process per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-4  # peak learning rate (AdamW)
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_ratio: float = 0.05  # share of the steps with linear warm-up, then linear decay
-    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    epochs: float = 1.0  # passes over the training samples (when max_steps is 0)
-    max_steps: int = 0  # optimizer steps; 0 = derive from epochs
-    max_train_samples: int = 0  # random subset of training samples (0 = all)
-    precision: str = "auto"  # auto (bf16 on GPUs and bf16-capable CPUs), bf16, fp16 (GPU), fp32
-    gradient_checkpointing: bool = False  # trade compute for memory (long prompts, big models)
-    bucket_by_length: bool = True  # batch prompts of similar length (less padding)
-    seed: int = 42  # data order, LoRA init, dropout
+    batch_size: int = option(8, "samples per process per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.05, "share of the steps with linear warm-up, then linear decay")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)")
+    epochs: float = option(1.0, "passes over the training samples (when max_steps is 0)")
+    max_steps: int = option(0, "optimizer steps; 0 = derive from epochs")
+    max_train_samples: int = option(0, "random subset of training samples (0 = all)")
+    precision: str = option(
+        "auto", "auto (bf16 on GPUs and bf16-capable CPUs), bf16, fp16 (GPU), fp32"
+    )
+    gradient_checkpointing: bool = option(
+        False, "trade compute for memory (long prompts, big models)"
+    )
+    bucket_by_length: bool = option(True, "batch prompts of similar length (less padding)")
+    seed: int = option(42, "data order, LoRA init, dropout")
     # --- evaluation, checkpoints, logging
-    eval_every: int = 50  # validation PRAUC every N optimizer steps (0 = end only)
-    max_eval_samples: int = 0  # validation subset size during training (0 = all)
-    patience: int = 5  # evaluations without improvement before stopping (0 = never stop)
-    checkpoint_every: int = 0  # resumable checkpoint every N steps (0 = eval_every, or 1/10 run)
-    eval_batch_size: int = 16  # samples per forward pass in evaluation and prediction
-    threshold: float = 0.5  # decision threshold for the teacher's metrics (paper: 0.5)
-    log_every: int = 10  # progress line every N optimizer steps
-    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+    eval_every: int = option(50, "validation PRAUC every N optimizer steps (0 = end only)")
+    max_eval_samples: int = option(0, "validation subset size during training (0 = all)")
+    patience: int = option(5, "evaluations without improvement before stopping (0 = never stop)")
+    checkpoint_every: int = option(
+        0, "resumable checkpoint every N steps (0 = eval_every, or 1/10 run)"
+    )
+    eval_batch_size: int = option(16, "samples per forward pass in evaluation and prediction")
+    threshold: float = option(0.5, "decision threshold for the teacher's metrics (paper: 0.5)")
+    log_every: int = option(10, "progress line every N optimizer steps")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.validate("teacher config")
 
-    def validate(self) -> None:
+    def check(self) -> list[str]:
         problems: list[str] = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS} (got {self.precision!r})")
@@ -87,7 +98,7 @@ class TeacherConfig:
             "max_layers",
             "checkpoint_every",
             "max_eval_samples",
-            "num_threads",
+            "threads",
         )
         for name in nonnegative:
             if int(getattr(self, name)) < 0:
@@ -98,54 +109,8 @@ class TeacherConfig:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if not self.lora_targets:
             problems.append("lora_targets is empty")
-        if problems:
-            raise LeaderError("teacher config: " + "; ".join(problems))
-
-    # ------------------------------------------------------------------ YAML
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "teacher config") -> TeacherConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LeaderError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise LeaderError(f"{where}: {exc}") from exc
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TeacherConfig:
-        """Read a YAML file (any subset of the fields); keyword overrides win."""
-        import yaml
-
-        source = Path(path)
-        if not source.is_file():
-            raise LeaderError(f"{source}: teacher config file not found")
-        try:
-            data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise LeaderError(f"{source}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise LeaderError(f"{source}: a teacher config is a mapping of key: value")
-        data.update(overrides)
-        return cls.from_dict(data, where=str(source))
+        return problems
 
     def resolved_sample_mode(self, dataset_default: str) -> SampleMode:
         """``sample_mode``, or the dataset's default when unset."""
         return "last" if (self.sample_mode or dataset_default) == "last" else "all"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        """Write the resolved config atomically."""
-        import tempfile
-
-        import yaml
-
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
-        os.replace(tmp, target)

@@ -157,8 +157,8 @@ class _Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.dataset = VisitDataset.load(dataset_dir)
         mode = config.resolved_sample_mode(self.dataset.default_sample_mode)
         self.train_samples = self._subset(

@@ -1,0 +1,60 @@
+"""StudentConfig: every default of LEADER(S) in one place (paper: MIMIC-III settings).
+
+A light module (no torch): the CLI builds its flags from these fields.
+
+>>> StudentConfig().alpha, StudentConfig().train.lr
+(0.4, 0.0005)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leader.config import Config, TrainConfig, nested, option
+
+
+@dataclass
+class StudentConfig(Config):
+    """Architecture, objective and training of the student; paper defaults (MIMIC-III)."""
+
+    # --- architecture
+    dim: int = option(64, "embedding and encoder width d")
+    heads: int = option(4, "attention heads in every transformer layer")
+    ffn: int = option(300, "feed-forward width in every transformer layer")
+    dropout: float = option(0.4, "hidden dropout in the transformer layers")
+    attn_dropout: float = option(0.1, "attention-probability dropout")
+    hidden: int = option(128, "width of the patient vector (the head's first linear layer)")
+    max_visits: int = option(10, "most recent visits kept per sample, the current one always")
+    max_codes: int = option(100, "codes kept per set (the first ones in record order)")
+    visit_positions: bool = option(True, "learned recency embedding per visit (not in the paper)")
+    # --- objective
+    alpha: float = option(0.4, "weight of the feature-distillation MSE (0 = no distillation)")
+    beta: float = option(0.005, "weight of the profile-alignment InfoNCE")
+    align: bool = option(True, "use the profile-alignment term at all")
+    temperature: float = option(1.0, "InfoNCE temperature on cosine similarities")
+    standardize_teacher: bool = option(
+        True, "z-score the teacher's hidden states per dimension (train statistics)"
+    )
+    # --- data and decision
+    sample_mode: str | None = option(
+        None, "samples per patient: all or last (null = the dataset's default)"
+    )
+    choose_threshold: bool = option(
+        True, "pick the decision threshold maximising validation Jaccard (else 0.5)"
+    )
+    # --- optimisation (the loop every ID-based model shares)
+    train: TrainConfig = nested(TrainConfig, "optimisation: epochs, batch, lr, patience, seed")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.dim % self.heads:
+            problems.append(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.max_visits < 1 or self.max_codes < 1:
+            problems.append("max_visits and max_codes must be at least 1")
+        if self.alpha < 0 or self.beta < 0:
+            problems.append("alpha and beta must be >= 0")
+        if self.temperature <= 0:
+            problems.append("temperature must be > 0")
+        if self.sample_mode not in (None, "all", "last"):
+            problems.append(f"sample_mode must be all, last or null (got {self.sample_mode!r})")
+        return problems
