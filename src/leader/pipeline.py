@@ -39,6 +39,7 @@ import numpy as np
 from leader.config import Config, from_dict, nested, option, replace, to_dict
 from leader.errors import LeaderError
 from leader.io import write_json_atomic
+from leader.runinfo import write_model_card, write_run_info
 from leader.student.config import StudentConfig
 from leader.teacher.config import TeacherConfig
 
@@ -559,6 +560,19 @@ class Pipeline:
         return to_dict(self.config)
 
 
+def _headline(root: Path) -> dict[str, float] | None:
+    """Test PRAUC of each model (whole test set, validation threshold) for the card."""
+    results = root / "report" / "results.json"
+    if not results.exists():
+        return None
+    summary = json.loads(results.read_text(encoding="utf-8")).get("summary", {})
+    return {
+        f"{name} PRAUC": float(row["all"]["prauc"]["mean"])
+        for name, row in summary.items()
+        if "all" in row
+    }
+
+
 def run_pipeline(
     config: PipelineConfig,
     out: Path | None = None,
@@ -574,9 +588,27 @@ def run_pipeline(
     pipeline = Pipeline(config, root, log)
     pipeline.run(from_step)
     total = time.perf_counter() - started
-    write_json_atomic(
-        root / "run.json",
-        {"seconds": round(total, 2), "steps": {s: asdict(r) for s, r in pipeline.records.items()}},
+    dataset = pipeline.dataset_dir if pipeline.dataset_dir.is_dir() else None
+    write_run_info(
+        root,
+        "pipeline",
+        config,
+        seed=config.student.train.seed,
+        dataset_dir=dataset,
+        extra={
+            "seconds": round(total, 2),
+            "steps": {s: asdict(r) for s, r in pipeline.records.items()},
+        },
+    )
+    write_model_card(
+        root,
+        f"LEADER pipeline run: {config.name}",
+        "A whole LEADER run (Liu et al., arXiv 2402.02803): the LLM teacher, the student "
+        "distilled from it, the student without distillation and a popularity floor, each in "
+        "its own folder (`teacher/run`, `student/run`, ...).",
+        data=f"Source `{config.data.get('source')}`; the prepared dataset is `prepare/dataset`.",
+        protocol="Full results: `report/report.md`.",
+        metrics=_headline(root),
     )
     log(f"pipeline finished in {total:.1f} s ({root})")
     return root

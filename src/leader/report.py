@@ -100,9 +100,10 @@ def write_report(
     )
     lines = [f"# LEADER report: {name}", ""]
     data = config.get("data", {})
+    rounds = config.get("evaluate", {}).get("rounds", 10)
     lines += [
         f"Data source: `{data.get('source')}`. Metrics on the test split; each cell is the "
-        "mean ± std over 10 rounds of a random 80% of the test samples (DESIGN.md).",
+        f"mean ± std over {rounds} rounds of a random 80% of the test samples (DESIGN.md).",
         "",
     ]
     if "teacher" not in results:
