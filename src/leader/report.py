@@ -190,6 +190,10 @@ def _verdict(compact: dict[str, Any]) -> list[str]:
 def _plots(
     folder: Path, results: dict[str, Any], histories: dict[str, Any]
 ) -> list[tuple[str, str]]:
+    from leader.optional import available
+
+    if not available("matplotlib"):  # the plots extra is optional: the tables still come
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

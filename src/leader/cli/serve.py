@@ -112,6 +112,9 @@ def serve(
     """Serve the student over HTTP: POST /v1/recommend, the page at /, docs at /docs."""
     import logging
 
+    from leader.optional import require
+
+    require("fastapi", "serve", "leader serve")
     import torch
     import uvicorn
 

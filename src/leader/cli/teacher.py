@@ -93,6 +93,9 @@ def train(
     Every TeacherConfig field has a flag (`leader config show teacher` lists them).
     """
     from leader import config as configs
+    from leader.optional import require
+
+    require("transformers", "teacher", "leader teacher train")
     from leader.teacher import train_teacher
 
     source = config
@@ -112,6 +115,9 @@ def predict(
     """Write probabilities + hidden states of every sample, and the LEADER(T) test metrics."""
     import logging
 
+    from leader.optional import require
+
+    require("transformers", "teacher", "leader teacher predict")
     from leader.teacher import predict_teacher
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
