@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from leader.training import FitResult, Output, TrainConfig, fit, seed_everything
@@ -27,7 +28,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _run(run_dir: Path | None, epochs: int, resume: bool = False) -> tuple[FitResult, _Linear]:
+def _run(
+    run_dir: Path | None, epochs: int, resume: bool = False, report_to: str = "none"
+) -> tuple[FitResult, _Linear]:
     seed_everything(1)
     model = _Linear()
     x, y = _data()
@@ -41,7 +44,7 @@ def _run(run_dir: Path | None, epochs: int, resume: bool = False) -> tuple[FitRe
     def validate(m: torch.nn.Module) -> float:
         return -float(m((x, y)).loss)
 
-    config = TrainConfig(epochs=epochs, lr=0.05, patience=100)
+    config = TrainConfig(epochs=epochs, lr=0.05, patience=100, report_to=report_to)
     return fit(model, batches, validate, config, run_dir, resume, log=lambda _: None), model
 
 
@@ -77,3 +80,17 @@ def test_early_stopping() -> None:
         log=lambda _: None,
     )
     assert result.stopped_early and result.epochs_run == 5 and result.best_epoch == 2
+
+
+def test_report_to_tensorboard_writes_events_under_the_run(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # installed by the dev extra
+    _run(tmp_path, epochs=3, report_to="tensorboard")
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_report_to_needs_a_known_tracker() -> None:
+    from leader.errors import LeaderError
+
+    with pytest.raises(LeaderError, match="report_to must be"):
+        TrainConfig(report_to="wandb").validate()

@@ -431,6 +431,9 @@ class TrainConfig(Config):
         "torch CPU threads (0 = torch's default); 1 is fastest for small models on a few shared "
         "cores (measured: 2 threads cost 10x the CPU time on a busy 2-core VM)",
     )
+    report_to: str = option(
+        "none", "experiment tracking under the run folder: none, tensorboard or mlflow"
+    )
 
     def check(self) -> list[str]:
         problems = [
@@ -442,4 +445,6 @@ class TrainConfig(Config):
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.threads < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
             problems.append("threads, max_grad_norm and weight_decay must be >= 0")
+        if self.report_to not in ("none", "tensorboard", "mlflow"):
+            problems.append(f"report_to must be none, tensorboard or mlflow ({self.report_to!r})")
         return problems

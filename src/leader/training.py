@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from leader.config import TrainConfig
 from leader.io import atomic_dir
+from leader.tracking import open_tracker
 
 
 @dataclass
@@ -89,6 +90,7 @@ def fit(
             f"resumed after epoch {state.epoch} (best {state.best_score:.4f} at {state.best_epoch})"
         )
     start = time.perf_counter() - state.seconds
+    tracker = open_tracker(config.report_to, run_dir, asdict(config))
     while state.epoch < config.epochs and state.since_best < config.patience:
         epoch = state.epoch + 1
         # Every epoch's randomness derives from (seed, epoch): resume replays it exactly.
@@ -123,8 +125,10 @@ def fit(
             f"best {state.best_score:.4f}@{state.best_epoch} "
             f"{state.seconds:.1f}s (at most {eta:.0f}s left)"
         )
+        tracker.log({"train/loss": float(np.mean(losses)), "val/score": score}, epoch)
         if run_dir is not None:
             _save_checkpoint(run_dir / "checkpoint", state, model, optimizer, best_weights)
+    tracker.close()
     model.load_state_dict(best_weights)
     model.eval()
     return FitResult(

@@ -27,6 +27,7 @@ import torch
 
 from leader.data.store import SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
+from leader.logs import run_log
 from leader.metrics import best_threshold, compute
 from leader.models import Decision, write_decision
 from leader.runinfo import write_model_card, write_run_info
@@ -78,18 +79,8 @@ def train_student(
     config.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (out_dir / "train.log").open("a" if resume else "w", encoding="utf-8")
-
-    def say(message: str) -> None:
-        log_file.write(message + "\n")
-        log_file.flush()
-        if log is not None:
-            log(message)
-
-    try:
+    with run_log("student", out_dir, log, append=resume) as say:
         return _train(Path(dataset_dir), out_dir, config, teacher_features, resume, say)
-    finally:
-        log_file.close()
 
 
 def _train(
