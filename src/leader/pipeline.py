@@ -121,7 +121,8 @@ class PipelineConfig(Config):
     name: str = option("leader", "shown in the report title")
     out: str = option("leader-run", "output folder (relative to the working directory)")
     data: dict[str, Any] = option(
-        factory=dict, help="source (synthetic, events, mimic3, mimic4, dataset) and its options"
+        factory=lambda: {"source": "synthetic", "patients": 2000, "seed": 0},
+        help="source (synthetic, events, mimic3, mimic4, dataset) and its options",
     )
     teacher: TeacherConfig | None = nested(TeacherConfig, "the LLM teacher (null: none)")
     predict: PredictSection = nested(PredictSection, "the teacher's feature export")
