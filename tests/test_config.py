@@ -121,3 +121,16 @@ def test_student_flags_and_set_reach_the_config(
     assert result.exit_code == 0, result.output
     saved = StudentConfig.from_yaml(out / "config.yaml")
     assert saved.train.epochs == 1 and saved.train.batch_size == 4 and saved.dim == 16
+
+
+def test_configs_and_the_cli_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, leader.cli, leader.student, leader.teacher;"
+        "from leader.student import StudentConfig; from leader.teacher import TeacherConfig;"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]

@@ -9,8 +9,7 @@ Names load lazily, so importing the package (or its config) does not import torc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from leader.lazy import lazy_names
 
 _NAMES = {
     "LeaderTeacher": "leader.teacher.model",
@@ -20,9 +19,4 @@ _NAMES = {
 }
 
 __all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'leader.teacher' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _NAMES)
