@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from leader.data.store import VisitDataset
 from leader.errors import LeaderError
 from leader.teacher import LeaderTeacher, TeacherConfig, predict_teacher, train_teacher
+from leader.teacher.features import read_features
 from leader.teacher.model import last_token_index
-from leader.teacher.predict import read_features
 from leader.teacher.prompts import PromptBuilder
 from leader.teacher.testing import make_tiny_backbone
 from leader.teacher.train import epoch_batches

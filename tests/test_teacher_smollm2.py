@@ -13,7 +13,7 @@ import pytest
 from leader.data.store import VisitDataset
 from leader.teacher import LeaderTeacher, TeacherConfig, predict_teacher, train_teacher
 from leader.teacher.backbone import cache_root, resolve_backbone
-from leader.teacher.predict import read_features
+from leader.teacher.features import read_features
 
 pytestmark = pytest.mark.slow
 

@@ -417,7 +417,7 @@ class Pipeline:
             batch_size=self.config.predict.batch_size,
         )
         seconds = time.perf_counter() - started
-        from leader.teacher.predict import read_features
+        from leader.teacher.features import read_features
 
         tensors, _ = read_features(out)
         samples = int(tensors["hidden"].shape[0])
@@ -498,7 +498,7 @@ class Pipeline:
         from leader.evaluate import evaluate_probabilities, measure_efficiency
         from leader.metrics import best_threshold
         from leader.teacher import LeaderTeacher
-        from leader.teacher.predict import read_features
+        from leader.teacher.features import read_features
 
         assert self.features is not None
         dataset = VisitDataset.load(self.dataset_dir)

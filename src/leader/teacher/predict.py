@@ -26,7 +26,6 @@ import torch
 from leader.data.store import SPLITS, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import evaluate_groups
-from leader.teacher.features import read_features  # noqa: F401  (re-exported)
 from leader.teacher.model import LeaderTeacher
 
 log = logging.getLogger("leader.teacher")
