@@ -64,6 +64,7 @@ class RawCohort:
     counts: dict[str, Any] = field(default_factory=dict)  # row counters (mapping, drops)
     inputs: list[Path] = field(default_factory=list)  # files read, for the manifest
     options: dict[str, Any] = field(default_factory=dict)  # source options, for the manifest
+    time_kind: str = "datetime"  # kind of visits.time: "date", "datetime" or "number"
 
 
 class Funnel:
@@ -77,6 +78,9 @@ class Funnel:
             self.steps.append(
                 {"rule": "visits read", "visits": self.visits, "patients": self.patients}
             )
+        for position, step in enumerate(self.steps):  # a reader's rule may have emptied it
+            if step["visits"] == 0:
+                raise empty_cohort(self.steps[: position + 1])
 
     def record(self, rule: str, visits: pd.DataFrame) -> None:
         left_visits, left_patients = len(visits), int(visits["patient_id"].nunique())
@@ -91,10 +95,32 @@ class Funnel:
         )
         self.visits, self.patients = left_visits, left_patients
         if left_visits == 0:
-            raise LeaderError(
-                f"the rule '{rule}' removed every remaining visit; the cohort is empty. "
-                "Check the input tables and options (see the funnel above this rule)."
-            )
+            raise empty_cohort(self.steps)
+
+
+def empty_cohort(steps: list[dict[str, Any]]) -> LeaderError:
+    """The error for an empty cohort: the rule that emptied it and the funnel up to it."""
+    rule = steps[-1]["rule"]
+    lines = []
+    for step in steps:
+        removed = (
+            f"-{step['visits_removed']} visits, -{step['patients_removed']} patients -> "
+            if "visits_removed" in step
+            else ""
+        )
+        lines.append(
+            f"  {step['rule']}: {removed}{step['visits']} visits, {step['patients']} patients"
+        )
+    what = (
+        "no visits were read"
+        if len(steps) == 1
+        else f"the rule '{rule}' removed every remaining visit"
+    )
+    return LeaderError(
+        f"{what}; the cohort is empty. Funnel up to this rule:\n"
+        + "\n".join(lines)
+        + "\nCheck the input tables and options named by this rule."
+    )
 
 
 def isin(values: pd.Series, allowed: pd.Series | list[str] | set[str]) -> np.ndarray:
@@ -217,8 +243,10 @@ def build(
         }
     )
     stats = _stats(table, vocab, raw, funnel, top_k_report, splits, len(ddi_pairs))
+    stats["visit_time_kind"] = raw.time_kind
     manifest = {
         "source": raw.source,
+        "visit_time_kind": raw.time_kind,
         "tool": f"leader {__version__}",
         "options": {**raw.options, **asdict(options)},
         "inputs": {str(p): file_checksum(p) for p in raw.inputs},

@@ -142,7 +142,9 @@ class Vocabulary:
 class VisitDataset:
     """A prepared cohort: kept visits, profiles, vocabularies, splits and DDI pairs."""
 
-    visits: pd.DataFrame  # patient_id, visit_id, time, diagnoses, procedures, medications
+    # patient_id, visit_id, time (naive UTC datetime, or a number: stats' visit_time_kind),
+    # diagnoses, procedures, medications
+    visits: pd.DataFrame
     profiles: pd.DataFrame  # patient_id + categorical fields (strings)
     vocab: Vocabulary
     splits: dict[str, list[str]]
@@ -304,9 +306,7 @@ def _write_visits(visits: pd.DataFrame, path: Path) -> None:
         {
             "patient_id": pa.array(visits["patient_id"].astype(str).tolist(), pa.string()),
             "visit_id": pa.array(visits["visit_id"].astype(str).tolist(), pa.string()),
-            "time": pa.array(
-                pd.to_datetime(visits["time"]).astype("datetime64[us]"), pa.timestamp("us")
-            ),
+            "time": _time_array(visits["time"]),
             **{
                 column: pa.array(
                     [[str(c) for c in codes] for codes in visits[column]], pa.list_(pa.string())
@@ -316,6 +316,18 @@ def _write_visits(visits: pd.DataFrame, path: Path) -> None:
         }
     )
     pq.write_table(table, path)
+
+
+def _time_array(times: pd.Series) -> pa.Array:
+    """Numbers stay numbers (int64 or float64); dates become naive UTC timestamps (us)."""
+    if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
+        values = pd.to_numeric(times)
+        if pd.api.types.is_integer_dtype(values.dtype):
+            return pa.array(values.astype("Int64"), pa.int64())
+        return pa.array(values.astype("float64"), pa.float64())
+    if isinstance(times.dtype, pd.DatetimeTZDtype):
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return pa.array(pd.to_datetime(times).astype("datetime64[us]"), pa.timestamp("us"))
 
 
 def _write_plain(frame: pd.DataFrame, path: Path) -> None:

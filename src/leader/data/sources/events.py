@@ -2,7 +2,8 @@
 
 One row per code occurrence: ``patient_id, visit_id, visit_time, kind, code`` and an
 optional ``name``; ``kind`` is ``diagnosis``, ``procedure`` or ``medication``. Visits are
-ordered by ``visit_time``, then ``visit_id``. Codes are used as given (no drug mapping).
+ordered by ``visit_time`` (a date, a datetime with or without a zone, or a number: see
+:mod:`leader.data.times`), then ``visit_id``. Codes are used as given (no drug mapping).
 An optional profile table holds ``patient_id`` plus any columns.
 """
 
@@ -14,9 +15,10 @@ from typing import Any
 import pandas as pd
 
 from leader.data.cohort import RawCohort
-from leader.data.sources.common import code_rows, dedupe_visits, parse_times
+from leader.data.sources.common import code_rows, dedupe_visits
 from leader.data.store import KINDS
 from leader.data.tables import read_table, table_columns
+from leader.data.times import parse_visit_times
 from leader.errors import LeaderError
 
 REQUIRED: list[str] = ["patient_id", "visit_id", "visit_time", "kind", "code"]
@@ -43,12 +45,10 @@ def read_events(events: Path, profiles: Path | None = None) -> RawCohort:
     first = frame.drop_duplicates("visit_id", keep="first")
     conflicting = frame.groupby("visit_id")["patient_id"].nunique()
     counts["visits_with_several_patients"] = int((conflicting > 1).sum())
+    times = parse_visit_times(first["visit_time"], f"{events}: column visit_time")
+    counts["visit_times_converted_to_utc"] = times.converted_from_zone
     visits = pd.DataFrame(
-        {
-            "patient_id": first["patient_id"],
-            "visit_id": first["visit_id"],
-            "time": parse_times(first["visit_time"]),
-        }
+        {"patient_id": first["patient_id"], "visit_id": first["visit_id"], "time": times.values}
     )
     visits = dedupe_visits(visits, funnel, counts)
 
@@ -81,4 +81,5 @@ def read_events(events: Path, profiles: Path | None = None) -> RawCohort:
         funnel=funnel,
         counts=counts,
         inputs=inputs,
+        time_kind=times.kind,
     )

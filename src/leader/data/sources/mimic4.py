@@ -1,4 +1,4 @@
-"""MIMIC-IV v2.x ``hosp/`` module -> :class:`RawCohort`.
+"""MIMIC-IV v2.x ``hosp/`` module -> :class:`RawCohort` (``data``: the release or ``hosp/``).
 
 Tables: admissions, patients, diagnoses_icd, procedures_icd (``icd_code, icd_version``),
 prescriptions (``ndc``), d_icd_diagnoses / d_icd_procedures (long titles). ICD-9 and
@@ -42,6 +42,24 @@ def versioned(codes: pd.Series, versions: pd.Series) -> pd.Series:
     return ("icd" + version + ":" + codes.astype("string").str.strip()).astype("string")
 
 
+def hosp_folder(data: Path) -> Path:
+    """``data`` itself when it holds the tables, else its ``hosp/`` (the release folder)."""
+    if not data.is_dir():
+        raise LeaderError(f"{data}: folder not found")
+    try:
+        find_table(data, "admissions")
+        return data
+    except LeaderError:
+        pass
+    for child in sorted(data.iterdir()):
+        if child.is_dir() and child.name.lower() == "hosp":
+            return child
+    raise LeaderError(
+        f"{data}: table admissions not found; give the MIMIC-IV release folder "
+        "(the one holding hosp/) or its hosp/ folder"
+    )
+
+
 def read_mimic4(
     data: Path,
     resources: Path,
@@ -51,6 +69,7 @@ def read_mimic4(
 ) -> RawCohort:
     counts: dict[str, Any] = {}
     funnel: list[dict[str, Any]] = []
+    data = hosp_folder(data)
     table = TableReader(data)
     inputs = table.inputs
 
