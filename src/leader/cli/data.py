@@ -1,4 +1,4 @@
-"""``leader prepare mimic3|mimic4|events`` and ``leader stats``."""
+"""``leader prepare mimic3|mimic4|eicu|omop|events`` and ``leader stats``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def print_summary(stats: dict[str, Any], out: Path | None = None) -> None:
         "ddi_pairs",
         "prescription_rows",
         "mapped_share",
+        "visit_time_kind",
     ):
         if key in stats:
             summary.add_row(key, str(stats[key]))
@@ -162,7 +163,7 @@ def prepare_mimic3_command(
 
 @prepare_app.command("mimic4")
 def prepare_mimic4_command(
-    data: Annotated[Path, typer.Option(help="The MIMIC-IV hosp/ folder.")],
+    data: Annotated[Path, typer.Option(help="The MIMIC-IV release folder or its hosp/.")],
     resources: Annotated[
         Path, typer.Option(help="Folder with ndc2rxnorm_mapping.txt, rxcui2atc4.csv.")
     ],
@@ -245,6 +246,49 @@ def prepare_events_command(
             events,
             out,
             profiles=profiles,
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            progress=progress,
+            **options,
+        ),
+    )
+
+
+@prepare_app.command("eicu")
+def prepare_eicu_command(
+    data: Annotated[Path, typer.Option(help="Folder with the eICU-CRD v2.0 (or demo) tables.")],
+    out: Out,
+    drug_map: Annotated[
+        Path | None,
+        typer.Option(help="Map HICL / drug name -> ATC3 (columns atc3, hicl and/or drugname)."),
+    ] = None,
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+) -> None:
+    """eICU-CRD v2.0 -> dataset directory (unit stays as visits, HICL drugs)."""
+    from leader.data.prepare import prepare_eicu
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run(
+        "eicu",
+        out,
+        lambda progress: prepare_eicu(
+            data,
+            out,
+            drug_map=drug_map,
             ddi=ddi,
             twosides=twosides,
             drug_atc=drug_atc,

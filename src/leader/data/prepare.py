@@ -3,6 +3,8 @@
 >>> ds = prepare_mimic3("mimic-iii-demo", "resources", "data/mimic3",
 ...                     ddi="resources/ddi_atc3_pairs.csv")          # doctest: +SKIP
 >>> ds.stats["patients"]                                              # doctest: +SKIP
+
+Sources: ``mimic3``, ``mimic4``, ``eicu``, ``omop`` and the generic ``events`` table.
 """
 
 from __future__ import annotations
@@ -146,6 +148,38 @@ def prepare_events(
     progress("reading events")
     raw = read_events(Path(events), Path(profiles) if profiles is not None else None)
     raw.options = {"events": str(events), "profiles": str(profiles) if profiles else None}
+    return _finish(
+        raw,
+        out,
+        CohortOptions(**options),
+        ddi,
+        twosides,
+        drug_atc,
+        ddi_side_effects,
+        atc_names,
+        progress,
+    )
+
+
+def prepare_eicu(
+    data: PathLike,
+    out: PathLike,
+    *,
+    drug_map: PathLike | None = None,
+    ddi: PathLike | None = None,
+    twosides: PathLike | None = None,
+    drug_atc: PathLike | None = None,
+    ddi_side_effects: int = 40,
+    atc_names: PathLike | None = None,
+    progress: Progress = lambda _: None,
+    **options: Any,
+) -> VisitDataset:
+    """eICU-CRD v2.0 (or its demo) tables in ``data`` -> dataset directory ``out``."""
+    from leader.data.sources.eicu import read_eicu
+
+    progress("reading eICU tables")
+    raw = read_eicu(Path(data), Path(drug_map) if drug_map is not None else None)
+    raw.options = {"data": str(data), "drug_map": str(drug_map) if drug_map else None}
     return _finish(
         raw,
         out,

@@ -110,3 +110,44 @@ def admission_visits(
         }
     )
     return dedupe_visits(visits, funnel, counts)
+
+
+def age_bands(ages: pd.Series) -> pd.Series:
+    """:func:`age_band` for a whole column (no per-row Python)."""
+    age = pd.to_numeric(ages, errors="coerce").astype("float64")
+    low = (age // 10 * 10).fillna(0).astype("int64")
+    bands = (low.astype(str) + "-" + (low + 9).astype(str)).astype(object)
+    bands[age < 30] = "18-29"
+    bands[age < 18] = "0-17"
+    bands[age >= 90] = "90+"
+    bands[age.isna() | (age < 0)] = "unknown"
+    return bands
+
+
+def most_frequent_names(codes: pd.Series, names: pd.Series) -> dict[str, str]:
+    """Each code's most frequent non-empty name (ties: the name sorting first)."""
+    pairs = pd.DataFrame(
+        {"code": codes.astype("string").str.strip(), "name": names.astype("string").str.strip()}
+    ).dropna()
+    pairs = pairs[(pairs["code"] != "") & (pairs["name"] != "")]
+    if pairs.empty:
+        return {}
+    counted = pairs.value_counts().rename("n").reset_index()
+    counted = counted.sort_values(["code", "n", "name"], ascending=[True, False, True])
+    first = counted.drop_duplicates("code", keep="first")
+    return dict(zip(first["code"].astype(str), first["name"].astype(str), strict=True))
+
+
+def funnel_step(
+    funnel: list[dict[str, Any]], rule: str, before: pd.DataFrame, after: pd.DataFrame
+) -> None:
+    """Append a reader's rule to the funnel: what it removed, what is left."""
+    funnel.append(
+        {
+            "rule": rule,
+            "visits_removed": len(before) - len(after),
+            "patients_removed": int(before["patient_id"].nunique() - after["patient_id"].nunique()),
+            "visits": len(after),
+            "patients": int(after["patient_id"].nunique()),
+        }
+    )
