@@ -300,6 +300,59 @@ def prepare_eicu_command(
     )
 
 
+@prepare_app.command("omop")
+def prepare_omop_command(
+    out: Out,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder with one CSV / CSV.GZ / Parquet file per CDM table."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db."),
+    ] = None,
+    schema: Annotated[str | None, typer.Option(help="Database schema of the CDM tables.")] = None,
+    drug_level: Annotated[
+        str,
+        typer.Option(help="concept | ingredient | atc3 (the last two need concept_ancestor)."),
+    ] = "concept",
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+) -> None:
+    """OMOP CDM 5.3 / 5.4 (files or a database) -> dataset directory."""
+    from leader.data.prepare import prepare_omop
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run(
+        "omop",
+        out,
+        lambda progress: prepare_omop(
+            out,
+            data=data,
+            db=db,
+            schema=schema,
+            drug_level=drug_level,
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            progress=progress,
+            **options,
+        ),
+    )
+
+
 def stats_command(
     dataset: Annotated[Path, typer.Argument(help="A dataset directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as is.")] = False,

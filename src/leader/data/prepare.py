@@ -191,3 +191,50 @@ def prepare_eicu(
         atc_names,
         progress,
     )
+
+
+def prepare_omop(
+    out: PathLike,
+    *,
+    data: PathLike | None = None,
+    db: str | None = None,
+    schema: str | None = None,
+    drug_level: str = "concept",
+    ddi: PathLike | None = None,
+    twosides: PathLike | None = None,
+    drug_atc: PathLike | None = None,
+    ddi_side_effects: int = 40,
+    atc_names: PathLike | None = None,
+    progress: Progress = lambda _: None,
+    **options: Any,
+) -> VisitDataset:
+    """OMOP CDM 5.3 / 5.4 tables (a folder ``data`` or a database URL ``db``) -> ``out``."""
+    from leader.data.sources.omop import read_omop
+    from leader.data.sources.omop_tables import DatabaseTables, FileTables, OmopTables
+
+    if (data is None) == (db is None):
+        raise LeaderError("prepare omop needs exactly one of --data DIR or --db URL")
+    tables: OmopTables
+    if db is not None:
+        tables = DatabaseTables(db, schema)
+    else:
+        assert data is not None
+        tables = FileTables(Path(data))
+    progress(f"reading OMOP tables from {tables.description}")
+    raw = read_omop(tables, drug_level)
+    raw.options = {
+        "data": str(data) if data is not None else None,
+        "db": tables.description if db is not None else None,
+        "drug_level": drug_level,
+    }
+    return _finish(
+        raw,
+        out,
+        CohortOptions(**options),
+        ddi,
+        twosides,
+        drug_atc,
+        ddi_side_effects,
+        atc_names,
+        progress,
+    )
