@@ -220,7 +220,11 @@ class DatabaseTables(OmopTables):
     ) -> pd.DataFrame:
         sa = self._sa
         if not self.has(name):
-            raise LeaderError(f"{self.description}: table {name} not found")
+            found = ", ".join(sorted(self._tables)[:8]) or "no tables"
+            raise LeaderError(
+                f"{self.description}: table {name} not found (found: {found}); "
+                "name the schema holding the CDM tables with --schema"
+            )
         real = self._tables[name.lower()]
         header = [c["name"] for c in sa.inspect(self.engine).get_columns(real, schema=self.schema)]
         columns = self._pick(name, header, required, optional)
