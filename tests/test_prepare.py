@@ -411,6 +411,15 @@ def test_mimic4_keeps_icd9_and_icd10_apart(tmp_path: Path, resources: Path) -> N
     assert ds.profile_of("2")["marital_status"] == "unknown"
     assert ds.profile_of("1")["race"] == "WHITE"
     assert ds.stats["prescription_rows_without_ndc"] == 1
+    # The release folder as downloaded (holding hosp/) works as well as hosp/ itself.
+    (tmp_path / "mimic-iv-2.2").mkdir()
+    root.rename(tmp_path / "mimic-iv-2.2" / "hosp")
+    release = prepare_mimic4(
+        tmp_path / "mimic-iv-2.2", resources, tmp_path / "out2", split=(1, 0, 0)
+    )
+    assert release.visits.drop(columns="time").equals(ds.visits.drop(columns="time"))
+    with pytest.raises(LeaderError, match="give the MIMIC-IV release folder"):
+        prepare_mimic4(tmp_path, resources, tmp_path / "out3")
 
 
 # ----------------------------------------------------------------------------- generic events

@@ -80,7 +80,8 @@ def _from_text(text: pd.Series, where: str) -> VisitTimes:
     if is_number.any() and is_time.any():
         raise LeaderError(
             f"{where}: visit times mix numbers ({_examples(text, is_number)}) and dates "
-            f"({_examples(text, is_time)}); use one kind for the whole column"
+            f"({_examples(text, is_time)}); use one kind for the whole column "
+            "(rows count data rows from 1)"
         )
     if (zoned & is_time).any() and (naive & is_time).any():
         raise LeaderError(
