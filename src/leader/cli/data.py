@@ -36,6 +36,21 @@ Seed = Annotated[int, typer.Option(help="Seed of the patient shuffle.")]
 Samples = Annotated[str, typer.Option(help="Default samples: 'all' visits or 'last' only.")]
 
 
+# Reader counters that record rows or visits set aside, printed after the funnel.
+DROP_WORDS: tuple[str, ...] = (
+    "without",
+    "unmapped",
+    "cancelled",
+    "duplicate",
+    "empty",
+    "not_icd9",
+    "unknown_kind",
+    "dated_from",
+    "another_person",
+    "missing_order",
+)
+
+
 def _cohort_options(
     top_med: int,
     top_diag: int,
@@ -111,6 +126,18 @@ def print_summary(stats: dict[str, Any], out: Path | None = None) -> None:
             str(step["patients"]),
         )
     console.print(funnel)
+    dropped = [
+        (key, value)
+        for key, value in stats.items()
+        if isinstance(value, int) and value > 0 and any(word in key for word in DROP_WORDS)
+    ]
+    if dropped:
+        rows = Table(title="Rows and visits set aside by the readers (stats.json)")
+        rows.add_column("counter")
+        rows.add_column("count", justify="right")
+        for key, value in dropped:
+            rows.add_row(key, str(value))
+        console.print(rows)
 
 
 @prepare_app.command("mimic3")
