@@ -230,3 +230,14 @@ def test_eicu_missing_column_is_named(tmp_path: Path) -> None:
     _write(data / "medication.csv.gz", frame)
     with pytest.raises(LeaderError, match="medication.csv.gz: column 'drugordercancelled'"):
         prepare_eicu(data, tmp_path / "out")
+
+
+def test_rows_of_unknown_stays_are_counted(tmp_path: Path) -> None:
+    data = eicu_tables(tmp_path / "eicu")
+    frame = pd.read_csv(data / "Treatment.csv")
+    extra = {"treatmentid": 9, "patientunitstayid": 999, "treatmentstring": "renal|dialysis"}
+    frame = pd.concat([frame, pd.DataFrame([extra])], ignore_index=True)  # no such stay
+    frame.to_csv(data / "Treatment.csv", index=False)
+    ds = prepare_eicu(data, tmp_path / "out")
+    assert ds.stats["procedure_rows_outside_read_visits"] == 1
+    assert ds.stats["diagnosis_rows_outside_read_visits"] == 1  # stay 401 has no uniquepid

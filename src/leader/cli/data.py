@@ -48,6 +48,7 @@ DROP_WORDS: tuple[str, ...] = (
     "dated_from",
     "another_person",
     "missing_order",
+    "outside_read_visits",
 )
 
 

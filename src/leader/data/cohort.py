@@ -182,7 +182,12 @@ def build(
 ) -> VisitDataset:
     """Apply rules 4-9 of the recipe and assemble the dataset (not yet written)."""
     visits = raw.visits.sort_values(["patient_id", "time", "visit_id"], kind="stable")
-    codes = raw.codes[isin(raw.codes["visit_id"], visits["visit_id"])]
+    read = isin(raw.codes["visit_id"], visits["visit_id"])
+    # Code rows of a visit that is unknown or that a reader's rule dropped (few: cheap).
+    outside = raw.codes.loc[~read, "kind"].value_counts()
+    for kind in KINDS:
+        raw.counts[f"{kind}_rows_outside_read_visits"] = int(outside.get(kind, 0))
+    codes = raw.codes[read]
     funnel = Funnel(visits, raw.funnel)
 
     progress("top-k codes")
