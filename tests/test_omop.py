@@ -287,3 +287,33 @@ def test_omop_postgresql(postgres_url: str, omop_dir: Path, tmp_path: Path) -> N
     assert ds.manifest["options"]["db"].endswith("schema cdm")
     with pytest.raises(LeaderError, match="table condition_occurrence not found.*--schema"):
         prepare_omop(tmp_path / "x", db=postgres_url, schema="public")
+
+
+def test_omop_minimal_columns(tmp_path: Path) -> None:
+    """Only the columns the rules need; upper-case names, as some exports write them."""
+    frames = omop_frames()
+    frames["person"] = frames["person"][["person_id", "year_of_birth", "gender_concept_id"]]
+    frames["visit_occurrence"] = frames["visit_occurrence"][
+        ["visit_occurrence_id", "person_id", "visit_start_date"]
+    ]
+    for name, concept in (
+        ("condition_occurrence", "condition_concept_id"),
+        ("procedure_occurrence", "procedure_concept_id"),
+        ("drug_exposure", "drug_concept_id"),
+    ):
+        frame = frames[name][["person_id", "visit_occurrence_id", concept]]
+        frames[name] = frame.rename(columns=str.upper)
+    del frames["concept_ancestor"]
+    ds = prepare_omop(tmp_path / "out", data=write_files(tmp_path / "omop", frames))
+    times = ds.visits.set_index("visit_id")["time"].astype(str).to_dict()
+    # Visit 300 has no visit_occurrence row and its events no dates: dropped, and counted.
+    assert times == {"100": "2020-01-10", "101": "2021-06-01", "200": "2019-05-05"}
+    assert ds.stats["visit_time_kind"] == "date"
+    step = next(s for s in ds.stats["funnel"] if s["rule"] == "visit time missing or unparseable")
+    assert step["visits_removed"] == 1
+    assert ds.profile_of("2") == {
+        "gender": "MALE",
+        "race": "unknown",
+        "ethnicity": "unknown",
+        "age_band": "30-39",
+    }

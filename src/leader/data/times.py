@@ -50,10 +50,10 @@ def parse_visit_times(values: pd.Series, where: str) -> VisitTimes:
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         converted = int(values.notna().sum())
         naive = values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]")
-        return VisitTimes(naive, _date_or_datetime(naive), converted)
+        return VisitTimes(naive, date_or_datetime(naive), converted)
     if pd.api.types.is_datetime64_any_dtype(values):
         naive = values.astype("datetime64[ns]")
-        return VisitTimes(naive, _date_or_datetime(naive))
+        return VisitTimes(naive, date_or_datetime(naive))
     if pd.api.types.is_bool_dtype(values):
         raise LeaderError(f"{where}: visit times are true/false values, not times or numbers")
     if pd.api.types.is_numeric_dtype(values):
@@ -91,7 +91,7 @@ def _from_text(text: pd.Series, where: str) -> VisitTimes:
         )
     if is_number.any():
         return VisitTimes(_numbers(numbers), "number")
-    return VisitTimes(times, _date_or_datetime(times), int((zoned & is_time).sum()))
+    return VisitTimes(times, date_or_datetime(times), int((zoned & is_time).sum()))
 
 
 def _has_zone(text: pd.Series) -> pd.Series:
@@ -137,7 +137,8 @@ def _numbers(numbers: pd.Series) -> pd.Series:
     return values
 
 
-def _date_or_datetime(times: pd.Series) -> str:
+def date_or_datetime(times: pd.Series) -> str:
+    """``date`` when every present time is a midnight, else ``datetime``."""
     present = times.dropna()
     if len(present) and bool((present == present.dt.normalize()).all()):
         return "date"

@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from leader.data.cohort import RawCohort
+from leader.data.cohort import RawCohort, isin
 from leader.data.sources.common import age_bands, code_rows, dedupe_visits, years_between
 from leader.data.sources.omop_tables import OmopTables, ids
 from leader.data.store import KINDS
-from leader.data.times import VisitTimes, parse_visit_times
+from leader.data.times import VisitTimes, date_or_datetime, parse_visit_times
 from leader.errors import LeaderError
 
 DRUG_LEVELS: tuple[str, ...] = ("concept", "ingredient", "atc3")
@@ -98,18 +98,15 @@ def read_omop(tables: OmopTables, drug_level: str = "concept") -> RawCohort:
         ignore_index=True,
     )
     person = _person(tables)
-    concept_ids = set(codes.loc[codes["kind"] != "medication", "code"])
+    codes_of = {kind: distinct(codes.loc[codes["kind"] == kind, "code"]) for kind in KINDS}
+    concept_ids = codes_of["diagnosis"] | codes_of["procedure"]
     if drug_level == "concept":
-        concept_ids |= set(codes.loc[codes["kind"] == "medication", "code"])
+        concept_ids |= codes_of["medication"]
     for field in PROFILE_CONCEPTS:
-        concept_ids |= set(person[f"{field}_concept_id"].dropna())
+        concept_ids |= distinct(person[f"{field}_concept_id"])
     concept_names = _concept_names(tables, concept_ids, counts)
     names = {
-        kind: {
-            c: concept_names[c]
-            for c in set(codes.loc[codes["kind"] == kind, "code"])
-            if c in concept_names
-        }
+        kind: {c: concept_names[c] for c in codes_of[kind] if c in concept_names}
         for kind in KINDS
     }
     if drug_level != "concept":
@@ -125,6 +122,11 @@ def read_omop(tables: OmopTables, drug_level: str = "concept") -> RawCohort:
         inputs=list(tables.inputs),
         time_kind=time_kind,
     )
+
+
+def distinct(values: pd.Series) -> set[str]:
+    """The distinct non-missing values (unique first: iterating Arrow strings is slow)."""
+    return {str(v) for v in values.dropna().unique()}
 
 
 def _events(tables: OmopTables, kind: str, counts: dict[str, Any]) -> pd.DataFrame:
@@ -163,7 +165,7 @@ def _visits(
             visit_id=ids(occurrence["visit_occurrence_id"]),
             person_id=ids(occurrence["person_id"]),
         ).drop_duplicates("visit_id", keep="first")
-        with_events = occurrence["visit_id"].isin(named["visit_id"])
+        with_events = isin(occurrence["visit_id"], named["visit_id"])
         counts["visit_occurrence_rows"] = int(len(occurrence))
         counts["visit_occurrence_rows_without_events"] = int((~with_events).sum())
         occurrence = occurrence[with_events]
@@ -179,14 +181,16 @@ def _visits(
             "time": start.values,
         }
     )
-    without_row = named[~named["visit_id"].isin(occurrence["visit_id"])]
+    without_row = named[~isin(named["visit_id"], occurrence["visit_id"])]
     counts["visits_without_visit_occurrence_row"] = int(len(without_row))
-    from_events = _earliest_event(events, set(without_row["visit_id"]), tables.description)
+    from_events = _earliest_event(events, distinct(without_row["visit_id"]), tables.description)
     undated = pd.DataFrame(
         {
             "patient_id": without_row["person_id"].values,
             "visit_id": without_row["visit_id"].values,
-            "time": without_row["visit_id"].map(from_events.values).values,
+            "time": pd.to_datetime(
+                from_events.values.reindex(without_row["visit_id"].astype(str)).values
+            ),
         }
     )
     counts["visits_dated_from_events"] = int(undated["time"].notna().sum())
@@ -197,10 +201,8 @@ def _visits(
         (named_person[common] != person_of[common]).fillna(False).sum()
     )
     visits = pd.concat([dated, undated], ignore_index=True)
-    kinds = {start.kind, from_events.kind} if len(undated) else {start.kind}
-    time_kind = "date" if kinds == {"date"} else "datetime"
     visits["time"] = pd.to_datetime(visits["time"])
-    return visits, time_kind
+    return visits, date_or_datetime(visits["time"])
 
 
 def _start(frame: pd.DataFrame, datetime_column: str, date_column: str, where: str) -> VisitTimes:
@@ -233,7 +235,7 @@ def _earliest_event(
         return VisitTimes(pd.Series(dtype="datetime64[ns]"), "date")
     starts, kinds = [], set()
     for kind, rows in events.items():
-        of_visits = rows[rows["visit_id"].isin(visit_ids)]
+        of_visits = rows[isin(rows["visit_id"], visit_ids)]
         table, _, start_datetime, start_date = EVENT_TABLES[kind]
         frame = of_visits.rename(
             columns={"start_datetime": start_datetime, "start_date": start_date}
@@ -249,7 +251,7 @@ def _roll_up(
     tables: OmopTables, drugs: pd.DataFrame, level: str, counts: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Drug rows -> one row per (row, ingredient or ATC3 class) through concept_ancestor."""
-    drug_ids = set(drugs["code"].dropna())
+    drug_ids = distinct(drugs["code"])
     ancestry = tables.read(
         "concept_ancestor",
         ["ancestor_concept_id", "descendant_concept_id"],
@@ -266,7 +268,7 @@ def _roll_up(
     concepts = tables.read(
         "concept",
         ["concept_id", "concept_name", "vocabulary_id", "concept_class_id", "concept_code"],
-        where=("concept_id", set(pairs["ancestor"].dropna())),
+        where=("concept_id", distinct(pairs["ancestor"])),
     )
     concepts = concepts.assign(concept_id=ids(concepts["concept_id"]))
     vocabulary = concepts["vocabulary_id"].astype("string").str.strip()
@@ -291,7 +293,7 @@ def _roll_up(
     )
     per_row = rolled["row"].value_counts()
     counts[f"drug_exposure_rows_without_{level}"] = int(len(numbered) - len(per_row))
-    counts[f"drug_concepts_without_{level}"] = int(len(drug_ids - set(links["descendant"])))
+    counts[f"drug_concepts_without_{level}"] = int(len(drug_ids - distinct(links["descendant"])))
     counts[f"drug_exposure_rows_with_several_{level}"] = int((per_row > 1).sum())
     rolled = rolled.sort_values("row", kind="stable").assign(code=lambda f: f["target"])
     names = dict(zip(targets["target"].astype(str), targets["name"].astype(str), strict=True))
@@ -314,7 +316,7 @@ def _concept_names(
             "name": concepts["concept_name"].astype("string").str.strip(),
         }
     ).dropna()
-    counts["concepts_without_name"] = int(len(concept_ids - set(named["id"])))
+    counts["concepts_without_name"] = int(len(concept_ids - distinct(named["id"])))
     return dict(zip(named["id"].astype(str), named["name"].astype(str), strict=True))
 
 
@@ -334,8 +336,9 @@ def _person(tables: OmopTables) -> pd.DataFrame:
             frame[column].astype("string").str.strip() if column in frame.columns else pd.NA
         )
     year = pd.to_numeric(frame["year_of_birth"], errors="coerce")
-    month = pd.to_numeric(frame.get("month_of_birth"), errors="coerce")
-    day = pd.to_numeric(frame.get("day_of_birth"), errors="coerce")
+    absent = pd.Series(pd.NA, index=frame.index, dtype="Float64")
+    month = pd.to_numeric(frame.get("month_of_birth", absent), errors="coerce")
+    day = pd.to_numeric(frame.get("day_of_birth", absent), errors="coerce")
     built = pd.to_datetime(
         pd.DataFrame({"year": year, "month": month.fillna(1), "day": day.fillna(1)}),
         errors="coerce",

@@ -41,7 +41,9 @@ def ids(values: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return pd.to_numeric(values, errors="coerce").round().astype("Int64").astype("string")
     text = values.astype("string").str.strip()
-    text = text.str.replace(r"^(-?\d+)\.0*$", r"\1", regex=True)
+    dotted = text.str.contains(".", regex=False).fillna(False).astype(bool)
+    if dotted.any():  # '17.0' from a float export: only those rows pay for the pattern
+        text[dotted] = text[dotted].str.replace(r"^(-?\d+)\.0*$", r"\1", regex=True)
     return text.mask(text == "")
 
 
