@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from leader.data.tables import find_table
 from leader.errors import LeaderError
+from leader.optional import require
 
 CHUNK_ROWS = 200_000  # rows per database fetch
 IN_LIST = 5_000  # ids per IN (...) list
@@ -179,19 +180,17 @@ class DatabaseTables(OmopTables):
     """Tables of a database, through SQLAlchemy (``pip install 'leader[omop]'``)."""
 
     def __init__(self, url: str, schema: str | None = None) -> None:
-        try:
-            import sqlalchemy as sa
-        except ImportError as exc:
-            raise LeaderError(
-                "--db needs SQLAlchemy and a database driver: pip install 'leader[omop]'"
-            ) from exc
+        require("sqlalchemy", "omop", "prepare omop --db")
+        import sqlalchemy as sa
+
         self._sa = sa
         try:
             self.engine = sa.create_engine(url)
-        except sa.exc.NoSuchModuleError as exc:
+        except (sa.exc.NoSuchModuleError, ImportError) as exc:
             raise LeaderError(
-                f"--db {url.split(':', 1)[0]}: no SQLAlchemy driver for this database; "
-                "for PostgreSQL: pip install 'leader[omop]' and a postgresql+psycopg:// URL"
+                f"--db {url.split(':', 1)[0]}: no SQLAlchemy driver for this database "
+                f"({_first(exc)}); for PostgreSQL: pip install 'leader[omop]' and a "
+                "postgresql+psycopg:// URL"
             ) from exc
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise LeaderError(
