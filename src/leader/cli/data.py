@@ -263,7 +263,7 @@ def prepare_events_command(
     seed: Seed = 42,
     samples: Samples = "all",
 ) -> None:
-    """Generic event table (eICU, OMOP extracts, your hospital) -> dataset directory."""
+    """Generic event table (your hospital, a Synthea or FHIR export) -> dataset directory."""
     from leader.data.prepare import prepare_events
 
     options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)

@@ -1,4 +1,4 @@
-"""Generic event table -> :class:`RawCohort` (eICU, OMOP extracts, a hospital's own data).
+"""Generic event table -> :class:`RawCohort` (a hospital's own data, Synthea or FHIR exports).
 
 One row per code occurrence: ``patient_id, visit_id, visit_time, kind, code`` and an
 optional ``name``; ``kind`` is ``diagnosis``, ``procedure`` or ``medication``. Visits are
