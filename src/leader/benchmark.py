@@ -1,63 +1,94 @@
-"""``leader benchmark``: every model on one dataset, one results folder.
+"""``leader benchmark``: every model on one dataset under one protocol, one results folder.
 
-For each model and seed: train on the train split (early stopping on val PRAUC), score the
-test split, and evaluate with the DESIGN.md metrics on the whole test set, single-visit and
-multi-visit samples (each on the full group and on 10 rounds of a random 80%). Results are
-pooled over seeds and rounds: mean and std of all ``seeds x rounds`` values.
+The protocol (issue 13), the same for every model: train on the train split (each model's
+own early stopping on validation PRAUC), score the validation and test splits, choose the
+decision threshold maximising validation Jaccard (:func:`leader.metrics.best_threshold`),
+then score the test split at threshold 0.5 *and* at that threshold with
+:func:`leader.evaluate.evaluate_probabilities` (whole test set, single-visit and multi-visit
+samples, 10 rounds of a random 80%). Every model, LEADER(S) included, runs ``seeds`` times.
+Cells are mean ± std over seeds x rounds; with ``folds=K`` (patient-level K-fold
+cross-validation, validation carved from each training part) over the K folds of each
+fold's whole test part (averaged over seeds). Each model's per-sample PRAUC (averaged over
+seeds) is compared with the best model's by a paired sign-flip permutation test
+(:mod:`leader.results`).
 
 Models are the registry's baselines plus ``leader_s`` (the student, trained here, or loaded
-from ``student_run``) and ``leader_t`` (the teacher, scored from an existing features file).
-A model that fails is reported with its reason and the run goes on.
+from ``student_run``) and ``leader_t`` (the teacher, scored from a features file). A
+student run or features file whose drug vocabulary or split differs from the dataset's is
+refused (it would misalign drug columns or leak test patients). SafeDrug and MoleRec read
+the dataset's molecules (``molecules.json``, or the shipped ``atc3_smiles.csv`` of an ATC3
+dataset); drugs without one go without their molecule part unless
+``allow_missing_molecules`` is off. A model that cannot run (LEADER(T) without features) is
+listed as not run; one that fails is listed with its reason; the run goes on.
 
 The folder: ``results.md`` / ``results.csv`` / ``results.json`` (tables), ``prauc.png``,
-``jaccard_ddi.png``, ``benchmark.json`` (resolved options), ``runs/<model>/seed<k>/`` (saved
-model, ``train.log``, ``result.json``). With ``resume=True`` finished runs are reused.
+``jaccard_ddi.png``, ``benchmark.json`` (resolved options), ``runs/<model>/[fold<k>/]seed<s>/``
+(saved model, ``train.log``, ``result.json``), ``folds/fold<k>/`` (each fold's dataset). With
+``resume=True`` finished runs are reused.
 
 >>> run_benchmark("data/mimic3", "results/mimic3", BenchmarkConfig(models=["lr"]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import math
+import re
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leader.config import replace
+from leader.config import option, replace
 from leader.data.store import Sample, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
-from leader.metrics import METRICS, best_threshold, evaluate_groups
+from leader.evaluate import evaluate_probabilities, fold_dataset, fold_splits
+from leader.metrics import METRICS, best_threshold, per_sample_prauc
+from leader.results import (
+    GROUP_TITLES,
+    PERMUTATIONS,
+    RULES,
+    Row,
+    compare_to_best,
+    markdown_rows,
+    mean_std,
+    pooled,
+    write_csv,
+)
 
-GROUPS: tuple[str, ...] = ("all", "single_visit", "multi_visit")
-GROUP_TITLES = {
-    "all": "All test samples",
-    "single_visit": "Single-visit (first-time) samples",
-    "multi_visit": "Multi-visit samples",
-}
+GROUPS: tuple[str, ...] = tuple(GROUP_TITLES)
 LEADER_MODELS: tuple[str, ...] = ("leader_s", "leader_t")
-TABLE_METRICS: tuple[str, ...] = ("prauc", "jaccard", "f1", "ddi_rate", "avg_med")
+EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("parameters", "parameters"),
+    ("train_seconds", "train s"),
+    ("patients_per_second", "patients/s"),
+)
+ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
 
 
 @dataclass
 class BenchmarkConfig:
-    models: list[str] = field(default_factory=lambda: ["all"])  # names, or "all"
-    seeds: int = 3  # training seeds per model (42, 43, ...)
-    epochs: int | None = None  # override every trained model's epoch limit
-    threshold: float = 0.5  # decision threshold for every model
-    tune_thresholds: bool = False  # pick each model's threshold on validation Jaccard instead
-    rounds: int = 10  # evaluation rounds of a random 80% of the test samples
-    smiles: str | None = None  # atc3_smiles.csv-format file for SafeDrug / MoleRec
-    allow_missing_molecules: bool = False  # molecule models: drugs without SMILES get none
-    teacher_features: str | None = None  # LEADER(T) probabilities (+ hidden for distillation)
-    student_run: str | None = None  # evaluate this LEADER(S) run instead of training one
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    resume: bool = False  # reuse runs/<model>/seed<k>/result.json from an earlier run
+    models: list[str] = option(factory=lambda: ["all"], help="model names, or 'all'")
+    seeds: int = option(3, "training seeds per model (42, 43, ...), LEADER(S) included")
+    folds: int = option(0, "patient-level K-fold cross-validation (0 = the dataset's split)")
+    epochs: int | None = option(None, "override every trained model's epoch limit")
+    rounds: int = option(10, "evaluation rounds of a random 80% of the test samples")
+    smiles: str | None = option(None, "atc3,smiles CSV (default: the dataset's molecules)")
+    allow_missing_molecules: bool = option(
+        True, "molecule models: drugs without SMILES go without their molecule part"
+    )
+    teacher_features: str | None = option(None, "LEADER(T) probabilities (+ hidden states)")
+    student_run: str | None = option(None, "evaluate this LEADER(S) run instead of training")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    resume: bool = option(False, "reuse runs/.../result.json from an earlier run")
+
+
+class NotRun(LeaderError):
+    """A model that cannot run with what was given (listed as 'not run', not failed)."""
 
 
 def resolve_models(requested: Sequence[str]) -> list[str]:
@@ -80,15 +111,144 @@ def resolve_models(requested: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# ------------------------------------------------------------------------ inputs checked
+
+
+def check_student_run(run: Path, dataset: VisitDataset) -> None:
+    """Refuse a student run trained on another drug vocabulary or another split."""
+    vocab_file, splits_file = run / "vocab.json", run / "splits.json"
+    for file in (vocab_file, splits_file):
+        if not file.exists():
+            raise LeaderError(
+                f"--student-run {run}: no {file.name}; cannot check it was trained on this "
+                "dataset's drugs and split (train it again with `leader student train`)"
+            )
+    codes = json.loads(vocab_file.read_text(encoding="utf-8"))["medication"]["codes"]
+    _same_drugs(codes, dataset, f"--student-run {vocab_file}")
+    splits = json.loads(splits_file.read_text(encoding="utf-8"))
+    seen = set(splits.get("train", [])) | set(splits.get("val", []))
+    leaked = [p for p in dataset.splits.get("test", []) if p in seen]
+    if leaked:
+        raise LeaderError(
+            f"--student-run {splits_file}: {len(leaked)} of this dataset's test patients were "
+            f"in the run's training or validation split (first: {', '.join(leaked[:5])}); "
+            "its scores would leak. Train the student on this dataset"
+        )
+    if any(sorted(splits.get(k, [])) != sorted(v) for k, v in dataset.splits.items()):
+        raise LeaderError(
+            f"--student-run {splits_file}: the run's patient split differs from the dataset's "
+            "splits.json; train the student on this dataset"
+        )
+
+
+def check_teacher_features(path: Path, dataset: VisitDataset) -> None:
+    """Refuse a features file of another drug vocabulary or predicted under another split."""
+    from leader.teacher.features import read_features
+
+    _, metadata = read_features(path)
+    if "medication_codes" in metadata:
+        codes = list(metadata["medication_codes"])
+        if sorted(codes) != sorted(dataset.vocab.codes["medication"]):
+            _same_drugs(codes, dataset, f"--teacher-features {path}")
+    split_of = {p: split for split, patients in dataset.splits.items() for p in patients}
+    moved = [
+        (sample_id, recorded, split_of[sample_id.split(":", 1)[0]])
+        for sample_id, recorded in zip(
+            metadata.get("sample_ids", []), metadata.get("splits", []), strict=False
+        )
+        if sample_id.split(":", 1)[0] in split_of
+        and recorded != split_of[sample_id.split(":", 1)[0]]
+    ]
+    if moved:
+        sample_id, recorded, now = moved[0]
+        raise LeaderError(
+            f"--teacher-features {path}: {len(moved)} samples were in another split when the "
+            f"teacher predicted them (first: {sample_id} was {recorded!r}, is {now!r} here); "
+            "a teacher trained on another split leaks test patients. Train and predict the "
+            "teacher on this dataset"
+        )
+
+
+def _same_drugs(codes: Sequence[str], dataset: VisitDataset, source: str) -> None:
+    ours = dataset.vocab.codes["medication"]
+    if list(codes) == list(ours):
+        return
+    extra = sorted(set(codes) - set(ours))
+    lacking = sorted(set(ours) - set(codes))
+    detail = (
+        f"{len(extra)} codes not in the dataset (first: {', '.join(extra[:5]) or '-'}), "
+        f"{len(lacking)} dataset codes missing (first: {', '.join(lacking[:5]) or '-'})"
+        if extra or lacking
+        else "same codes in another order"
+    )
+    raise LeaderError(
+        f"{source}: its drug vocabulary ({len(codes)} codes) differs from the dataset's "
+        f"({len(ours)}): {detail}; drug columns would not line up. Use a run made on this "
+        "dataset"
+    )
+
+
+# ------------------------------------------------------------------------ molecules
+
+
+@dataclass
+class Molecules:
+    file: Path | None  # atc3,smiles CSV handed to SafeDrug / MoleRec
+    source: str  # where the SMILES came from, for the table's notes
+    missing: list[str]  # drugs with no parsable SMILES
+
+
+def find_molecules(dataset: VisitDataset, config: BenchmarkConfig, out: Path) -> Molecules:
+    """--smiles, else the dataset's molecules.json, else the shipped atc3_smiles.csv of the
+    resources folder the dataset was prepared from (ATC3 drug vocabularies)."""
+    drugs = dataset.vocab.codes["medication"]
+    if config.smiles:
+        file, source = Path(config.smiles), config.smiles
+    elif dataset.molecules:
+        file = out / "molecules.csv"
+        _write_smiles_csv(file, dataset.molecules)
+        source = f"the dataset's molecules.json (from {dataset.molecule_source})"
+    else:
+        resources = dataset.manifest.get("options", {}).get("resources")
+        shipped = Path(resources) / "atc3_smiles.csv" if resources else None
+        if shipped is None or not shipped.is_file() or not all(ATC3.match(d) for d in drugs):
+            return Molecules(None, "none", [])
+        file, source = shipped, f"{shipped} (ATC3 drug vocabulary)"
+    return Molecules(file, source, _unparsable(drugs, file))
+
+
+def _write_smiles_csv(path: Path, molecules: dict[str, list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["atc3", "smiles"])
+        writer.writerows((drug, smiles) for drug, all_ in molecules.items() for smiles in all_)
+    tmp.replace(path)
+
+
+def _unparsable(drugs: Sequence[str], file: Path) -> list[str]:
+    """Drugs without one RDKit-parsable SMILES in ``file`` ([] when RDKit is absent: the
+    molecule models then fail with their own message)."""
+    try:
+        from leader.baselines.molecules import read_smiles, require_rdkit
+
+        chem = require_rdkit()
+        by_drug = read_smiles(file, "benchmark")
+    except LeaderError:
+        return []
+    return [d for d in drugs if not any(chem.MolFromSmiles(s) for s in by_drug.get(d, []))]
+
+
 # ------------------------------------------------------------------------ one model run
 
 
 @dataclass
 class Scored:
-    """A trained model's output on the test split."""
+    """A trained model's output on the validation and test splits."""
 
-    probabilities: np.ndarray  # (test samples, drugs)
-    threshold: float
+    test: np.ndarray  # (test samples, drugs)
+    val: np.ndarray | None  # None: no validation scores (LEADER(T) file without val rows)
     parameters: int | None
     train_seconds: float | None
     predict_seconds: float | None  # None when nothing ran (scores read from a file)
@@ -99,31 +259,39 @@ def _train_baseline(
     seed: int,
     dataset: VisitDataset,
     config: BenchmarkConfig,
+    molecules: Molecules,
     run_dir: Path,
     log: Callable[[str], None],
 ) -> Scored:
-    from leader.baselines.registry import create
+    from leader.baselines.registry import MOLECULE_MODELS, create
 
     overrides: dict[str, Any] = {"seed": seed, "threads": config.threads}
     if config.epochs is not None:
         overrides["epochs"] = config.epochs
-    if config.smiles is not None:
-        overrides["smiles"] = config.smiles
-    overrides["allow_missing_molecules"] = config.allow_missing_molecules
+    if name in MOLECULE_MODELS:
+        if molecules.file is None:
+            raise LeaderError(
+                f"{name} reads molecules: the dataset records none; prepare it with --smiles "
+                "FILE or give `leader benchmark --smiles FILE`"
+            )
+        overrides["smiles"] = str(molecules.file)
+        overrides["allow_missing_molecules"] = config.allow_missing_molecules
     model = create(name, **overrides)
     started = time.perf_counter()
     model.fit(dataset, log=log)  # type: ignore[call-arg]
     train_seconds = time.perf_counter() - started
     model.save_pretrained(run_dir / "model")
-    test = dataset.samples("test")
     started = time.perf_counter()
-    probabilities = model.predict_proba(test)
+    test = model.predict_proba(dataset.samples("test"))
     predict_seconds = time.perf_counter() - started
-    threshold = config.threshold
-    if config.tune_thresholds and dataset.samples("val"):
-        val = dataset.samples("val")
-        threshold = best_threshold(dataset.targets(val), model.predict_proba(val))
-    return Scored(probabilities, threshold, model.num_parameters(), train_seconds, predict_seconds)
+    val = dataset.samples("val")
+    return Scored(
+        test,
+        model.predict_proba(val) if val else None,
+        model.num_parameters(),
+        train_seconds,
+        predict_seconds,
+    )
 
 
 def _student(
@@ -134,7 +302,7 @@ def _student(
     log: Callable[[str], None],
 ) -> Scored:
     try:
-        from leader.models import load_deployed
+        from leader.models import load
         from leader.student import StudentConfig, train_student
     except ImportError as exc:
         raise LeaderError(
@@ -149,20 +317,26 @@ def _student(
         changes: dict[str, Any] = {"seed": seed, "threads": config.threads}
         if config.epochs is not None:
             changes["epochs"] = config.epochs
-        student_config = replace(
-            StudentConfig(), choose_threshold=config.tune_thresholds, **changes
-        )
+        student_config = replace(StudentConfig(), **changes)
+        # Teacher features belong to the dataset's own split: not used on re-split folds.
         features = Path(config.teacher_features) if config.teacher_features else None
+        if config.folds:
+            features = None
         started = time.perf_counter()
         source = train_student(dataset.path, run_dir / "model", student_config, features, log=log)
         train_seconds = time.perf_counter() - started
-    model = load_deployed(source)
-    test = dataset.samples("test")
+    model = load(source)
     started = time.perf_counter()
-    probabilities = model.predict_proba(test)
+    test = model.predict_proba(dataset.samples("test"))
     predict_seconds = time.perf_counter() - started
-    threshold = float(model.threshold) if config.tune_thresholds else config.threshold
-    return Scored(probabilities, threshold, model.num_parameters(), train_seconds, predict_seconds)
+    val = dataset.samples("val")
+    return Scored(
+        test,
+        model.predict_proba(val) if val else None,
+        model.num_parameters(),
+        train_seconds,
+        predict_seconds,
+    )
 
 
 def read_teacher_probabilities(
@@ -199,25 +373,21 @@ def read_teacher_probabilities(
 
 
 def _teacher(dataset: VisitDataset, config: BenchmarkConfig) -> Scored:
+    if config.folds:
+        raise NotRun("not run: teacher features belong to the dataset's split, --folds re-splits")
     if not config.teacher_features:
-        raise LeaderError("LEADER(T) needs --teacher-features FILE (from `leader teacher predict`)")
+        raise NotRun("not run: no teacher features (give --teacher-features FILE)")
     path = Path(config.teacher_features)
-    test = dataset.samples("test")
     codes = dataset.vocab.codes["medication"]
-    probabilities = read_teacher_probabilities(path, test, codes)
-    drugs = len(codes)
-    if probabilities.shape[1] != drugs:
-        raise LeaderError(f"{path}: {probabilities.shape[1]} drug columns, dataset has {drugs}")
-    threshold = config.threshold
-    if config.tune_thresholds:
-        val = dataset.samples("val")
-        try:
-            val_probabilities = read_teacher_probabilities(path, val, codes)
-            threshold = best_threshold(dataset.targets(val), val_probabilities)
-        except LeaderError:
-            pass  # no validation rows in the file: keep the fixed threshold
+    test = read_teacher_probabilities(path, dataset.samples("test"), codes)
+    if test.shape[1] != len(codes):
+        raise LeaderError(f"{path}: {test.shape[1]} drug columns, dataset has {len(codes)}")
+    try:
+        val: np.ndarray | None = read_teacher_probabilities(path, dataset.samples("val"), codes)
+    except LeaderError:
+        val = None  # no validation rows in the file: no validation-threshold row
     # Scored from a file: the teacher's training and inference costs are not measured here.
-    return Scored(probabilities, threshold, None, None, None)
+    return Scored(test, val, None, None, None)
 
 
 def run_one(
@@ -226,6 +396,8 @@ def run_one(
     dataset: VisitDataset,
     config: BenchmarkConfig,
     run_dir: Path,
+    molecules: Molecules | None = None,
+    fold: int | None = None,
 ) -> dict[str, Any]:
     """Train/score/evaluate one model with one seed; never raises for a model's failure."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,58 +407,82 @@ def run_one(
         log_file.write(message + "\n")
         log_file.flush()
 
+    head: dict[str, Any] = {"model": name, "seed": seed, "fold": fold}
     try:
         if name == "leader_s":
+            if config.student_run and config.folds:
+                raise NotRun(
+                    "not run: a given --student-run belongs to one split, --folds re-splits"
+                )
             scored = _student(seed, dataset, config, run_dir, log)
         elif name == "leader_t":
             scored = _teacher(dataset, config)
         else:
-            scored = _train_baseline(name, seed, dataset, config, run_dir, log)
-        test = dataset.samples("test")
-        groups = evaluate_groups(
-            dataset.targets(test),
-            scored.probabilities,
-            [s.is_single_visit for s in test],
-            scored.threshold,
-            dataset.ddi_matrix(),
-            n_rounds=config.rounds,
-            seed=seed,
-        )
-        result: dict[str, Any] = {
-            "model": name,
-            "seed": seed,
-            "status": "ok",
-            "threshold": scored.threshold,
-            "parameters": scored.parameters,
-            "train_seconds": scored.train_seconds,
-            "predict_seconds": scored.predict_seconds,
-            "patients_per_second": len(test) / scored.predict_seconds
-            if scored.predict_seconds
-            else None,
-            "groups": groups,
-        }
+            scored = _train_baseline(
+                name, seed, dataset, config, molecules or Molecules(None, "none", []), run_dir, log
+            )
+        result = {"status": "ok", **head, **_score(scored, dataset, config, seed)}
+    except NotRun as exc:
+        result = {"status": "not_run", **head, "reason": str(exc).removeprefix("not run: ")}
     except Exception as exc:  # a failing model is reported, the benchmark goes on
         log(traceback.format_exc())
         reason = str(exc) if isinstance(exc, LeaderError) else f"{type(exc).__name__}: {exc}"
-        result = {"model": name, "seed": seed, "status": "failed", "reason": reason}
+        result = {"status": "failed", **head, "reason": reason}
     finally:
         log_file.close()
     write_json_atomic(run_dir / "result.json", result)
     return result
 
 
+def _score(
+    scored: Scored, dataset: VisitDataset, config: BenchmarkConfig, seed: int
+) -> dict[str, Any]:
+    """The one protocol: the validation threshold, then ``evaluate_probabilities``."""
+    test, val = dataset.samples("test"), dataset.samples("val")
+    y_true = dataset.targets(test)
+    threshold = best_threshold(dataset.targets(val), scored.val) if scored.val is not None else None
+    evaluated = evaluate_probabilities(
+        y_true,
+        scored.test,
+        [s.is_single_visit for s in test],
+        dataset.ddi_matrix(),
+        threshold if threshold is not None else 0.5,
+        config.rounds,
+        seed,
+    )
+    if threshold is None:
+        evaluated["results"]["at_validation"] = None
+        evaluated["thresholds"]["validation"] = None
+    return {
+        "thresholds": evaluated["thresholds"],
+        "results": evaluated["results"],
+        "parameters": scored.parameters,
+        "train_seconds": scored.train_seconds,
+        "predict_seconds": scored.predict_seconds,
+        "patients_per_second": len(test) / scored.predict_seconds
+        if scored.predict_seconds
+        else None,
+        "per_sample": {
+            "sample_ids": [s.sample_id for s in test],
+            "single_visit": [s.is_single_visit for s in test],
+            "prauc": per_sample_prauc(y_true, scored.test).tolist(),
+        },
+    }
+
+
 # ------------------------------------------------------------------------ aggregation
 
 
-def _pooled(runs: list[dict[str, Any]], group: str, metric: str) -> dict[str, float] | None:
-    """Mean and std over all seeds x rounds values, from each seed's round mean and std."""
-    stats = [r["groups"][group]["rounds"] for r in runs if r["groups"][group]["rounds"]]
-    if not stats:
+def _cell(ok: list[dict[str, Any]], rule: str, group: str, metric: str, folds: bool) -> Any:
+    scored = [r for r in ok if r["results"].get(rule) and r["results"][rule][group]["rounds"]]
+    if not scored:
         return None
-    means = np.array([s[metric]["mean"] for s in stats])
-    stds = np.array([s[metric]["std"] for s in stats])
-    # Equal rounds per seed: total variance = mean within-seed variance + variance of means.
-    return {"mean": float(means.mean()), "std": float(math.sqrt(np.mean(stds**2) + means.var()))}
+    if not folds:  # mean ± std over seeds x rounds
+        return pooled([r["results"][rule][group]["rounds"][metric] for r in scored])
+    per_fold: dict[int, list[float]] = {}  # each fold's whole test part, mean over seeds
+    for r in scored:
+        per_fold.setdefault(r["fold"], []).append(r["results"][rule][group]["metrics"][metric])
+    return mean_std(float(np.mean(v)) for v in per_fold.values())
 
 
 def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -294,107 +490,193 @@ def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def aggregate(results: list[dict[str, Any]], models: Sequence[str]) -> dict[str, Any]:
+def aggregate(
+    results: list[dict[str, Any]], models: Sequence[str], folds: int = 0
+) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for name in models:
         runs = [r for r in results if r["model"] == name]
         ok = [r for r in runs if r["status"] == "ok"]
         if not ok:
+            status = "not_run" if any(r["status"] == "not_run" for r in runs) else "failed"
             reasons = sorted({r.get("reason", "") for r in runs})
-            table[name] = {"status": "failed", "reason": "; ".join(reasons) or "not run"}
+            table[name] = {"status": status, "reason": "; ".join(reasons) or "not run"}
             continue
+        first_of_fold = {r["fold"]: r for r in reversed(ok)}.values()
         entry: dict[str, Any] = {
             "status": "ok",
-            "seeds": [r["seed"] for r in ok],
-            "failed_seeds": [r["seed"] for r in runs if r["status"] != "ok"],
-            "threshold": _mean_of(ok, "threshold"),
+            "seeds": sorted({r["seed"] for r in ok}),
+            "folds": sorted({r["fold"] for r in ok if r["fold"] is not None}),
+            "failed_runs": [
+                {"seed": r["seed"], "fold": r["fold"], "reason": r.get("reason", "")}
+                for r in runs
+                if r["status"] != "ok"
+            ],
+            "thresholds": {
+                "at_0.5": 0.5,
+                "at_validation": _mean_of([{"t": r["thresholds"]["validation"]} for r in ok], "t"),
+            },
             "parameters": ok[0]["parameters"],
             "train_seconds": _mean_of(ok, "train_seconds"),
             "patients_per_second": _mean_of(ok, "patients_per_second"),
-            "groups": {},
+            "results": {},
         }
-        for group in GROUPS:
-            samples = ok[0]["groups"][group]["samples"]
-            entry["groups"][group] = {
-                "samples": samples,
-                **({m: _pooled(ok, group, m) for m in METRICS} if samples else {}),
-            }
+        for rule in RULES:
+            entry["results"][rule] = {}
+            for group in GROUPS:
+                samples = sum(r["results"]["at_0.5"][group]["samples"] for r in first_of_fold)
+                cells = (
+                    {m: _cell(ok, rule, group, m, bool(folds)) for m in METRICS} if samples else {}
+                )
+                entry["results"][rule][group] = {"samples": samples, **cells}
+        entry["per_sample"] = _mean_per_sample(ok)
         table[name] = entry
     return table
+
+
+def _mean_per_sample(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-sample PRAUC averaged over seeds (folds' test parts are disjoint: concatenated)."""
+    values: dict[str, list[float]] = {}
+    single: dict[str, bool] = {}
+    for r in ok:
+        part = r["per_sample"]
+        for sample_id, flag, prauc in zip(
+            part["sample_ids"], part["single_visit"], part["prauc"], strict=True
+        ):
+            values.setdefault(sample_id, []).append(prauc)
+            single[sample_id] = flag
+    ids = sorted(values)
+    return {
+        "sample_ids": ids,
+        "single_visit": [single[i] for i in ids],
+        "prauc": [float(np.mean(values[i])) for i in ids],
+    }
+
+
+def table_rows(table: dict[str, Any]) -> dict[str, list[Row]]:
+    """Rows per group: each model at 0.5 and at its validation threshold, with its p-value
+    against the group's best model (per-sample PRAUC, paired permutation test)."""
+    ok = {n: e for n, e in table.items() if e["status"] == "ok"}
+    rows: dict[str, list[Row]] = {}
+    for group in GROUPS:
+        per_sample = {}
+        for name, entry in ok.items():
+            part = entry["per_sample"]
+            keep = [
+                i
+                for i, flag in enumerate(part["single_visit"])
+                if group == "all" or flag == (group == "single_visit")
+            ]
+            per_sample[name] = (
+                [part["sample_ids"][i] for i in keep],
+                np.array([part["prauc"][i] for i in keep]),
+            )
+        common = set.intersection(*(set(ids) for ids, _ in per_sample.values())) if ok else set()
+        aligned = {
+            name: np.array([v for i, v in zip(ids, values, strict=True) if i in common])
+            for name, (ids, values) in per_sample.items()
+        }
+        best, p_values = compare_to_best(aligned)
+        rows[group] = []
+        for name, entry in ok.items():
+            if not entry["results"]["at_0.5"][group]["samples"]:
+                continue
+            extra = {key: entry[key] for key, _ in EXTRA_COLUMNS}
+            for rule, label in RULES.items():
+                cells = entry["results"][rule][group]
+                if not any(cells.get(m) for m in METRICS):
+                    continue
+                rows[group].append(
+                    Row(
+                        model=name,
+                        rule=label,
+                        threshold=entry["thresholds"][rule],
+                        group=group,
+                        samples=cells["samples"],
+                        cells={m: cells.get(m) for m in METRICS},
+                        seeds=len(entry["seeds"]),
+                        p_value=p_values.get(name),
+                        best=name == best,
+                        extra=extra,
+                    )
+                )
+    return rows
 
 
 # ------------------------------------------------------------------------ writing
 
 
-def _cell(value: dict[str, float] | None) -> str:
-    return "-" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f}"
+def protocol_text(
+    dataset: VisitDataset, name: str, config: BenchmarkConfig, molecules: Molecules
+) -> str:
+    """The table's header: what was run and how each cell was computed."""
+    if config.folds:
+        split = (
+            f"patient-level {config.folds}-fold cross-validation over "
+            f"{sum(len(v) for v in dataset.splits.values())} patients (validation carved from "
+            "each training part, seed 42); cells: mean ± std over the folds of each fold's "
+            "whole test part (averaged over seeds)"
+        )
+    else:
+        split = (
+            f"the dataset's split ({len(dataset.samples('test'))} test samples); cells: mean "
+            f"± std over seeds x {config.rounds} rounds of a random 80% of the test samples"
+        )
+    return (
+        f"# Benchmark: {name}\n\n"
+        f"**Protocol.** {split}. Seeds: {config.seeds} per trained model (42..."
+        f"{41 + config.seeds}; a given run or features file counts once). Every model is "
+        "scored at threshold 0.5 and at the threshold maximising validation Jaccard "
+        "(grid 0.05..0.95, chosen per seed and fold; rows `validation (t)`, t its mean). "
+        "p: two-sided paired sign-flip permutation test "
+        f"({PERMUTATIONS:,} permutations, exact for up to 13 samples) of each model's "
+        "per-sample PRAUC (averaged over seeds) against the group's best model (bold). "
+        f"Drugs: {dataset.vocab.size('medication')}; DDI source: {dataset.ddi_source}; "
+        f"patients: {dataset.stats.get('patients', '?')}; molecules: {molecules.source}."
+    )
 
 
-def _number(value: float | int | None, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,}" if isinstance(value, int) else f"{value:,.{digits}f}"
+def notes(table: dict[str, Any], config: BenchmarkConfig, molecules: Molecules) -> list[str]:
+    from leader.baselines.registry import MOLECULE_MODELS
+
+    out = []
+    ran = [n for n in MOLECULE_MODELS if table.get(n, {}).get("status") == "ok"]
+    if molecules.missing and ran and config.allow_missing_molecules:
+        out.append(
+            f"{', '.join(sorted(ran))}: {len(molecules.missing)} drugs have no parsable SMILES "
+            f"({', '.join(molecules.missing)}); their molecule part is left out "
+            "(`--strict-molecules` makes this an error)."
+        )
+    student = table.get("leader_s", {})
+    if student.get("status") == "ok" and config.teacher_features and config.folds:
+        out.append("leader_s: trained without distillation (teacher features belong to one split).")
+    if student.get("status") == "ok" and config.student_run:
+        out.append(f"leader_s: scored from the given run {config.student_run} (one seed).")
+    for name, entry in table.items():
+        if entry["status"] == "ok" and entry["failed_runs"]:
+            out.append(f"{name}: {len(entry['failed_runs'])} runs failed; cells over the rest.")
+    return out
 
 
-def write_markdown(path: Path, table: dict[str, Any], header: str) -> None:
+def write_markdown(
+    path: Path, table: dict[str, Any], rows: dict[str, list[Row]], header: str, notes_: list[str]
+) -> None:
     lines = [header, ""]
     for group in GROUPS:
         lines += [f"## {GROUP_TITLES[group]}", ""]
-        lines.append(
-            "| model | samples | "
-            + " | ".join(TABLE_METRICS)
-            + " | parameters | train s | patients/s |"
-        )
-        lines.append("|---" * (len(TABLE_METRICS) + 5) + "|")
-        for name, entry in table.items():
-            if entry["status"] != "ok":
-                continue
-            g = entry["groups"][group]
-            cells = [_cell(g.get(m)) for m in TABLE_METRICS]
-            lines.append(
-                f"| {name} | {g['samples']} | "
-                + " | ".join(cells)
-                + f" | {_number(entry['parameters'])} | {_number(entry['train_seconds'])}"
-                + f" | {_number(entry['patients_per_second'], 0)} |"
-            )
+        lines += markdown_rows(rows[group], extra_columns=EXTRA_COLUMNS)
         lines.append("")
-    failed = {n: e for n, e in table.items() if e["status"] != "ok"}
-    if failed:
-        lines += ["## Failed", ""]
-        lines += [f"- **{name}**: {entry['reason']}" for name, entry in failed.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
-def write_csv(path: Path, table: dict[str, Any]) -> None:
-    import csv
-
-    columns = ["model", "status", "group", "samples"]
-    for metric in METRICS:
-        columns += [f"{metric}_mean", f"{metric}_std"]
-    columns += ["threshold", "parameters", "train_seconds", "patients_per_second", "reason"]
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for name, entry in table.items():
-            if entry["status"] != "ok":
-                writer.writerow({"model": name, "status": "failed", "reason": entry["reason"]})
-                continue
-            for group in GROUPS:
-                g = entry["groups"][group]
-                row: dict[str, Any] = {
-                    "model": name,
-                    "status": "ok",
-                    "group": group,
-                    "samples": g["samples"],
-                }
-                for metric in METRICS:
-                    value = g.get(metric)
-                    row[f"{metric}_mean"] = value["mean"] if value else ""
-                    row[f"{metric}_std"] = value["std"] if value else ""
-                for key in ("threshold", "parameters", "train_seconds", "patients_per_second"):
-                    row[key] = entry[key] if entry[key] is not None else ""
-                writer.writerow(row)
+    if notes_:
+        lines += ["## Notes", "", *(f"- {note}" for note in notes_), ""]
+    for status, title in (("not_run", "Not run"), ("failed", "Failed")):
+        listed = {n: e for n, e in table.items() if e["status"] == status}
+        if listed:
+            lines += [f"## {title}", ""]
+            lines += [f"- **{name}**: {entry['reason']}" for name, entry in listed.items()]
+            lines.append("")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)
 
 
 def write_plots(out: Path, table: dict[str, Any]) -> None:
@@ -407,9 +689,13 @@ def write_plots(out: Path, table: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = {n: e for n, e in table.items() if e["status"] == "ok" and e["groups"]["all"]["samples"]}
+    ok = {
+        n: e["results"]
+        for n, e in table.items()
+        if e["status"] == "ok" and e["results"]["at_0.5"]["all"]["samples"]
+    }
     names = list(ok)
-    prauc = [ok[n]["groups"]["all"]["prauc"] for n in names]
+    prauc = [ok[n]["at_0.5"]["all"]["prauc"] for n in names]
     figure, axes = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 1.5), 3.5))
     axes.bar(names, [p["mean"] for p in prauc], yerr=[p["std"] for p in prauc], capsize=3)
     axes.set_ylabel("PRAUC (test, mean ± std)")
@@ -421,19 +707,17 @@ def write_plots(out: Path, table: dict[str, Any]) -> None:
 
     figure, axes = plt.subplots(figsize=(5, 4))
     for name in names:
-        jaccard, ddi = ok[name]["groups"]["all"]["jaccard"], ok[name]["groups"]["all"]["ddi_rate"]
+        rule = "at_validation" if ok[name]["at_validation"]["all"].get("jaccard") else "at_0.5"
+        jaccard, ddi = ok[name][rule]["all"]["jaccard"], ok[name][rule]["all"]["ddi_rate"]
         axes.errorbar(
             ddi["mean"], jaccard["mean"], xerr=ddi["std"], yerr=jaccard["std"], fmt="o", capsize=2
         )
         axes.annotate(
-            name,
-            (ddi["mean"], jaccard["mean"]),
-            fontsize=8,
-            xytext=(3, 3),
+            name, (ddi["mean"], jaccard["mean"]), fontsize=8, xytext=(3, 3),
             textcoords="offset points",
-        )
+        )  # fmt: skip
     axes.set_xlabel("DDI rate (lower is safer)")
-    axes.set_ylabel("Jaccard")
+    axes.set_ylabel("Jaccard (validation threshold)")
     figure.tight_layout()
     figure.savefig(out / "jaccard_ddi.png", dpi=120)
     plt.close(figure)
@@ -442,18 +726,34 @@ def write_plots(out: Path, table: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------ entry point
 
 
+def _units(
+    dataset: VisitDataset, config: BenchmarkConfig, out: Path
+) -> list[tuple[int | None, VisitDataset]]:
+    """(fold, dataset) pairs: the dataset itself, or one re-split copy per fold."""
+    if not config.folds:
+        return [(None, dataset)]
+    return [
+        (k, fold_dataset(dataset, splits, out / "folds" / f"fold{k}"))
+        for k, splits in enumerate(fold_splits(dataset, config.folds))
+    ]
+
+
 def run_benchmark(
     dataset_dir: str | Path,
     out_dir: str | Path,
     config: BenchmarkConfig,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every requested model x seed, write the results folder, return the table."""
+    """Run every requested model x fold x seed, write the results folder, return the table."""
     if config.seeds < 1:
         raise LeaderError("--seeds must be at least 1")
     dataset = VisitDataset.load(dataset_dir)
-    if not dataset.samples("test"):
+    if not dataset.samples("test") and not config.folds:
         raise LeaderError(f"{dataset_dir}: the test split has no samples; nothing to evaluate")
+    if config.student_run:
+        check_student_run(Path(config.student_run), dataset)
+    if config.teacher_features:
+        check_teacher_features(Path(config.teacher_features), dataset)
     models = resolve_models(config.models)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -461,41 +761,72 @@ def run_benchmark(
         out / "benchmark.json",
         {"dataset": str(Path(dataset_dir).resolve()), "models": models, **asdict(config)},
     )
+    molecules = find_molecules(dataset, config, out)
+    units = _units(dataset, config, out)
     results: list[dict[str, Any]] = []
     for name in models:
         # Scoring from a file or a given run has no seed to vary.
         once = name == "leader_t" or (name == "leader_s" and config.student_run)
-        for seed in [42] if once else range(42, 42 + config.seeds):
-            run_dir = out / "runs" / name / f"seed{seed}"
-            cached = run_dir / "result.json"
-            if config.resume and cached.exists():
-                result = json.loads(cached.read_text(encoding="utf-8"))
-            else:
-                result = run_one(name, seed, dataset, config, run_dir)
-            results.append(result)
-            if result["status"] == "ok":
-                m = result["groups"]["all"]["metrics"]
-                log(
-                    f"{name} seed {seed}: PRAUC {m['prauc']:.4f} Jaccard {m['jaccard']:.4f} "
-                    f"F1 {m['f1']:.4f} DDI {m['ddi_rate']:.4f}"
-                )
-            else:
-                log(f"{name} seed {seed}: FAILED: {result['reason']}")
-                break  # the other seeds would fail the same way
-    table = aggregate(results, models)
-    stats = dataset.stats
-    header = (
-        f"# Benchmark: {Path(dataset_dir).name}\n\n"
-        f"Test samples: {len(dataset.samples('test'))}; seeds: {config.seeds}; rounds: "
-        f"{config.rounds} x 80%; threshold: "
-        f"{'tuned on validation Jaccard' if config.tune_thresholds else config.threshold}; "
-        f"drugs: {dataset.vocab.size('medication')}; DDI source: {dataset.ddi_source}; "
-        f"patients: {stats.get('patients', '?')}. Cells: mean ± std over seeds x rounds."
-    )
+        results += _run_model(name, [42] if once else list(range(42, 42 + config.seeds)),
+                              units, config, molecules, out, log)  # fmt: skip
+    table = aggregate(results, models, config.folds)
+    rows = table_rows(table)
+    header = protocol_text(dataset, Path(dataset_dir).name, config, molecules)
+    notes_ = notes(table, config, molecules)
     write_json_atomic(
-        out / "results.json", {"config": asdict(config), "models": table, "runs": results}
+        out / "results.json",
+        {
+            "config": asdict(config),
+            "protocol": header,
+            "notes": notes_,
+            "models": table,
+            "runs": [{k: v for k, v in r.items() if k != "per_sample"} for r in results],
+        },
     )
-    write_markdown(out / "results.md", table, header)
-    write_csv(out / "results.csv", table)
+    write_markdown(out / "results.md", table, rows, header, notes_)
+    others = [
+        {"model": n, "status": e["status"].replace("_", " "), "reason": e["reason"]}
+        for n, e in table.items()
+        if e["status"] != "ok"
+    ]
+    write_csv(
+        out / "results.csv",
+        [row for group in GROUPS for row in rows[group]],
+        others,
+        [key for key, _ in EXTRA_COLUMNS],
+    )
     write_plots(out, table)
     return table
+
+
+def _run_model(
+    name: str,
+    seeds: list[int],
+    units: list[tuple[int | None, VisitDataset]],
+    config: BenchmarkConfig,
+    molecules: Molecules,
+    out: Path,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    results = []
+    for fold, data in units:
+        for seed in seeds:
+            where = (
+                out / "runs" / name / (f"fold{fold}" if fold is not None else "") / f"seed{seed}"
+            )
+            cached = where / "result.json"
+            result = json.loads(cached.read_text(encoding="utf-8")) if cached.exists() else {}
+            if not (config.resume and ("per_sample" in result or result.get("status") == "failed")):
+                result = run_one(name, seed, data, config, where, molecules, fold)
+            results.append(result)
+            label = f"{name} {'' if fold is None else f'fold {fold} '}seed {seed}"
+            if result["status"] == "ok":
+                m = result["results"]["at_0.5"]["all"]["metrics"]
+                log(
+                    f"{label}: PRAUC {m['prauc']:.4f} Jaccard@0.5 {m['jaccard']:.4f} "
+                    f"validation threshold {result['thresholds']['validation']}"
+                )
+            else:
+                log(f"{label}: {result['status'].upper().replace('_', ' ')}: {result['reason']}")
+                return results  # the other seeds and folds would fail the same way
+    return results

@@ -6,12 +6,18 @@ rounds of a random 80% (mean and std); a DDI-safe row (``leader.safety``) at the
 threshold; and efficiency: parameters, single-patient latency and batch throughput on
 this CPU. Works for student runs and saved baselines (``leader.baselines.registry``).
 
+``evaluate_probabilities`` is the one scoring function of every model (``leader
+benchmark`` uses it too). ``evaluate_folds``: patient-level K-fold cross-validation (issue
+13): the run's model retrained on each fold with its own config, mean ± std over folds.
+
 >>> report = evaluate_run(Path("runs/student"), Path("data/mimic3"))      # doctest: +SKIP
 >>> report["results"]["at_validation"]["all"]["rounds"]["prauc"]["mean"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import statistics
 import time
@@ -23,7 +29,7 @@ import numpy as np
 
 from leader.data.store import Sample, VisitDataset
 from leader.errors import LeaderError
-from leader.metrics import best_threshold, compute, evaluate_groups
+from leader.metrics import METRICS, best_threshold, compute, evaluate_groups
 
 
 def evaluate_probabilities(
@@ -161,11 +167,11 @@ def format_table(report: dict[str, Any]) -> str:
     for key, label in (("at_0.5", "0.5"), ("at_validation", "validation")):
         value = report["thresholds"]["default" if key == "at_0.5" else "validation"]
         for group, result in report["results"][key].items():
-            if result["rounds"] is None:
+            stats = result["rounds"] or result.get("folds")  # folds: mean ± std over folds
+            if stats is None:
                 continue
             cells = "".join(
-                f"{result['rounds'][m]['mean']:>10.4f}±{result['rounds'][m]['std']:<6.4f}"
-                for m in ROW_METRICS
+                f"{stats[m]['mean']:>10.4f}±{stats[m]['std']:<6.4f}" for m in ROW_METRICS
             )
             lines.append(f"{label + f' ({value:g})':<12}{group:<14}{result['samples']:>6}  {cells}")
     if "ddi_safe" in report:
@@ -179,3 +185,121 @@ def format_table(report: dict[str, Any]) -> str:
             f"({eff['threads']} threads)"
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ K-fold cross-validation
+
+
+def fold_splits(dataset: VisitDataset, folds: int, seed: int = 42) -> list[dict[str, list[str]]]:
+    """Patient-level K-fold splits: fold k tests on the k-th of K shuffled patient parts and
+    trains on the others, a validation share carved from the training part.
+
+    The validation share is the dataset's own val / (train + val) (0.1 when it has no
+    validation split), at least one patient. Every patient is tested exactly once.
+    """
+    patients = sorted({p for split in dataset.splits.values() for p in split})
+    if folds < 2:
+        raise LeaderError(f"--folds must be at least 2 (got {folds}); 0 keeps the dataset's split")
+    if folds > len(patients):
+        raise LeaderError(f"--folds {folds}: the dataset has only {len(patients)} patients")
+    train, val = len(dataset.splits.get("train", [])), len(dataset.splits.get("val", []))
+    val_share = val / (train + val) if val else 0.1
+    rng = np.random.default_rng(seed)
+    order = [patients[i] for i in rng.permutation(len(patients))]
+    parts = [order[k::folds] for k in range(folds)]
+    out = []
+    for k, test in enumerate(parts):
+        rest = [p for j, part in enumerate(parts) if j != k for p in part]
+        n_val = max(1, int(round(val_share * len(rest))))
+        out.append(
+            {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": sorted(test)}
+        )
+    return out
+
+
+def fold_dataset(dataset: VisitDataset, splits: dict[str, list[str]], folder: Path) -> VisitDataset:
+    """The dataset with ``splits``, written to ``folder`` (models that read a directory)."""
+    fold = dataclasses.replace(dataset, splits=splits, path=None)
+    fold.manifest = {**dataset.manifest, "folds_of": str(dataset.path)}
+    return VisitDataset.load(fold.save(folder))
+
+
+def _retrain(run_dir: Path, data: VisitDataset, out: Path, seed: int) -> Any:
+    """A fresh model of the run's type and config (``seed`` replaced) trained on ``data``."""
+    from leader.config import replace
+    from leader.models import load, read_header
+
+    name = read_header(run_dir).model_type
+    metrics_file = run_dir / "metrics.json"
+    if name == "leader_s" and metrics_file.exists():
+        if json.loads(metrics_file.read_text(encoding="utf-8")).get("distillation"):
+            raise LeaderError(
+                f"{run_dir}: this student was distilled from teacher features of the dataset's "
+                "own split; K-fold would need a teacher per fold. Evaluate it without --folds, "
+                "or a run trained with --alpha 0"
+            )
+    model = load(run_dir)
+    fresh = type(model)(replace(model.config, seed=seed))
+    fresh.fit(data, out, log=lambda _: None)
+    return fresh
+
+
+def evaluate_folds(
+    run_dir: Path,
+    dataset_dir: Path,
+    folds: int,
+    work_dir: Path,
+    n_rounds: int = 10,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """K-fold cross-validation of a run's model: retrained on each fold with its config.
+
+    Per fold: the threshold chosen on the fold's validation part, the metrics of the fold's
+    test part at 0.5 and at that threshold (``evaluate_probabilities``). Summary: mean ± std
+    over folds of each fold's whole-test-part metrics.
+    """
+    from leader.models import read_header
+    from leader.results import mean_std
+
+    name = read_header(run_dir).model_type
+    dataset = VisitDataset.load(dataset_dir)
+    per_fold = []
+    for k, splits in enumerate(fold_splits(dataset, folds, seed)):
+        data = fold_dataset(dataset, splits, work_dir / f"fold{k}" / "data")
+        fitted = _retrain(Path(run_dir), data, work_dir / f"fold{k}" / "model", seed)
+        val, test = data.samples("val"), data.samples("test")
+        threshold = best_threshold(data.targets(val), fitted.predict_proba(val))
+        y_prob = np.asarray(fitted.predict_proba(test), dtype=np.float64)
+        scored = evaluate_probabilities(
+            data.targets(test), y_prob, [s.is_single_visit for s in test],
+            data.ddi_matrix(), threshold, n_rounds, seed,
+        )  # fmt: skip
+        scored.pop("ddi_safe", None)
+        per_fold.append({"fold": k, "test_patients": len(splits["test"]), **scored})
+    results: dict[str, Any] = {}
+    for rule in ("at_0.5", "at_validation"):
+        results[rule] = {}
+        for group in ("all", "single_visit", "multi_visit"):
+            scored_folds = [f["results"][rule][group] for f in per_fold]
+            with_samples = [g for g in scored_folds if g["metrics"] is not None]
+            results[rule][group] = {
+                "samples": sum(g["samples"] for g in scored_folds),
+                "folds_with_samples": len(with_samples),
+                "metrics": None,
+                "rounds": None,
+                "folds": {m: mean_std(g["metrics"][m] for g in with_samples) for m in METRICS}
+                if with_samples
+                else None,
+            }
+    thresholds = [f["thresholds"]["validation"] for f in per_fold]
+    return {
+        "model": name,
+        "run": str(run_dir),
+        "dataset": str(dataset_dir),
+        "split": f"{folds}-fold cross-validation by patient",
+        "samples": results["at_0.5"]["all"]["samples"],
+        "folds": folds,
+        "thresholds": {"default": 0.5, "validation": float(np.mean(thresholds))},
+        "results": results,
+        "per_fold": per_fold,
+    }

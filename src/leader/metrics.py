@@ -186,3 +186,9 @@ def best_threshold(
     grid = np.asarray(candidates if candidates is not None else np.arange(0.05, 0.96, 0.05))
     scores = [compute(y_true, y_prob, float(t))[metric] for t in grid]
     return float(round(grid[int(np.argmax(scores))], 4))
+
+
+def per_sample_prauc(y_true: Any, y_prob: Any) -> np.ndarray:
+    """Each sample's PRAUC (the values ``compute`` averages), for paired tests between models."""
+    truth, prob = _as_arrays(y_true, y_prob)
+    return np.array([average_precision(t, p) for t, p in zip(truth, prob, strict=True)])

@@ -75,21 +75,29 @@ def benchmark(
     epochs: Annotated[
         int | None, typer.Option(help="Override every trained model's epoch limit.")
     ] = None,
-    threshold: Annotated[float, typer.Option(help="Decision threshold for every model.")] = 0.5,
-    tune_thresholds: Annotated[
-        bool, typer.Option(help="Pick each model's threshold on validation Jaccard instead.")
-    ] = False,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="Patient-level K-fold cross-validation (validation carved from each training "
+            "part), mean ± std over folds; 0 = the dataset's own split."
+        ),
+    ] = 0,
     rounds: Annotated[int, typer.Option(help="Rounds of a random 80% of the test set.")] = 10,
     smiles: Annotated[
         Path | None,
         typer.Option(
-            help="atc3,smiles CSV for SafeDrug / MoleRec (e.g. resources/atc3_smiles.csv)."
+            help="atc3,smiles CSV for SafeDrug / MoleRec (default: the dataset's molecules, "
+            "from `leader prepare --smiles` or the shipped atc3_smiles.csv for ATC3 drugs)."
         ),
     ] = None,
     allow_missing_molecules: Annotated[
         bool,
-        typer.Option(help="Molecule models: let drugs without SMILES go without (else an error)."),
-    ] = False,
+        typer.Option(
+            "--allow-missing-molecules/--strict-molecules",
+            help="Molecule models: drugs without SMILES go without their molecule part "
+            "(said in the table's notes), or --strict-molecules: an error.",
+        ),
+    ] = True,
     teacher_features: Annotated[
         Path | None,
         typer.Option(
@@ -105,15 +113,18 @@ def benchmark(
         bool, typer.Option(help="Reuse finished runs in the results folder.")
     ] = False,
 ) -> None:
-    """Train and evaluate baselines and LEADER on one dataset; write tables and plots."""
+    """Every model on one dataset under one protocol; write tables and plots.
+
+    Each model at threshold 0.5 and at the threshold chosen on validation, mean ± std over
+    seeds x rounds (or folds), a paired permutation test against the best model.
+    """
     from leader.benchmark import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig(
         models=[models],
         seeds=seeds,
         epochs=epochs,
-        threshold=threshold,
-        tune_thresholds=tune_thresholds,
+        folds=folds,
         rounds=rounds,
         smiles=str(smiles) if smiles else None,
         allow_missing_molecules=allow_missing_molecules,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +36,15 @@ MinVisits = Annotated[int, typer.Option(help="Drop patients with fewer kept visi
 Split = Annotated[str, typer.Option(help="Train:val:test shares by patient, e.g. 8:1:1.")]
 Seed = Annotated[int, typer.Option(help="Seed of the patient shuffle.")]
 Samples = Annotated[str, typer.Option(help="Default samples: 'all' visits or 'last' only.")]
+Smiles = Annotated[
+    Path | None,
+    typer.Option(
+        help="CSV drug,smiles (columns atc3 or drug, and smiles): the molecules of the "
+        "vocabulary's drugs are stored in the dataset for SafeDrug / MoleRec (MIMIC: "
+        "RESOURCES/atc3_smiles.csv is used when the drugs are ATC3 classes)."
+    ),
+]
+ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
 
 
 # Reader counters that record rows or visits set aside, printed after the funnel.
@@ -80,12 +91,59 @@ def _cohort_options(
     }
 
 
-def _run(kind: str, out: Path, call: Any) -> None:
+def read_smiles_table(path: Path) -> dict[str, list[str]]:
+    """drug -> SMILES strings (file order) from a CSV with columns atc3 (or drug) and smiles."""
+    from leader.errors import LeaderError
+
+    if not path.is_file():
+        raise LeaderError(f"{path}: no such SMILES file (expected columns atc3,smiles)")
+    out: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        key = "atc3" if "atc3" in columns else "drug"
+        if key not in columns or "smiles" not in columns:
+            raise LeaderError(
+                f"{path}: columns atc3 (or drug) and smiles needed (found: {', '.join(columns)})"
+            )
+        for row in reader:
+            drug, smiles = (row[key] or "").strip(), (row["smiles"] or "").strip()
+            if drug and smiles:
+                out.setdefault(drug, []).append(smiles)
+    return out
+
+
+def molecule_file(dataset: Any, smiles: Path | None, resources: Path | None) -> Path | None:
+    """--smiles, else RESOURCES/atc3_smiles.csv when every drug code is an ATC3 class."""
+    if smiles is not None:
+        return smiles
+    drugs = dataset.vocab.codes["medication"]
+    shipped = resources / "atc3_smiles.csv" if resources is not None else None
+    if shipped is not None and shipped.is_file() and drugs and all(ATC3.match(d) for d in drugs):
+        return shipped
+    return None
+
+
+def _run(
+    kind: str,
+    out: Path,
+    call: Any,
+    smiles: Path | None = None,
+    resources: Path | None = None,
+) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
     with console.status(f"prepare {kind}") as status:
         dataset = call(lambda step: status.update(f"prepare {kind}: {step}"))
+    source = molecule_file(dataset, smiles, resources)
+    if source is not None:
+        dataset.set_molecules(read_smiles_table(source), str(source))
+        drugs = dataset.vocab.size("medication")
+        console.print(
+            f"molecules: {len(dataset.molecules)} of {drugs} drugs have SMILES in {source} "
+            f"(stored in {out / 'molecules.json'})"
+        )
     print_summary(dataset.stats, out)
 
 
@@ -165,6 +223,7 @@ def prepare_mimic3_command(
     split: Split = "8:1:1",
     seed: Seed = 42,
     samples: Samples = "all",
+    smiles: Smiles = None,
 ) -> None:
     """MIMIC-III (full release or the demo) -> dataset directory."""
     from leader.data.prepare import prepare_mimic3
@@ -186,6 +245,8 @@ def prepare_mimic3_command(
             progress=progress,
             **options,
         ),
+        smiles,
+        resources,
     )
 
 
@@ -212,6 +273,7 @@ def prepare_mimic4_command(
     split: Split = "8:1:1",
     seed: Seed = 42,
     samples: Samples = "all",
+    smiles: Smiles = None,
 ) -> None:
     """MIMIC-IV v2.x hosp/ module -> dataset directory (ICD-9 and ICD-10 kept apart)."""
     from leader.data.prepare import prepare_mimic4
@@ -234,6 +296,8 @@ def prepare_mimic4_command(
             progress=progress,
             **options,
         ),
+        smiles,
+        resources,
     )
 
 
@@ -262,6 +326,7 @@ def prepare_events_command(
     split: Split = "8:1:1",
     seed: Seed = 42,
     samples: Samples = "all",
+    smiles: Smiles = None,
 ) -> None:
     """Generic event table (your hospital, a Synthea or FHIR export) -> dataset directory."""
     from leader.data.prepare import prepare_events
@@ -282,6 +347,7 @@ def prepare_events_command(
             progress=progress,
             **options,
         ),
+        smiles,
     )
 
 

@@ -21,15 +21,30 @@ def evaluate(
     efficiency: Annotated[
         bool, typer.Option(help="Measure latency and throughput on this CPU.")
     ] = True,
+    folds: Annotated[
+        int,
+        typer.Option(
+            help="K-fold cross-validation by patient: retrain the run's model (same config) "
+            "on each fold, mean ± std over folds (writes RUN/evaluation-folds.json)."
+        ),
+    ] = 0,
 ) -> None:
     """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed.
 
     Whole test set, single- and multi-visit samples, 10 rounds of 80% (mean, std);
     parameters, single-patient latency, batch throughput. Writes RUN/evaluation.json.
+    With --folds K: K-fold cross-validation instead (RUN/folds/ holds each fold's work).
     """
-    from leader.evaluate import evaluate_run, format_table
+    from leader.evaluate import evaluate_folds, evaluate_run, format_table
     from leader.io import write_json_atomic
 
+    if folds:
+        report = evaluate_folds(run, dataset, folds, run / "folds")
+        target = out or run / "evaluation-folds.json"
+        write_json_atomic(target, report)
+        typer.echo(format_table(report))
+        typer.echo(f"wrote {target}")
+        return
     report = evaluate_run(run, dataset, split=split, efficiency=efficiency)
     target = out or run / "evaluation.json"
     write_json_atomic(target, report)

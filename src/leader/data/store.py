@@ -2,6 +2,8 @@
 
 Layout (DESIGN.md): ``visits.parquet``, ``profiles.parquet``, ``vocab.json``,
 ``splits.json``, ``ddi.json``, ``stats.json``, ``manifest.json``. All open formats.
+Optional: ``molecules.json`` (``{"source": ..., "smiles": {drug: [SMILES, ...]}}``), the
+molecules of the vocabulary's drugs for SafeDrug / MoleRec (``leader prepare --smiles``).
 
 >>> ds = VisitDataset.load("data/mimic3")                     # doctest: +SKIP
 >>> train = ds.samples("train")                                # doctest: +SKIP
@@ -47,6 +49,7 @@ FILES = (
     "stats.json",
     "manifest.json",
 )
+MOLECULES_FILE = "molecules.json"  # optional
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ class VisitDataset:
     stats: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    molecules: dict[str, list[str]] = field(default_factory=dict)  # drug -> SMILES
+    molecule_source: str | None = None  # the file the SMILES came from
 
     # ---------------------------------------------------------------- reading / writing
     @classmethod
@@ -176,6 +181,7 @@ class VisitDataset:
         profiles = pq.read_table(root / "profiles.parquet").to_pandas()
         profiles["patient_id"] = profiles["patient_id"].astype(str)
         ddi = _read_json(root / "ddi.json")
+        molecules = _read_json(root / MOLECULES_FILE) if (root / MOLECULES_FILE).exists() else {}
         return cls(
             visits=visits,
             profiles=profiles,
@@ -186,6 +192,8 @@ class VisitDataset:
             stats=_read_json(root / "stats.json"),
             manifest=_read_json(root / "manifest.json"),
             path=root,
+            molecules={str(k): [str(s) for s in v] for k, v in molecules.get("smiles", {}).items()},
+            molecule_source=molecules.get("source"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -202,8 +210,21 @@ class VisitDataset:
             )
             write_json(tmp / "stats.json", self.stats)
             write_json(tmp / "manifest.json", self.manifest)
+            if self.molecules:
+                write_json(tmp / MOLECULES_FILE, self.molecules_json())
         self.path = root
         return root
+
+    def molecules_json(self) -> dict[str, Any]:
+        return {"source": self.molecule_source, "smiles": self.molecules}
+
+    def set_molecules(self, smiles_by_drug: dict[str, list[str]], source: str) -> None:
+        """Keep the SMILES of the vocabulary's drugs; write them when the dataset is on disk."""
+        drugs = self.vocab.codes["medication"]
+        self.molecules = {d: list(smiles_by_drug[d]) for d in drugs if smiles_by_drug.get(d)}
+        self.molecule_source = source
+        if self.path is not None:
+            write_json_atomic(self.path / MOLECULES_FILE, self.molecules_json())
 
     # ---------------------------------------------------------------- derived views
     @property
