@@ -97,6 +97,49 @@ def test_evaluate_cli_writes_json(tiny_dataset: VisitDataset, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "evaluation.json").read_text())
     assert "efficiency" not in report and report["split"] == "test"
+    # K-fold: the run's student retrained on each fold with its config (not distilled).
+    result = runner.invoke(
+        app,
+        ["evaluate", "--run", str(tmp_path / "r"), "--dataset", str(tiny_dataset.path),
+         "--folds", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "evaluation-folds.json").read_text())
+    assert report["folds"] == 2 and len(report["per_fold"]) == 2
+    assert report["results"]["at_validation"]["all"]["samples"] == 9
+    assert "2-fold cross-validation" in result.output
+
+
+def test_evaluate_folds_of_a_baseline(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    from leader.baselines.floors import Popularity
+    from leader.evaluate import evaluate_folds
+
+    assert tiny_dataset.path is not None
+    Popularity().fit(tiny_dataset).save_pretrained(tmp_path / "pop")
+    report = evaluate_folds(tmp_path / "pop", tiny_dataset.path, 3, tmp_path / "work", n_rounds=2)
+    tested = [f["test_patients"] for f in report["per_fold"]]
+    assert sum(tested) == 6 and len(tested) == 3  # every patient tested once
+    folds = [f["results"]["at_0.5"]["all"]["metrics"]["prauc"] for f in report["per_fold"]]
+    summary = report["results"]["at_0.5"]["all"]["folds"]["prauc"]
+    assert summary["mean"] == pytest.approx(np.mean(folds))
+    assert summary["std"] == pytest.approx(np.std(folds))
+    table = format_table(report)
+    assert table.startswith("popularity on 3-fold cross-validation by patient (9 samples)")
+    assert len([line for line in table.splitlines() if "all" in line]) == 2  # 0.5, validation
+
+
+def test_evaluate_folds_refuses_a_distilled_student(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    from leader.errors import LeaderError
+    from leader.evaluate import evaluate_folds
+
+    assert tiny_dataset.path is not None
+    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(**SMALL))
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "distillation": True}))
+    with pytest.raises(LeaderError, match="teacher per fold"):
+        evaluate_folds(run, tiny_dataset.path, 2, tmp_path / "work")
 
 
 def test_evaluate_a_saved_baseline(tiny_dataset: VisitDataset, tmp_path: Path) -> None:

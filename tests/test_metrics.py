@@ -85,3 +85,13 @@ def test_best_threshold_prefers_separating_cut() -> None:
     truth = np.array([[1, 1, 0, 0]] * 5)
     prob = np.array([[0.35, 0.4, 0.2, 0.1]] * 5)
     assert metrics.best_threshold(truth, prob) == pytest.approx(0.25)
+
+
+def test_per_sample_prauc_averages_to_prauc() -> None:
+    rng = np.random.default_rng(3)
+    y_true = rng.random((20, 6)) < 0.4
+    y_prob = rng.random((20, 6))
+    values = metrics.per_sample_prauc(y_true, y_prob)
+    assert values.shape == (20,)
+    assert values.mean() == pytest.approx(metrics.compute(y_true, y_prob)["prauc"])
+    assert metrics.per_sample_prauc([[1, 0]], [[0.9, 0.1]])[0] == 1.0
