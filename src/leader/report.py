@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from leader.io import write_json_atomic
+from leader.results import METRIC_COLUMNS, RULES, Row, markdown_rows
 
 LABELS: dict[str, str] = {
     "teacher": "LEADER(T)",
@@ -26,39 +27,31 @@ GROUPS: dict[str, str] = {
     "single_visit": "single-visit",
     "multi_visit": "multi-visit",
 }
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("prauc", "PRAUC"),
-    ("jaccard", "Jaccard"),
-    ("f1", "F1"),
-    ("ddi_rate", "DDI rate"),
-    ("avg_med", "#MED"),
-)
-
-
-def _cell(rounds: dict[str, Any], metric: str) -> str:
-    return f"{rounds[metric]['mean']:.4f} ± {rounds[metric]['std']:.4f}"
+COLUMNS = METRIC_COLUMNS  # the table model of leader.results (shared with the benchmark)
 
 
 def metrics_table(results: dict[str, Any], key: str) -> list[str]:
     """Markdown rows: one per model and group, rounds mean ± std, at one threshold."""
-    lines = [
-        "| model | samples | threshold | " + " | ".join(label for _, label in COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMNS),
-    ]
+    rows = []
     for group, group_label in GROUPS.items():
         for name, label in LABELS.items():
             if name not in results:
                 continue
             report = results[name]
             result = report["results"][key][group]
-            threshold = report["thresholds"]["default" if key == "at_0.5" else "validation"]
             if result["rounds"] is None:
                 continue
-            cells = " | ".join(_cell(result["rounds"], m) for m, _ in COLUMNS)
-            lines.append(
-                f"| {label} ({group_label}) | {result['samples']} | {threshold:g} | {cells} |"
+            rows.append(
+                Row(
+                    model=f"{label} ({group_label})",
+                    rule=RULES[key],
+                    threshold=report["thresholds"]["default" if key == "at_0.5" else "validation"],
+                    group=group,
+                    samples=result["samples"],
+                    cells={m: result["rounds"][m] for m, _ in COLUMNS},
+                )
             )
-    return lines
+    return markdown_rows(rows, significance=False)
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -151,8 +151,11 @@ def markdown_rows(
     significance: bool = True,
     extra_columns: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """A Markdown table of ``rows`` (one group or several: the group is not a column)."""
-    head = ["model", "threshold", "samples", "seeds", *(label for _, label in METRIC_COLUMNS)]
+    """A Markdown table of ``rows`` (one group or several: the group is not a column); a
+    seeds column when any row has a seed count."""
+    seeds = any(row.seeds is not None for row in rows)
+    head = ["model", "threshold", "samples", *(["seeds"] if seeds else [])]
+    head += [label for _, label in METRIC_COLUMNS]
     if significance:
         head.append("p (PRAUC vs best)")
     head += [label for _, label in extra_columns]
@@ -162,7 +165,7 @@ def markdown_rows(
             f"**{row.model}**" if row.best else row.model,
             row.rule_label,
             str(row.samples),
-            "-" if row.seeds is None else str(row.seeds),
+            *(["-" if row.seeds is None else str(row.seeds)] if seeds else []),
             *(format_stat(row.cells.get(m)) for m, _ in METRIC_COLUMNS),
         ]
         if significance:
