@@ -122,10 +122,12 @@ def evaluate_run(
     samples = dataset.samples(split, mode)  # type: ignore[arg-type]
     if not samples:
         raise LeaderError(f"{dataset_dir}: the {split} split has no samples to evaluate")
-    threshold = decision.threshold if decision is not None else None
-    if threshold is None:
-        val = dataset.samples("val", mode)  # type: ignore[arg-type]
-        threshold = best_threshold(dataset.targets(val), model.predict_proba(val)) if val else 0.5
+    # The same rule for every model (a stored decision may hold a fixed 0.5).
+    val = dataset.samples("val", mode)  # type: ignore[arg-type]
+    if val:
+        threshold = best_threshold(dataset.targets(val), model.predict_proba(val))
+    else:
+        threshold = decision.threshold if decision is not None else 0.5
     y_true = dataset.targets(samples)
     y_prob = np.asarray(model.predict_proba(samples), dtype=np.float64)
     report: dict[str, Any] = {
