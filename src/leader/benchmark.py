@@ -150,14 +150,19 @@ def check_teacher_features(path: Path, dataset: VisitDataset) -> None:
         codes = list(metadata["medication_codes"])
         if sorted(codes) != sorted(dataset.vocab.codes["medication"]):
             _same_drugs(codes, dataset, f"--teacher-features {path}")
-    split_of = {p: split for split, patients in dataset.splits.items() for p in patients}
+    patient_split = {p: split for split, patients in dataset.splits.items() for p in patients}
+    split_of = {
+        f"{patient}:{visit}": patient_split.get(patient)
+        for patient, visit in zip(
+            dataset.visits["patient_id"], dataset.visits["visit_id"], strict=True
+        )
+    }
     moved = [
-        (sample_id, recorded, split_of[sample_id.split(":", 1)[0]])
+        (sample_id, recorded, split_of[sample_id])
         for sample_id, recorded in zip(
             metadata.get("sample_ids", []), metadata.get("splits", []), strict=False
         )
-        if sample_id.split(":", 1)[0] in split_of
-        and recorded != split_of[sample_id.split(":", 1)[0]]
+        if split_of.get(sample_id) is not None and recorded != split_of[sample_id]
     ]
     if moved:
         sample_id, recorded, now = moved[0]
