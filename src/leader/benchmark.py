@@ -378,10 +378,10 @@ def read_teacher_probabilities(
 
 
 def _teacher(dataset: VisitDataset, config: BenchmarkConfig) -> Scored:
-    if config.folds:
-        raise NotRun("not run: teacher features belong to the dataset's split, --folds re-splits")
     if not config.teacher_features:
         raise NotRun("not run: no teacher features (give --teacher-features FILE)")
+    if config.folds:
+        raise NotRun("not run: teacher features belong to the dataset's split, --folds re-splits")
     path = Path(config.teacher_features)
     codes = dataset.vocab.codes["medication"]
     test = read_teacher_probabilities(path, dataset.samples("test"), codes)
