@@ -124,7 +124,7 @@ def test_evaluate_folds_of_a_baseline(tiny_dataset: VisitDataset, tmp_path: Path
     assert summary["mean"] == pytest.approx(np.mean(folds))
     assert summary["std"] == pytest.approx(np.std(folds))
     table = format_table(report)
-    assert table.startswith("popularity on 3-fold cross-validation by patient (9 samples)")
+    assert table.startswith("popularity on 3-fold cross-validation by patient (9 samples;")
     assert len([line for line in table.splitlines() if "all" in line]) == 2  # 0.5, validation
 
 

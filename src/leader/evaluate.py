@@ -162,11 +162,13 @@ ROW_METRICS: tuple[str, ...] = ("prauc", "jaccard", "f1", "ddi_rate", "avg_med")
 
 def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of the rounds (mean ± std) per threshold and group."""
+    spread = "folds" if "folds" in report else "rounds of 80%"
     lines = [
-        f"{report['model']} on {report['split']} ({report['samples']} samples)",
-        f"{'threshold':<12}{'group':<14}{'n':>6}  " + "".join(f"{m:>17}" for m in ROW_METRICS),
+        f"{report['model']} on {report['split']} ({report['samples']} samples; "
+        f"mean ± std over {spread})",
+        f"{'threshold':<19}{'group':<14}{'n':>6}  " + "".join(f"{m:>17}" for m in ROW_METRICS),
     ]
-    for key, label in (("at_0.5", "0.5"), ("at_validation", "validation")):
+    for key, label in (("at_0.5", "fixed"), ("at_validation", "validation")):
         value = report["thresholds"]["default" if key == "at_0.5" else "validation"]
         for group, result in report["results"][key].items():
             stats = result["rounds"] or result.get("folds")  # folds: mean ± std over folds
@@ -175,7 +177,7 @@ def format_table(report: dict[str, Any]) -> str:
             cells = "".join(
                 f"{stats[m]['mean']:>10.4f}±{stats[m]['std']:<6.4f}" for m in ROW_METRICS
             )
-            lines.append(f"{label + f' ({value:g})':<12}{group:<14}{result['samples']:>6}  {cells}")
+            lines.append(f"{label + f' ({value:g})':<19}{group:<14}{result['samples']:>6}  {cells}")
     if "ddi_safe" in report:
         m = report["ddi_safe"]["metrics"]
         lines.append("DDI-safe selection: " + ", ".join(f"{k} {m[k]:.4f}" for k in ROW_METRICS))
