@@ -135,7 +135,7 @@ def test_evaluate_folds_refuses_a_distilled_student(
     from leader.evaluate import evaluate_folds
 
     assert tiny_dataset.path is not None
-    run = train_student(tiny_dataset.path, tmp_path / "run", StudentConfig(**SMALL))
+    run = train_student(tiny_dataset.path, tmp_path / "run", replace(StudentConfig(), **SMALL))
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "distillation": True}))
     with pytest.raises(LeaderError, match="teacher per fold"):
