@@ -286,3 +286,21 @@ def test_cli_baseline_train(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "test: prauc" in result.output
     assert load(tmp_path / "pv").predict_proba(tiny_dataset.samples("test")).shape == (2, 5)
+
+
+def test_cli_baseline_train_reads_the_datasets_molecules(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    pytest.importorskip("rdkit")
+    from leader.cli import app
+
+    tiny_dataset.set_molecules({d: ["CCO"] for d in ("m1", "m2", "m3", "m4", "m5")}, "fixture")
+    result = CliRunner().invoke(
+        app,
+        ["baseline", "train", "--model", "safedrug", "--dataset", str(tiny_dataset.path),
+         "--out", str(tmp_path / "sd"), "--epochs", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sd" / "molecules.csv").read_text().splitlines()[:2] == [
+        "atc3,smiles", "m1,CCO"
+    ]  # fmt: skip

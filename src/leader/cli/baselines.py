@@ -25,7 +25,8 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epoch limit (neural models).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     smiles: Annotated[
-        Path | None, typer.Option(help="atc3,smiles CSV for SafeDrug / MoleRec.")
+        Path | None,
+        typer.Option(help="atc3,smiles CSV for SafeDrug / MoleRec (default: the dataset's)."),
     ] = None,
     allow_missing_molecules: Annotated[
         bool, typer.Option(help="Molecule models: let drugs without SMILES go without.")
@@ -34,6 +35,8 @@ def train(
 ) -> None:
     """Train one baseline (early stopping on val), save it, print its test metrics."""
     from leader.baselines import create
+    from leader.baselines.registry import MOLECULE_MODELS
+    from leader.benchmark import BenchmarkConfig, find_molecules
     from leader.data.store import VisitDataset
     from leader.metrics import compute
 
@@ -41,10 +44,16 @@ def train(
     overrides: dict[str, object] = {"seed": seed, "threads": threads}
     if epochs is not None:
         overrides["epochs"] = epochs
-    if smiles is not None:
-        overrides["smiles"] = str(smiles)
     overrides["allow_missing_molecules"] = allow_missing_molecules
-    recommender = create(model.lower().replace("-", "_"), **overrides)
+    name = model.lower().replace("-", "_")
+    if name in MOLECULE_MODELS:
+        # --smiles, else the dataset's molecules (written to OUT/molecules.csv), as the
+        # benchmark finds them
+        config = BenchmarkConfig(smiles=str(smiles) if smiles is not None else None)
+        found = find_molecules(data, config, out)
+        if found.file is not None:
+            overrides["smiles"] = str(found.file)
+    recommender = create(name, **overrides)
     recommender.fit(data, log=typer.echo)
     recommender.save_pretrained(out)
     test = data.samples("test")
