@@ -29,8 +29,13 @@ def train(
         typer.Option(help="atc3,smiles CSV for SafeDrug / MoleRec (default: the dataset's)."),
     ] = None,
     allow_missing_molecules: Annotated[
-        bool, typer.Option(help="Molecule models: let drugs without SMILES go without.")
-    ] = False,
+        bool,
+        typer.Option(
+            "--allow-missing-molecules/--strict-molecules",
+            help="Molecule models: drugs without SMILES go without their molecule part, or "
+            "--strict-molecules: an error.",
+        ),
+    ] = True,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = default).")] = 0,
 ) -> None:
     """Train one baseline (early stopping on val), save it, print its test metrics."""
