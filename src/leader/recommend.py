@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +38,9 @@ INPUT_KINDS: tuple[tuple[str, str], ...] = (
 )
 DEFAULT_TOP = 20  # ranked drugs listed per patient (0 = all)
 MAX_BATCH = 1000  # patients per request / per ``{"patients": [...]}`` document
+MAX_PROBLEMS = 10  # schema problems reported per patient (validation stops there)
+MAX_DEPTH = 8  # containers nested in one patient record (the schema needs 4)
+MAX_UNKNOWN_LISTED = 20  # unknown codes listed per result (all are counted)
 
 
 class Predictor(Protocol):
@@ -129,19 +134,43 @@ class InputProblem:
         return f"patient {self.patient}: {self.path}: {self.message}"
 
 
-def validate_patient(record: Any, index: int, limit: int = 10) -> list[InputProblem]:
+def validate_patient(record: Any, index: int, limit: int = MAX_PROBLEMS) -> list[InputProblem]:
     """Schema problems of one patient record (empty when valid), at most ``limit``.
 
     A quick check accepts typical valid records without walking the schema (about 20x
-    faster); anything it does not accept is judged, and explained, by jsonschema.
+    faster); anything it does not accept is judged, and explained, by jsonschema, which
+    stops at the first ``limit`` problems (so the cost is bounded by the record's size,
+    never by its number of errors). Records nested deeper than any valid one are refused
+    before jsonschema sees them (its messages ``repr`` the offending value).
     """
     if _quick_check()(record):
         return []
-    errors = sorted(_validator().iter_errors(record), key=lambda e: list(map(str, e.path)))
+    deep = _too_deep(record, MAX_DEPTH)
+    if deep is not None:
+        return [InputProblem(index, json_path(deep), f"nested deeper than {MAX_DEPTH} levels")]
+    errors = list(islice(_validator().iter_errors(record), limit))
+    errors.sort(key=lambda e: [str(part) for part in e.absolute_path])
     return [
         InputProblem(index, json_path(error.absolute_path), _short(error.message))
-        for error in errors[:limit]
+        for error in errors
     ]
+
+
+def _too_deep(document: Any, limit: int) -> list[str | int] | None:
+    """The path of the first container nested deeper than ``limit`` (None when within it).
+
+    Iterative (a deep document must not exhaust the interpreter's stack) and stops at once.
+    """
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict | list) and len(path) >= limit:
+            return path
+        if isinstance(node, dict):
+            stack.extend((value, [*path, str(key)]) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, [*path, i]) for i, value in enumerate(node))
+    return None
 
 
 @cache
@@ -158,7 +187,11 @@ def _quick_check() -> Callable[[Any], bool]:
     codes = visit["properties"]["diagnoses"]
     code = codes["items"]
     id_len = schema["properties"]["id"]["maxLength"]
+    id_min, id_max = schema["properties"]["id"]["minimum"], schema["properties"]["id"]["maximum"]
     visit_id_len = visit["properties"]["id"]["maxLength"]
+    visit_id = visit["properties"]["id"]
+    if (visit_id["minimum"], visit_id["maximum"]) != (id_min, id_max):
+        raise RuntimeError("patient.schema.json: visit and patient id ranges differ")
     time_len = visit["properties"]["time"]["maxLength"]
     patient_keys = frozenset(schema["properties"])
     visit_keys = frozenset(visit["properties"])
@@ -169,7 +202,7 @@ def _quick_check() -> Callable[[Any], bool]:
 
     def ident(value: Any, longest: int) -> bool:
         if type(value) is int:
-            return True
+            return bool(id_min <= value <= id_max)
         return type(value) is str and len(value) <= longest
 
     def code_list(value: Any) -> bool:
@@ -217,28 +250,113 @@ def _short(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
+# ------------------------------------------------------------------------------- JSON
+class BadJSON(ValueError):
+    """A document that is not strict JSON; ``path`` is where (``$`` for the whole text)."""
+
+    def __init__(self, message: str, path: str = "$") -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadJSON(f"not valid JSON: {name} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# A lone surrogate can only come from a \uD800-\uDFFF escape (raw ones are not UTF-8).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse strict JSON (RFC 8259: UTF-8, no NaN/Infinity) or raise :class:`BadJSON`.
+
+    Everything a hostile text can make Python's parser raise becomes BadJSON: bytes that
+    are not UTF-8, nesting deeper than the parser's recursion limit, integers of more than
+    4,300 digits, and strings holding a lone surrogate (valid JSON, but not encodable
+    text: answering with it would fail), reported with their JSON path.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadJSON(f"not UTF-8 text (byte {exc.start}); send UTF-8 JSON") from None
+    else:
+        text = data
+    try:
+        document = _DECODER.decode(text.removeprefix("\ufeff"))
+    except BadJSON:
+        raise
+    except json.JSONDecodeError as exc:
+        raise BadJSON(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadJSON("not valid JSON here: nested too deeply") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string"
+        raise BadJSON(f"not valid JSON here: {_short(str(exc), 120)}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        where = _lone_surrogate(document)
+        if where is not None:
+            raise BadJSON("a lone UTF-16 surrogate (\\uD800-\\uDFFF) is not text", json_path(where))
+    return document
+
+
+def _lone_surrogate(document: Any) -> list[str | int] | None:
+    """The path of the first string (value or key) holding a lone surrogate, or None."""
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return path
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if _SURROGATE.search(key):
+                    return [*path, key.encode("utf-8", "backslashreplace").decode("ascii")]
+                stack.append((value, [*path, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*path, i]) for i, value in enumerate(node))
+    return None
+
+
 # ------------------------------------------------------------------------------- files
 def read_patients(path: str | os.PathLike[str]) -> list[Any]:
     """Patient records from a JSON file (one patient, a list, or ``{"patients": [...]}``)
-    or a JSONL file (one patient per line). Records are not validated here."""
+    or a JSONL file (one patient per line). Records are not validated here; every
+    problem with the file is a LeaderError naming it (and the line, for JSONL)."""
     file = Path(path)
     if not file.is_file():
         raise LeaderError(f"{file}: no such file; give a JSON or JSONL file of patients")
-    text = file.read_text(encoding="utf-8")
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise LeaderError(
+            f"{file}: cannot be read ({exc.strerror}); check its permissions"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LeaderError(
+            f"{file}: not UTF-8 text (byte {exc.start}); give a UTF-8 JSON or JSONL file"
+        ) from None
     if file.suffix.lower() in (".jsonl", ".ndjson"):
         return _read_jsonl(file, text)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # several JSON documents: treat as JSONL
+        data = loads(text)
+    except BadJSON as exc:
+        if exc.message.startswith("not valid JSON: Extra data"):  # several documents: JSONL
             return _read_jsonl(file, text)
-        raise LeaderError(f"{file}: not valid JSON ({exc}); see `leader recommend --help`") from exc
+        where = "" if exc.path == "$" else f"{exc.path}: "
+        raise LeaderError(f"{file}: {where}{exc.message}; see `leader recommend --help`") from None
     records = split_document(data)
     if records is None:
         raise LeaderError(
             f"{file}: expected a patient object, a list of patients or "
             f'{{"patients": [...]}}; got {type(data).__name__}'
         )
+    if not records:
+        raise LeaderError(f"{file}: no patients in this file")
     return records
 
 
@@ -248,12 +366,32 @@ def _read_jsonl(file: Path, text: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise LeaderError(f"{file}: line {number}: not valid JSON ({exc})") from exc
+            records.append(loads(line))
+        except BadJSON as exc:
+            where = "" if exc.path == "$" else f"{exc.path}: "
+            raise LeaderError(f"{file}: line {number}: {where}{exc.message}") from None
     if not records:
         raise LeaderError(f"{file}: no patients in this file")
     return records
+
+
+def count_codes(records: Sequence[Any]) -> int:
+    """Codes in all visits of all records (any shape; what is not a code list counts 0).
+
+    Costs one step per visit, not per code: the server checks it before validating.
+    """
+    total = 0
+    for record in records:
+        visits = record.get("visits") if isinstance(record, dict) else None
+        if not isinstance(visits, list):
+            continue
+        for visit in visits:
+            if isinstance(visit, dict):
+                for _, key in INPUT_KINDS:
+                    codes = visit.get(key)
+                    if isinstance(codes, list):
+                        total += len(codes)
+    return total
 
 
 def split_document(data: Any) -> list[Any] | None:
@@ -276,7 +414,8 @@ class Prepared:
     index: int
     patient_id: str | int | None
     sample: Sample
-    unknown: list[dict[str, Any]] = field(default_factory=list)
+    unknown: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_UNKNOWN_LISTED
+    unknown_count: int = 0  # every ignored code
 
 
 class Recommender:
@@ -311,6 +450,7 @@ class Recommender:
         if problems:
             raise InvalidInput(problems)
         unknown: list[dict[str, Any]] = []
+        unknown_count = 0
         visits: list[Visit] = []
         last = len(record["visits"]) - 1
         for position, visit in enumerate(record["visits"]):
@@ -322,7 +462,10 @@ class Recommender:
                 given = visit.get(key, [])
                 kept = tuple(c for c in given if c in self.known[kind])
                 if len(kept) != len(given):
+                    unknown_count += len(given) - len(kept)
                     for code in given:
+                        if len(unknown) == MAX_UNKNOWN_LISTED:
+                            break  # counted, not echoed: the answer stays small
                         if code not in self.known[kind]:
                             unknown.append({"visit": position, "kind": kind, "code": code})
                 codes[key] = tuple(dict.fromkeys(kept))
@@ -356,7 +499,7 @@ class Recommender:
             current=visits[-1],
             profile={str(k): str(v) for k, v in record.get("profile", {}).items()},
         )
-        return Prepared(index=index, patient_id=patient_id, sample=sample, unknown=unknown)
+        return Prepared(index, patient_id, sample, unknown, unknown_count)
 
     def prepare_all(self, records: Sequence[Any], strict: bool = False) -> list[Prepared]:
         """All records; collects the problems of every patient before raising."""
@@ -422,6 +565,7 @@ class Recommender:
                 for a, b in pairs
             ],
             "unknown_codes": prepared.unknown,
+            "unknown_count": prepared.unknown_count,
         }
         if ddi_safe:
             withheld = [i for i in order if prob[i] >= self.threshold and not chosen[i]]

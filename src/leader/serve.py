@@ -4,24 +4,44 @@ LEADER (Liu et al., arXiv 2402.02803) distils an LLM into a small student so tha
 recommending is fast enough to serve; this module serves it.
 
 Endpoints: ``POST /v1/recommend`` (one patient, or ``{"patients": [...]}``),
-``GET /v1/health``, ``GET /v1/model``, ``GET /v1/codes`` (search codes by code or name),
-the page at ``/`` and the OpenAPI docs at ``/docs``.
+``GET|HEAD /v1/health``, ``GET /v1/model``, ``GET /v1/codes`` (search codes by code or
+name), the page at ``/`` and the OpenAPI docs at ``/docs``.
 
-Hardening: every request body is read by :class:`Guard` before any parsing and refused
-with 413 beyond ``max_body`` bytes (declared or chunked); an optional bearer token guards
-``/v1/*`` except health (401); bad input gets 422 naming the patient and the JSON path;
-one JSON access-log line per request. The model is loaded once; concurrent requests are
-batched into one ``predict_proba`` call when ``batching`` is on. Nothing is written to
-disk and nothing is unpickled.
+Hardening (issues 6 and 12), in the order a request meets it:
+
+1. the connection: at most ``max_connections`` (beyond: 503 and close); a request head must
+   arrive within ``head_timeout`` seconds (slow or idle clients are closed); keep-alive
+   connections idle ``keep_alive`` seconds are closed (:func:`run`);
+2. :class:`Guard`, before any parsing: without a token the ``Host`` header must name this
+   server (DNS rebinding); the bearer token (scheme case-insensitive, ``compare_digest``)
+   on ``/v1/*`` except health; ``Content-Type: application/json`` on POST (415; a
+   cross-site ``text/plain`` POST needs no preflight); the body read within
+   ``body_timeout`` seconds (408) and ``max_body`` bytes (413, declared or chunked);
+3. the body (:class:`RecommendService`): strict JSON (:func:`leader.recommend.loads`),
+   at most ``max_batch`` patients and ``max_codes`` codes per request (413), validation
+   that stops at the first problems, unknown codes counted but listed only up to 20;
+   bodies over ``INLINE_BODY`` bytes and answers over ``INLINE_PATIENTS`` patients are
+   worked on a worker thread, so the event loop (and ``/v1/health``) stays responsive;
+4. every error, from any layer, has one shape:
+   ``{"detail": [{"path": ..., "message": ..., ["patient": i]}]}``, and never echoes the
+   input beyond a short excerpt; a client that goes away is logged as 499, a bug as 500;
+5. every response carries ``X-Content-Type-Options``, ``X-Frame-Options``, a strict
+   Content-Security-Policy (scripts and styles from the page's own origin only),
+   ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store`` (answers hold patient
+   data).
+
+The model is loaded once; concurrent requests are batched into one ``predict_proba`` call
+when ``batching`` is on. Nothing is written to disk and nothing is unpickled.
 
 >>> app = create_app(run_dir="runs/student", config=ServeConfig(token="s3cret"))  # doctest: +SKIP
->>> uvicorn.run(app, host="127.0.0.1", port=8000)                               # doctest: +SKIP
+>>> run(app, ServeConfig(token="s3cret"), host="127.0.0.1", port=8000)          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -37,21 +57,27 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from leader import __version__
+from leader.config import option
 from leader.recommend import (
     DEFAULT_TOP,
     MAX_BATCH,
+    BadJSON,
     InputProblem,
     InvalidInput,
     Predictor,
     Prepared,
     Recommender,
     batch_schema,
+    count_codes,
     inline_refs,
     load_model,
+    loads,
     patient_schema,
     run_metrics,
 )
@@ -64,34 +90,75 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = tuple[tuple[bytes, bytes], ...]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+INLINE_BODY = 16_384  # bodies up to this size are parsed on the event loop (< 1 ms)
+INLINE_PATIENTS = 8  # answers for up to this many patients are formatted on the event loop
+CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
 
 
 @dataclass
 class ServeConfig:
-    token: str | None = None  # bearer token required on /v1/* except health (None: open)
-    max_body: int = 1_000_000  # largest request body in bytes; larger gets 413
-    max_batch: int = MAX_BATCH  # most patients in one request
-    batching: bool = True  # batch concurrent requests into one model call
-    max_model_batch: int = 256  # most patients in one model call when batching
-    access_log: bool = True  # one JSON line per request on the "leader.access" logger
-    margin: float = DEFAULT_MARGIN  # ddi_safe: both drugs of a pair stay from this head-room
+    token: str | None = option(None, "Bearer token required on /v1/* except health (None: open).")
+    max_body: int = option(1_000_000, "Largest request body in bytes (413 beyond).")
+    max_batch: int = option(MAX_BATCH, "Most patients in one request (413 beyond).")
+    max_codes: int = option(50_000, "Most codes in one request, all patients and visits (413).")
+    batching: bool = option(True, "Pool concurrent requests into one model call.")
+    max_model_batch: int = option(256, "Most patients in one model call when batching.")
+    access_log: bool = option(True, "One JSON line per request on the 'leader.access' logger.")
+    margin: float = option(DEFAULT_MARGIN, "ddi_safe: both drugs of a pair stay from here.")
+    allowed_hosts: list[str] = option(
+        help="Host names accepted without a token besides loopback and --host (DNS rebinding).",
+        factory=list,
+    )
+    body_timeout: float = option(10.0, "Seconds to receive a whole request body (408 beyond).")
+    head_timeout: float = option(10.0, "Seconds to receive a request's headers (then closed).")
+    keep_alive: int = option(5, "Seconds an idle keep-alive connection stays open.")
+    max_connections: int = option(200, "Open connections at most (503 and close beyond).")
+
+    def check(self) -> None:
+        for name in ("max_body", "max_batch", "max_codes", "max_model_batch", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("body_timeout", "head_timeout", "keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------- responses
+SECURITY_HEADERS: Headers = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+
+
+def error_body(path: str, message: str, **extra: Any) -> bytes:
+    """The one error shape: ``{"detail": [{"path": ..., "message": ...}]}``."""
+    return _dumps({"detail": [{"path": path, "message": message, **extra}]})
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(_dumps(data), status_code=status, media_type="application/json",
+                    headers=headers)  # fmt: skip
 
 
-async def _send_plain(
-    send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+async def _send_error(
+    send: Send, status: int, path: str, message: str, headers: Headers = ()
 ) -> None:
-    await _send_json(send, status, json.dumps({"detail": message}).encode(), headers)
+    await _send_json(send, status, error_body(path, message), headers)
 
 
-async def _send_json(
-    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
+async def _send_json(send: Send, status: int, body: bytes, headers: Headers = ()) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -106,9 +173,17 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def _dumps(data: Any) -> bytes:
+    # ensure_ascii: escapes every non-ASCII character, so no string can fail to encode.
+    return json.dumps(data, separators=(",", ":")).encode("ascii")
+
+
 # ----------------------------------------------------------------------------- guard
+CLOSE: Headers = ((b"connection", b"close"),)
+
+
 class Guard:
-    """Pure ASGI middleware: body limit (before parsing), bearer token, access log."""
+    """Pure ASGI middleware: Host, token, Content-Type, body limits; headers; access log."""
 
     def __init__(
         self, app: ASGIApp, config: ServeConfig, service: RecommendService | None = None
@@ -116,23 +191,31 @@ class Guard:
         self.app = app
         self.config = config
         self.service = service  # answers POST /v1/recommend without the framework's routing
-        self.expected = f"Bearer {config.token}".encode() if config.token else None
+        self.token = config.token.encode() if config.token else None
+        self.hosts = frozenset(
+            h.lower().strip("[]") for h in (*LOOPBACK_NAMES, *config.allowed_hosts)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
 
-        async def logged_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
             await send(message)
 
         try:
-            await self._handle(scope, receive, logged_send)
+            await self._handle(scope, receive, guarded_send)
+        except Exception:  # a bug, not bad input: log it, answer 500 if nothing was sent
+            ERROR_LOG.exception("%s %s failed", scope["method"], scope["path"])
+            if status is None:
+                await _send_error(guarded_send, 500, "server", "internal error; see the server log")
         finally:
             if self.config.access_log:
                 ACCESS_LOG.info(
@@ -141,7 +224,7 @@ class Guard:
                             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "method": scope["method"],
                             "path": scope["path"],
-                            "status": status,
+                            "status": CLIENT_GONE if status is None else status,
                             "ms": round((time.perf_counter() - start) * 1000, 2),
                         }
                     )
@@ -149,70 +232,119 @@ class Guard:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if self.expected and path.startswith("/v1/") and path != "/v1/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _send_plain(
-                    send,
-                    401,
+        headers = dict(scope["headers"])
+        if self.token is None and not self._host_allowed(headers.get(b"host")):
+            await _send_error(
+                send, 400, "header.host",
+                "the Host header does not name this server; without a token only loopback "
+                "names (and --allowed-host) are accepted",
+            )  # fmt: skip
+            return
+        if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
+            if not _bearer_matches(headers.get(b"authorization", b""), self.token):
+                await _send_error(
+                    send, 401, "header.authorization",
                     "missing or wrong bearer token (send 'Authorization: Bearer TOKEN')",
-                    ((b"www-authenticate", b"Bearer"),),
-                )
+                    ((b"www-authenticate", b'Bearer realm="leader"'),),
+                )  # fmt: skip
                 return
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._read_body(scope, receive, send)
+            if not _is_json(headers.get(b"content-type", b"")):
+                await _send_error(
+                    send, 415, "header.content-type",
+                    "send the body as 'Content-Type: application/json' (UTF-8)", CLOSE,
+                )  # fmt: skip
+                return
+            body = await self._read_body(headers, receive, send)
             if body is None:
                 return
             if self.service is not None and path == "/v1/recommend":
                 # The hot path: same handler as the documented FastAPI route, minus routing
                 # and parameter injection (about a third of the per-request CPU).
-                try:
-                    status, payload = await self.service.handle(body, scope["query_string"])
-                except Exception:  # a bug, not bad input: log it, answer a plain 500
-                    ERROR_LOG.exception("POST /v1/recommend failed")
-                    await _send_plain(send, 500, "internal error; see the server log")
-                    return
-                await _send_json(send, status, payload)
+                status, payload = await self.service.handle(body, scope["query_string"])
+                await _send_json(send, status, payload, CLOSE if status == 413 else ())
                 return
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if replayed:  # the app asks again only to wait for a disconnect
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+            await self.app(scope, _replay(body, receive), send)
             return
         await self.app(scope, receive, send)
 
-    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    def _host_allowed(self, host: bytes | None) -> bool:
+        if host is None:
+            return False
+        name = host.decode("latin-1").strip().lower()
+        if name.startswith("["):  # [v6]:port
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.rsplit(":", 1)[0]
+        return name.rstrip(".") in self.hosts
+
+    async def _read_body(
+        self, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> bytes | None:
         limit = self.config.max_body
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         too_big = f"request body over {limit} bytes; send fewer patients per request"
         if declared is not None:
-            try:
-                if int(declared) > limit:
-                    await _send_plain(send, 413, too_big)
-                    return None
-            except ValueError:
-                await _send_plain(send, 400, "bad Content-Length header")
+            if not declared.isdigit():
+                await _send_error(send, 400, "header.content-length", "bad Content-Length", CLOSE)
+                return None
+            if int(declared) > limit:
+                await _send_error(send, 413, "body", too_big, CLOSE)
                 return None
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # chunked (or lying) bodies are cut off while streaming
-                await _send_plain(send, 413, too_big)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None  # logged as 499
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:  # chunked (or lying) bodies are cut off while streaming
+                        await _send_error(send, 413, "body", too_big, CLOSE)
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            await _send_error(
+                send, 408, "body",
+                f"the request body did not arrive within {self.config.body_timeout:g} s", CLOSE,
+            )  # fmt: skip
+            return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:  # the app asks again only to wait for a disconnect
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _bearer_matches(header: bytes, token: bytes) -> bool:
+    """``Bearer TOKEN`` with the scheme in any case (RFC 7235), compared in constant time."""
+    scheme, _, given = header.partition(b" ")
+    ok_scheme = scheme.lower() == b"bearer"
+    return hmac.compare_digest(given.strip(b" "), token) and ok_scheme
+
+
+def _is_json(content_type: bytes) -> bool:
+    """``application/json``, optionally with ``charset=utf-8`` (nothing else)."""
+    kind, _, params = content_type.decode("latin-1").partition(";")
+    if kind.strip().lower() != "application/json":
+        return False
+    for param in filter(None, (p.strip() for p in params.split(";"))):
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- batching
@@ -280,63 +412,113 @@ FALSE = frozenset({"0", "false", "no", "off"})
 MAX_TOP = 10_000
 
 
-class RecommendService:
-    """``POST /v1/recommend``: raw body and query string in, (status, JSON bytes) out."""
+@dataclass
+class _Parsed:
+    """A request body turned into model input, or the error answer."""
 
-    def __init__(self, recommender: Recommender, batcher: Batcher | None, max_batch: int):
+    prepared: list[Prepared]
+    batch: bool
+    ddi_safe: bool
+    top: int
+
+
+class RecommendService:
+    """``POST /v1/recommend``: raw body and query string in, (status, JSON bytes) out.
+
+    Work proportional to the body (parsing, validating, formatting many results) runs on
+    one worker thread when the body or the answer is large: the event loop only waits, so
+    other requests and ``/v1/health`` are answered meanwhile. Large requests queue for that
+    thread one at a time, which also bounds the memory they take together.
+    """
+
+    def __init__(self, recommender: Recommender, batcher: Batcher | None, config: ServeConfig):
         self.recommender = recommender
         self.batcher = batcher
-        self.max_batch = max_batch
+        self.max_batch = config.max_batch
+        self.max_codes = config.max_codes
+        self.worker: ThreadPoolExecutor | None = None  # started on first large request
 
     async def handle(self, body: bytes, query: bytes) -> tuple[int, bytes]:
+        if len(body) <= INLINE_BODY:
+            parsed = self.parse(body, query)
+        else:
+            parsed = await self._offload(self.parse, body, query)
+        if not isinstance(parsed, _Parsed):
+            return parsed
+        if self.batcher is not None:
+            prob = await self.batcher.predict(parsed.prepared)
+        else:
+            prob = self.recommender.predict(parsed.prepared)
+        if len(parsed.prepared) <= INLINE_PATIENTS:
+            return 200, self.answer(parsed, prob)
+        return 200, await self._offload(self.answer, parsed, prob)
+
+    def parse(self, body: bytes, query: bytes) -> _Parsed | tuple[int, bytes]:
+        """Query options and validated patients, or (status, error body)."""
         options = parse_query(query)
-        if isinstance(options, str):
-            return 422, _dumps({"detail": [{"path": "query", "message": options}]})
-        ddi_safe, top, strict = options
+        if isinstance(options, tuple) and len(options) == 2:
+            return 422, error_body(*options)
+        ddi_safe, top, strict = options  # type: ignore[misc]
         try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _problems([InputProblem(0, "$", f"not valid JSON: {exc}")], False)
+            document = loads(body)
+        except BadJSON as exc:
+            return 422, error_body(exc.path, exc.message)
         batch = isinstance(document, dict) and "patients" in document and "visits" not in document
         if batch:
             problem = _batch_problem(document, self.max_batch)
             if problem:
-                return _problems([problem], False)
+                return problem
             records = document["patients"]
         else:
             records = [document]
+        codes = count_codes(records)
+        if codes > self.max_codes:
+            message = f"{codes} codes; at most {self.max_codes} per request: send fewer patients"
+            return 413, error_body("$", message)
         try:
             prepared = self.recommender.prepare_all(records, strict)
         except InvalidInput as exc:
             return _problems(exc.problems, batch)
-        if self.batcher is not None:
-            prob = await self.batcher.predict(prepared)
-        else:
-            prob = self.recommender.predict(prepared)
-        results = self.recommender.results(prepared, prob, ddi_safe, top)
-        return 200, _dumps({"results": results} if batch else results[0])
+        return _Parsed(prepared, batch, ddi_safe, top)
+
+    def answer(self, parsed: _Parsed, prob: np.ndarray) -> bytes:
+        """The JSON answer; one ``dumps`` per patient, so no single call holds the GIL long."""
+        results = self.recommender.results(parsed.prepared, prob, parsed.ddi_safe, parsed.top)
+        if not parsed.batch:
+            return _dumps(results[0])
+        return b'{"results":[' + b",".join(_dumps(r) for r in results) + b"]}"
+
+    async def _offload(self, func: Callable[..., Any], *args: Any) -> Any:
+        if self.worker is None:
+            self.worker = ThreadPoolExecutor(1, thread_name_prefix="leader-parse")
+        return await asyncio.get_running_loop().run_in_executor(self.worker, func, *args)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.shutdown(wait=False, cancel_futures=True)
+            self.worker = None
 
 
-def parse_query(query: bytes) -> tuple[bool, int, bool] | str:
-    """``ddi_safe``, ``top``, ``strict`` from a query string, or the problem with it."""
+def parse_query(query: bytes) -> tuple[bool, int, bool] | tuple[str, str]:
+    """``ddi_safe``, ``top``, ``strict`` from a query string, or (path, problem)."""
     values = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
     flags = []
     for name in ("ddi_safe", "strict"):
         text = values.get(name, "false").lower()
         if text not in TRUE and text not in FALSE:
-            return f"{name}={values[name]!r}: use true or false"
+            return f"query.{name}", f"{name}={_excerpt(values[name])}: use true or false"
         flags.append(text in TRUE)
-    try:
-        top = int(values.get("top", DEFAULT_TOP))
-    except ValueError:
-        return f"top={values['top']!r}: not an integer"
+    text = values.get("top", str(DEFAULT_TOP))
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        return "query.top", f"top={_excerpt(text)}: not an integer between 0 and {MAX_TOP}"
+    top = int(text)
     if not 0 <= top <= MAX_TOP:
-        return f"top={top}: must be between 0 and {MAX_TOP}"
+        return "query.top", f"top={top}: must be between 0 and {MAX_TOP}"
     return flags[0], top, flags[1]
 
 
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def _excerpt(text: str, limit: int = 20) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _problems(problems: list[InputProblem], batch: bool) -> tuple[int, bytes]:
@@ -346,9 +528,28 @@ def _problems(problems: list[InputProblem], batch: bool) -> tuple[int, bytes]:
             "path": p.path.replace("$", f"$.patients[{p.patient}]", 1) if batch else p.path,
             "message": p.message,
         }
-        for p in problems
+        for p in problems[:MAX_PROBLEMS_ANSWERED]
     ]
     return 422, _dumps({"detail": detail})
+
+
+MAX_PROBLEMS_ANSWERED = 50  # problems in one 422 answer (10 per patient at most)
+
+
+def _batch_problem(document: dict[str, Any], max_batch: int) -> tuple[int, bytes] | None:
+    extra = sorted(set(document) - {"patients"})
+    if extra:
+        shown = ", ".join(_excerpt(k) for k in extra[:5])
+        return 422, error_body(
+            "$", f"unexpected field(s) {shown}; a batch is {{'patients': [...]}}"
+        )
+    patients = document["patients"]
+    if not isinstance(patients, list) or not patients:
+        return 422, error_body("$.patients", "must be a non-empty list of patients")
+    if len(patients) > max_batch:
+        message = f"{len(patients)} patients; at most {max_batch} per request"
+        return 413, error_body("$.patients", message)
+    return None
 
 
 # ----------------------------------------------------------------------------- app
@@ -356,9 +557,10 @@ def create_app(
     run_dir: str | os.PathLike[str] | None = None,
     config: ServeConfig | None = None,
     model: Predictor | None = None,
-) -> ASGIApp:
+) -> Guard:
     """The ASGI app serving the run in ``run_dir`` (or an already loaded ``model``)."""
     config = config or ServeConfig()
+    config.check()
     if model is None:
         if run_dir is None:
             raise ValueError("give run_dir or model")
@@ -367,12 +569,13 @@ def create_app(
     metrics.pop("history", None)  # per-epoch log: long, and in the run folder anyway
     recommender = Recommender(model, margin=config.margin)
     batcher = Batcher(recommender, config.max_model_batch) if config.batching else None
-    service = RecommendService(recommender, batcher, config.max_batch)
+    service = RecommendService(recommender, batcher, config)
     codes = _CodeIndex(model)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        service.close()
         if batcher is not None:
             batcher.close()
 
@@ -383,10 +586,13 @@ def create_app(
         title="LEADER medication recommendation",
         version=__version__,
         description="Research tool, not medical advice. Recommends a visit's medication set "
-        "(ATC-3) from its diagnosis and procedure codes with a distilled LEADER student.",
+        "(ATC-3) from its diagnosis and procedure codes with a distilled LEADER student. "
+        'Every error is {"detail": [{"path", "message", ["patient"]}]}.',
     )
+    _error_handlers(api)
     api.state.recommender = recommender
     api.state.batcher = batcher
+    api.state.service = service
     model_info = {
         "version": __version__,
         "run": Path(run_dir).name if run_dir is not None else None,
@@ -395,19 +601,21 @@ def create_app(
         "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
+        "limits": {"patients": config.max_batch, "codes": config.max_codes,
+                   "body_bytes": config.max_body},
         "metrics": metrics,
-    }
+    }  # fmt: skip
     single = inline_refs(patient_schema())
     request_schema = {"oneOf": [single, batch_schema(config.max_batch)]}
 
-    @api.get("/v1/health", tags=["service"])
+    @api.api_route("/v1/health", methods=["GET", "HEAD"], tags=["service"])
     def health() -> dict[str, str]:
-        """Liveness: 200 once the model is loaded."""
+        """Liveness: 200 once the model is loaded (GET or HEAD; no token needed)."""
         return {"status": "ok"}
 
     @api.get("/v1/model", tags=["service"])
     def model_endpoint() -> Response:
-        """Version, vocabulary sizes, threshold, DDI source and the run's metrics."""
+        """Version, vocabulary sizes, threshold, DDI source, limits and the run's metrics."""
         return json_response(model_info)
 
     @api.get("/v1/codes", tags=["codes"])
@@ -436,7 +644,8 @@ def create_app(
         strict: bool = Query(False, description="unknown codes are an error (422)"),
     ) -> Response:
         """Recommend for one patient (answer: one result) or ``{"patients": [...]}``
-        (answer: ``{"results": [...]}``). 422 names the patient and the JSON path."""
+        (answer: ``{"results": [...]}``). 422 names the patient and the JSON path; 413 for
+        more than the documented patients or codes per request (``GET /v1/model``)."""
         # Served by Guard's fast path; kept here for the OpenAPI docs and for mounting
         # the FastAPI app on its own. Both run RecommendService.handle.
         status, payload = await service.handle(await request.body(), request.url.query.encode())
@@ -444,10 +653,9 @@ def create_app(
 
     static = resources.files("leader").joinpath("static")
     page = static.joinpath("index.html").read_text("utf-8")
-
     docs = static.joinpath("docs.html").read_text("utf-8")
 
-    @api.get("/", include_in_schema=False)
+    @api.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)
 
@@ -459,20 +667,36 @@ def create_app(
     return Guard(api, config, service)
 
 
-def _batch_problem(document: dict[str, Any], max_batch: int) -> InputProblem | None:
-    extra = sorted(set(document) - {"patients"})
-    if extra:
-        return InputProblem(
-            0, "$", f"unexpected field(s) {extra}; a batch is {{'patients': [...]}}"
+def _error_handlers(api: FastAPI) -> None:
+    """The framework's own errors (404, 405, query validation, bugs) in the one shape."""
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = {404: "not found; see /docs", 405: "method not allowed"}.get(
+            exc.status_code, str(exc.detail)
         )
-    patients = document["patients"]
-    if not isinstance(patients, list) or not patients:
-        return InputProblem(0, "$.patients", "must be a non-empty list of patients")
-    if len(patients) > max_batch:
-        return InputProblem(
-            0, "$.patients", f"{len(patients)} patients; at most {max_batch} per request"
-        )
-    return None
+        return Response(error_body("url", message), exc.status_code,
+                        headers=exc.headers, media_type="application/json")  # fmt: skip
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        detail = [
+            {"path": ".".join(str(part) for part in e["loc"]), "message": _short_msg(e["msg"])}
+            for e in exc.errors()[:MAX_PROBLEMS_ANSWERED]
+        ]  # never e["input"]: the input is not echoed
+        return Response(_dumps({"detail": detail}), 422, media_type="application/json")
+
+    async def bug(_: Request, exc: Exception) -> Response:
+        return Response(error_body("server", "internal error; see the server log"), 500,
+                        media_type="application/json")  # fmt: skip
+
+    api.add_exception_handler(HTTPException, http_error)
+    api.add_exception_handler(RequestValidationError, invalid)
+    api.add_exception_handler(Exception, bug)
+
+
+def _short_msg(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 class _CodeIndex:
@@ -497,3 +721,115 @@ class _CodeIndex:
             if len(starts) >= limit:
                 break
         return (starts + contains)[:limit]
+
+
+# ----------------------------------------------------------------------------- server
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def display_url(host: str, port: int) -> str:
+    """``http://HOST:PORT/`` with IPv6 addresses in brackets (RFC 3986)."""
+    bare = host.strip("[]")
+    return f"http://[{bare}]:{port}/" if ":" in bare else f"http://{bare}:{port}/"
+
+
+def run(app: Guard, config: ServeConfig, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve ``app`` with uvicorn under the connection limits of ``config``."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn_config(app, config, host, port, log_level))
+    server.run()
+
+
+def uvicorn_config(
+    app: Guard, config: ServeConfig, host: str, port: int, log_level: str = "warning"
+) -> Any:
+    """uvicorn's Config: limits, timeouts, no server banner, the guarded HTTP protocol."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(config.head_timeout, config.max_connections),
+        limit_concurrency=config.max_connections + 1,  # our protocol closes beyond the cap
+        timeout_keep_alive=config.keep_alive,
+        h11_max_incomplete_event_size=16_384,  # request line + headers
+        access_log=False,  # Guard logs one JSON line per request
+        server_header=False,
+        log_level=log_level,
+    )
+
+
+def guarded_protocol(head_timeout: float, max_connections: int) -> type[Any]:
+    """uvicorn's h11 protocol with a request-head deadline and a connection cap.
+
+    uvicorn closes idle keep-alive connections but waits forever for the first request
+    head, and a byte every few seconds resets its timer; here every request head must be
+    complete within ``head_timeout`` seconds of the connection (or of the previous
+    answer), and connections beyond ``max_connections`` get a 503 and are closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    refusal = error_body("server", "too many connections; retry later")
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\nretry-after: 1\r\ncontent-length: "
+        + str(len(refusal)).encode()
+        + b"\r\n\r\n"
+        + refusal
+    )
+
+    class GuardedH11(H11Protocol):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._seen_cycle: object = None
+            if len(self.connections) > max_connections:
+                transport.write(busy)
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not self._seen_cycle:  # a complete request head arrived
+                self._seen_cycle = self.cycle
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._seen_cycle = self.cycle
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(head_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()  # type: ignore[union-attr]
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.cycle is not None and self.cycle is not self._seen_cycle:
+                return  # a request is being answered: the body timeout is Guard's
+            if self.cycle is not None and not self.cycle.response_complete:
+                return
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,12 +52,14 @@ def recommend(
 
     from leader.recommend import Recommender, load_model, read_patients
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if out is not None:
+        check_output_file(out)
     records = read_patients(patients)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     recommender = Recommender(load_model(run), margin=margin)
     results = recommender.recommend(records, strict=strict, ddi_safe=ddi_safe, top=top)
     if out is not None and out.suffix.lower() in (".jsonl", ".ndjson"):
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+        text = "".join(json.dumps(r) + "\n" for r in results)
     else:
         document = {
             "run": str(run),
@@ -70,10 +72,39 @@ def recommend(
     if out is None:
         sys.stdout.write(text)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_text_atomic(out, text)
     warned = sum(bool(r["ddi_warnings"]) for r in results)
     typer.echo(f"{len(results)} patient(s) -> {out} ({warned} with DDI warnings)", err=True)
+
+
+def check_output_file(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work is done."""
+    from leader.errors import LeaderError
+
+    if out.is_dir():
+        raise LeaderError(
+            f"--out {out}: is a folder; name a file in it, e.g. {out / 'results.json'}"
+        )
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise LeaderError(f"--out {out}: the folder {folder} {what}; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LeaderError(f"--out {out}: the folder {folder} is not writable")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder and an atomic rename."""
+    from leader.errors import LeaderError
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise LeaderError(f"--out {path}: cannot be written ({exc.strerror})") from None
 
 
 def serve(
@@ -91,9 +122,38 @@ def serve(
             "prefer the LEADER_TOKEN variable.",
         ),
     ] = None,
+    allow_no_token: Annotated[
+        bool,
+        typer.Option(
+            help="Listen on a non-loopback address without a token (refused otherwise: "
+            "anyone who can reach it could use it)."
+        ),
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host header accepted without a token besides loopback names and --host "
+            "(repeatable; DNS-rebinding guard)."
+        ),
+    ] = None,
     max_body: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (413 beyond).")
     ] = 1_000_000,
+    max_codes: Annotated[
+        int, typer.Option(min=1, help="Most codes per request, all patients together (413).")
+    ] = 50_000,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to receive a request body (408 beyond).")
+    ] = 10.0,
+    head_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to receive request headers (then closed).")
+    ] = 10.0,
+    keep_alive: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")
+    ] = 5,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at most (503 and close beyond).")
+    ] = 200,
     threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads for inference.")] = 1,
     batching: Annotated[
         bool, typer.Option(help="Pool concurrent requests into one model call.")
@@ -115,30 +175,46 @@ def serve(
     from leader.optional import require
 
     require("fastapi", "serve", "leader serve")
-    import torch
-    import uvicorn
+    from leader.errors import LeaderError
+    from leader.serve import ServeConfig, display_url, is_loopback
 
-    from leader.serve import ServeConfig, create_app
+    if not token and not is_loopback(host):
+        if not allow_no_token:
+            raise LeaderError(
+                f"--host {host} is not loopback and no token is set: anyone who can reach it "
+                "could read recommendations. Set LEADER_TOKEN (or --token), or pass "
+                "--allow-no-token if the network is yours alone"
+            )
+        typer.echo(f"warning: listening on {host} without a token (--allow-no-token)", err=True)
+    import torch
+
+    from leader.serve import create_app
+    from leader.serve import run as run_server
 
     torch.set_num_threads(threads)
-    if host not in LOOPBACK and not token:
-        typer.echo(
-            f"warning: listening on {host} without a token; anyone who can reach it may "
-            "use it (set LEADER_TOKEN)",
-            err=True,
-        )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("leader.access")
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    access.propagate = False
+    for name in ("leader.access", "leader.serve"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     config = ServeConfig(
-        token=token, max_body=max_body, batching=batching, access_log=access_log, margin=margin
+        token=token,
+        max_body=max_body,
+        max_codes=max_codes,
+        batching=batching,
+        access_log=access_log,
+        margin=margin,
+        allowed_hosts=[host, *(allowed_host or [])],
+        body_timeout=body_timeout,
+        head_timeout=head_timeout,
+        keep_alive=keep_alive,
+        max_connections=max_connections,
     )
     app = create_app(run_dir=run, config=config)
     import gc
 
     gc.freeze()  # the model and vocabularies live forever: keep them out of GC scans
-    typer.echo(f"serving {run} on http://{host}:{port}/ (docs: /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    typer.echo(f"serving {run} on {display_url(host, port)} (docs: /docs)", err=True)
+    run_server(app, config, host, port)
