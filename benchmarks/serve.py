@@ -3,9 +3,17 @@
 Starts the service on 127.0.0.1 (a free port) as its own process, drives it with a bounded
 load from keep-alive connections (a minimal asyncio HTTP/1.1 client, so the client spends
 little of the shared CPU), then prints requests/s, latency percentiles and errors.
-Targets (issue 6, 2-core machine): no errors, p99 < 50 ms, >= 500 requests/s.
+Targets (issues 6 and 12, 2-core machine): no errors, p99 < 50 ms, >= 1,000 requests/s
+at 50 clients.
 
     .venv/bin/python benchmarks/serve.py --run runs/student --requests 5000 --clients 50
+
+``--probes`` then sends the worst-case requests of issue 12 one at a time (the 980 KB body
+of integer codes, 330 visits of 1,001 empty codes, deep nesting, a 4,400-digit id, lone
+surrogates, a request at the code cap whose only error is at its end, 1,000 patients with
+every drug ranked) and, while each runs, asks ``/v1/health`` every 5 ms on another
+connection: its latency must stay under 50 ms, and the server's peak memory (VmHWM) under
+twice its idle size (VmRSS before the probes).
 
 Request bodies are synthetic patients drawn from the run's own vocabulary (1-3 visits,
 MIMIC-like code counts) unless ``--patients FILE`` gives real ones. Only loopback is used.
@@ -191,6 +199,97 @@ async def drive(
     }
 
 
+def worst_cases(run: Path) -> dict[str, tuple[str, bytes]]:
+    """Issue 12's probes and the costliest requests within the limits: name -> (query, body)."""
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    dx = vocab["diagnosis"]["codes"]
+    codes = [dx[i % len(dx)] for i in range(1000)]
+    rng = random.Random(1)
+
+    def compact(data: Any) -> bytes:
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    late_error = [{"diagnoses": codes} for _ in range(49)] + [{"diagnoses": codes[:999] + [1]}]
+    batch = [
+        {"id": i, "visits": [{"diagnoses": rng.sample(dx, min(20, len(dx)))} for _ in range(2)]}
+        for i in range(1000)
+    ]
+    return {
+        "980 KB of integer codes": ("", compact({"visits": [{"diagnoses": [1] * 1000}] * 490})),
+        "330 visits x 1001 empty codes": (
+            "",
+            compact({"visits": [{"diagnoses": [""] * 1001}] * 330}),
+        ),
+        "nesting 400,000 deep": ("", b"[" * 400_000 + b"]" * 400_000),
+        "4,400-digit id": ("", b'{"id":' + b"9" * 4400 + b',"visits":[{"diagnoses":[]}]}'),
+        "50,000 lone surrogates": (
+            "",
+            compact({"visits": [{"diagnoses": ["\ud800"] * 1000}] * 50}),
+        ),
+        "50,000 codes, last one bad": ("", compact({"visits": late_error})),
+        "1,000 patients x 2 visits, top=0": ("?top=0&ddi_safe=true", compact({"patients": batch})),
+    }
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in kB (Linux /proc)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+async def probe(port: int, query: str, body: bytes, token: str | None) -> dict[str, Any]:
+    """Send one request; meanwhile GET /v1/health every 5 ms on another connection."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    h_reader, h_writer = await asyncio.open_connection(HOST, port)
+    health = f"GET /v1/health HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    start = time.perf_counter()
+    writer.write(request_bytes(body, port, token, query))
+    answer = asyncio.ensure_future(read_response(reader))
+    latencies: list[float] = []
+    while not answer.done():
+        sent = time.perf_counter()
+        h_writer.write(health)
+        status, _ = await read_response(h_reader)
+        if status != 200:
+            raise SystemExit(f"/v1/health answered {status} during a probe")
+        latencies.append(time.perf_counter() - sent)
+        await asyncio.sleep(0.005)
+    status, reply = await answer
+    seconds = time.perf_counter() - start
+    writer.close()
+    h_writer.close()
+    latencies.sort()
+    return {
+        "status": status,
+        "ms": round(seconds * 1000, 1),
+        "answer_bytes": len(reply),
+        "health_n": len(latencies),
+        "health_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "health_max_ms": round(latencies[-1] * 1000, 2),
+    }
+
+
+def run_probes(
+    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    idle = memory_kb(server.pid)
+    results = {}
+    for name, (query, body) in worst_cases(args.run).items():
+        results[name] = {"bytes": len(body), **asyncio.run(probe(port, query, body, args.token))}
+    peak = memory_kb(server.pid)
+    return {
+        "probes": results,
+        "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
+        "peak_rss_mb": round(peak["VmHWM"] / 1024, 1),
+        "health_max_ms": max(r["health_max_ms"] for r in results.values()),
+        "any_5xx": any(r["status"] >= 500 for r in results.values()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="student run folder")
@@ -207,6 +306,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--server-log", type=Path, help="write the server's stderr here")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument("--probes", action="store_true", help="then the worst-case probes")
     args = parser.parse_args()
     if not 1 <= args.clients <= 1000 or not 1 <= args.requests <= 1_000_000:
         parser.error("--clients in 1..1000, --requests in 1..1000000 (a bounded load)")
@@ -229,6 +329,7 @@ def main() -> None:
         result = asyncio.run(drive(args, port, bodies, args.requests))
         server_cpu = cpu_seconds(server.pid) - server_cpu
         client_cpu = time.process_time() - client_cpu
+        probes = run_probes(args, port, server) if args.probes else None
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -241,6 +342,8 @@ def main() -> None:
         cpus=os.cpu_count(),
         ddi_safe=args.ddi_safe,
     )
+    if probes is not None:
+        result["worst_cases"] = probes
     if args.json:
         print(json.dumps(result))
         return
@@ -255,6 +358,17 @@ def main() -> None:
     )
     for line in result["first_errors"]:
         print("  " + line)
+    if probes is None:
+        return
+    print(
+        f"worst cases: /v1/health max {probes['health_max_ms']} ms while each ran; server "
+        f"memory idle {probes['idle_rss_mb']} MB, peak {probes['peak_rss_mb']} MB"
+    )
+    for name, r in probes["probes"].items():
+        print(
+            f"  {name} ({r['bytes']:,} bytes): HTTP {r['status']} in {r['ms']} ms; health "
+            f"n={r['health_n']} p50 {r['health_p50_ms']} ms max {r['health_max_ms']} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -378,3 +378,79 @@ def test_cli_recommend_strict_and_bad_input_are_clear_errors(
     assert "patient 1: $.visits[0].diagnoses: 5 is not of type 'array'" in str(result.exception)
     result = CliRunner().invoke(app, ["recommend", "--run", str(tmp_path), "--patients", "x"])
     assert isinstance(result.exception, LeaderError)
+
+
+# ---------------------------------------------------------------------------- hostile CLI input
+def _run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """``leader ARGS`` in this process through the real entry point; its exit code."""
+    from leader.cli import main
+
+    monkeypatch.setattr("sys.argv", ["leader", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return int(exit_info.value.code or 0)
+
+
+HOSTILE_FILES: dict[str, tuple[bytes, str]] = {
+    "binary.json": (bytes(range(256)) * 4, "not UTF-8 text (byte 128)"),
+    "latin1.json": ('{"id": "café", "visits": [{"diagnoses": []}]}'.encode("latin-1"), "not UTF-8"),
+    "nul.json": (b"\x00" * 64, "not valid JSON"),
+    "deep.json": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "bigint.json": (b'{"id": ' + b"7" * 4400 + b', "visits": [{"diagnoses": []}]}', "4300 digits"),
+    "surrogate.json": (b'{"visits": [{"diagnoses": ["\\ud800"]}]}', "$.visits[0].diagnoses[0]"),
+    "surrogate.jsonl": (
+        b'{"visits": [{"diagnoses": []}]}\n{"id": "\\udc00", "visits": []}\n',
+        "line 2: $.id: a lone UTF-16 surrogate",
+    ),
+    "empty-batch.json": (b'{"patients": []}', "no patients"),
+    "empty-list.json": (b"[]", "no patients"),
+    "empty.json": (b"", "not valid JSON"),
+    "nan.json": (b'{"id": NaN, "visits": [{"diagnoses": []}]}', "NaN is not a JSON number"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_cli_bad_patient_files_are_one_error_line(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content, expected = HOSTILE_FILES[name]
+    file = tmp_path / name
+    file.write_bytes(content)
+    # No run folder: the file is refused before any model is loaded.
+    code = _run_main(
+        ["recommend", "--run", str(tmp_path / "norun"), "--patients", str(file)], monkeypatch
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert str(file) in err and expected in err, err
+    assert "Traceback" not in err
+
+
+def test_cli_bad_out_paths_are_one_error_line_before_any_work(
+    student_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    patients = tmp_path / "p.json"
+    patients.write_text(json.dumps(PATIENT))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["recommend", "--run", str(tmp_path / "norun"), "--patients", str(patients), "--out"]
+    for out, expected in [
+        (tmp_path, "is a folder"),
+        (tmp_path / "missing" / "out.json", "does not exist"),
+        (blocker / "out.json", "is not a folder"),
+    ]:
+        code = _run_main([*args, str(out)], monkeypatch)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+    good = tmp_path / "out.json"
+    args = ["recommend", "--run", str(student_run), "--patients", str(patients), "--out", str(good)]
+    assert _run_main(args, monkeypatch) == 0
+    assert json.loads(good.read_text())["results"][0]["id"] == "p1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-file",
+        "out.json",
+        "p.json",
+    ]  # no temp left

@@ -375,23 +375,24 @@ def _read_jsonl(file: Path, text: str) -> list[Any]:
     return records
 
 
-def count_codes(records: Sequence[Any]) -> int:
-    """Codes in all visits of all records (any shape; what is not a code list counts 0).
+def count_items(records: Sequence[Any]) -> tuple[int, int]:
+    """(visits, codes) in all records, whatever their shape (what is not a list counts 0).
 
     Costs one step per visit, not per code: the server checks it before validating.
     """
-    total = 0
+    visits_seen = codes_seen = 0
     for record in records:
         visits = record.get("visits") if isinstance(record, dict) else None
         if not isinstance(visits, list):
             continue
+        visits_seen += len(visits)
         for visit in visits:
             if isinstance(visit, dict):
                 for _, key in INPUT_KINDS:
                     codes = visit.get(key)
                     if isinstance(codes, list):
-                        total += len(codes)
-    return total
+                        codes_seen += len(codes)
+    return visits_seen, codes_seen
 
 
 def split_document(data: Any) -> list[Any] | None:

@@ -18,8 +18,9 @@ Hardening (issues 6 and 12), in the order a request meets it:
    cross-site ``text/plain`` POST needs no preflight); the body read within
    ``body_timeout`` seconds (408) and ``max_body`` bytes (413, declared or chunked);
 3. the body (:class:`RecommendService`): strict JSON (:func:`leader.recommend.loads`),
-   at most ``max_batch`` patients and ``max_codes`` codes per request (413), validation
-   that stops at the first problems, unknown codes counted but listed only up to 20;
+   at most ``max_batch`` patients, ``max_visits`` visits and ``max_codes`` codes per
+   request (413), validation that stops at the first problems, unknown codes counted but
+   listed only up to 20;
    bodies over ``INLINE_BODY`` bytes and answers over ``INLINE_PATIENTS`` patients are
    worked on a worker thread, so the event loop (and ``/v1/health``) stays responsive;
 4. every error, from any layer, has one shape:
@@ -74,7 +75,7 @@ from leader.recommend import (
     Prepared,
     Recommender,
     batch_schema,
-    count_codes,
+    count_items,
     inline_refs,
     load_model,
     loads,
@@ -95,6 +96,7 @@ Headers = tuple[tuple[bytes, bytes], ...]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 INLINE_BODY = 16_384  # bodies up to this size are parsed on the event loop (< 1 ms)
 INLINE_PATIENTS = 8  # answers for up to this many patients are formatted on the event loop
+MAX_HEADERS = 16_384  # bytes of request headers (431 beyond; uvicorn bounds unfinished ones)
 CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
 
 
@@ -103,6 +105,7 @@ class ServeConfig:
     token: str | None = option(None, "Bearer token required on /v1/* except health (None: open).")
     max_body: int = option(1_000_000, "Largest request body in bytes (413 beyond).")
     max_batch: int = option(MAX_BATCH, "Most patients in one request (413 beyond).")
+    max_visits: int = option(5_000, "Most visits in one request, all patients together (413).")
     max_codes: int = option(50_000, "Most codes in one request, all patients and visits (413).")
     batching: bool = option(True, "Pool concurrent requests into one model call.")
     max_model_batch: int = option(256, "Most patients in one model call when batching.")
@@ -117,8 +120,14 @@ class ServeConfig:
     keep_alive: int = option(5, "Seconds an idle keep-alive connection stays open.")
     max_connections: int = option(200, "Open connections at most (503 and close beyond).")
 
+    def max_values(self) -> int:
+        """JSON values (counted as commas, before parsing) a valid request can need at most:
+        every code, ten per visit and sixty per patient (its keys and profile)."""
+        return self.max_codes + 10 * self.max_visits + 60 * self.max_batch
+
     def check(self) -> None:
-        for name in ("max_body", "max_batch", "max_codes", "max_model_batch", "max_connections"):
+        positive = ("max_body", "max_batch", "max_visits", "max_codes", "max_model_batch")
+        for name in (*positive, "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
         for name in ("body_timeout", "head_timeout", "keep_alive"):
@@ -232,6 +241,9 @@ class Guard:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADERS:
+            await _send_error(send, 431, "header", f"headers over {MAX_HEADERS} bytes", CLOSE)
+            return
         headers = dict(scope["headers"])
         if self.token is None and not self._host_allowed(headers.get(b"host")):
             await _send_error(
@@ -258,7 +270,7 @@ class Guard:
             body = await self._read_body(headers, receive, send)
             if body is None:
                 return
-            if self.service is not None and path == "/v1/recommend":
+            if self.service is not None and path == "/v1/recommend" and scope["method"] == "POST":
                 # The hot path: same handler as the documented FastAPI route, minus routing
                 # and parameter injection (about a third of the per-request CPU).
                 status, payload = await self.service.handle(body, scope["query_string"])
@@ -436,6 +448,8 @@ class RecommendService:
         self.batcher = batcher
         self.max_batch = config.max_batch
         self.max_codes = config.max_codes
+        self.max_visits = config.max_visits
+        self.max_values = config.max_values()
         self.worker: ThreadPoolExecutor | None = None  # started on first large request
 
     async def handle(self, body: bytes, query: bytes) -> tuple[int, bytes]:
@@ -459,6 +473,12 @@ class RecommendService:
         if isinstance(options, tuple) and len(options) == 2:
             return 422, error_body(*options)
         ddi_safe, top, strict = options  # type: ignore[misc]
+        values = body.count(
+            b","
+        )  # >= JSON values - 1: bounds the parser's work (C, no GIL release)
+        if values > self.max_values:
+            message = f"{values} commas; at most {self.max_values} JSON values per request"
+            return 413, error_body("$", message)
         try:
             document = loads(body)
         except BadJSON as exc:
@@ -471,10 +491,14 @@ class RecommendService:
             records = document["patients"]
         else:
             records = [document]
-        codes = count_codes(records)
-        if codes > self.max_codes:
-            message = f"{codes} codes; at most {self.max_codes} per request: send fewer patients"
-            return 413, error_body("$", message)
+        visits, codes = count_items(records)
+        for what, count, most in (
+            ("visits", visits, self.max_visits),
+            ("codes", codes, self.max_codes),
+        ):
+            if count > most:
+                message = f"{count} {what}; at most {most} per request: send fewer patients"
+                return 413, error_body("$", message)
         try:
             prepared = self.recommender.prepare_all(records, strict)
         except InvalidInput as exc:
@@ -601,8 +625,8 @@ def create_app(
         "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
-        "limits": {"patients": config.max_batch, "codes": config.max_codes,
-                   "body_bytes": config.max_body},
+        "limits": {"patients": config.max_batch, "visits": config.max_visits,
+                   "codes": config.max_codes, "body_bytes": config.max_body},
         "metrics": metrics,
     }  # fmt: skip
     single = inline_refs(patient_schema())
@@ -761,7 +785,7 @@ def uvicorn_config(
         http=guarded_protocol(config.head_timeout, config.max_connections),
         limit_concurrency=config.max_connections + 1,  # our protocol closes beyond the cap
         timeout_keep_alive=config.keep_alive,
-        h11_max_incomplete_event_size=16_384,  # request line + headers
+        h11_max_incomplete_event_size=MAX_HEADERS + 4096,  # a request head still arriving
         access_log=False,  # Guard logs one JSON line per request
         server_header=False,
         log_level=log_level,

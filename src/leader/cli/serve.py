@@ -139,6 +139,9 @@ def serve(
     max_body: Annotated[
         int, typer.Option(min=1, help="Largest request body in bytes (413 beyond).")
     ] = 1_000_000,
+    max_visits: Annotated[
+        int, typer.Option(min=1, help="Most visits per request, all patients together (413).")
+    ] = 5_000,
     max_codes: Annotated[
         int, typer.Option(min=1, help="Most codes per request, all patients together (413).")
     ] = 50_000,
@@ -202,6 +205,7 @@ def serve(
     config = ServeConfig(
         token=token,
         max_body=max_body,
+        max_visits=max_visits,
         max_codes=max_codes,
         batching=batching,
         access_log=access_log,
