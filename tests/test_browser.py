@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from leader.serve import ServeConfig, create_app
+from leader.serve import ServeConfig, create_app, uvicorn_config
 from test_serve_fixtures import eager_copy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,11 +29,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    app = create_app(
-        run_dir=eager_copy(tmp_path_factory), config=ServeConfig(token=TOKEN, margin=1.0)
-    )
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
+    config = ServeConfig(token=TOKEN, margin=1.0)
+    app = create_app(run_dir=eager_copy(tmp_path_factory), config=config)
+    uv = uvicorn.Server(uvicorn_config(app, config, "127.0.0.1", port))  # as `leader serve`
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -68,6 +66,7 @@ def browser() -> Iterator[object]:
         "--window-size=1200,900",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -135,6 +134,16 @@ def test_page_recommends_with_warnings_and_disclaimer(server: str, browser: obje
     ]
     assert len(withheld) == 2  # one drug of m1-m4 and one of m2-m5
     assert "Drug-drug interaction" not in find(By.ID, "ddi-warnings").text
+    bar = find(By.CSS_SELECTOR, "#results tbody tr .bar")
+    assert bar.size["width"] > 0  # set through the CSSOM, which the CSP allows
+    assert_no_csp_violation(driver)
+
+
+def assert_no_csp_violation(driver: object) -> None:
+    """The page runs under the service's Content-Security-Policy without a violation."""
+    logs = driver.get_log("browser")  # type: ignore[attr-defined]
+    blocked = [e["message"] for e in logs if "Content Security Policy" in e["message"]]
+    assert not blocked, blocked
 
 
 def test_api_docs_render_offline(server: str, browser: object) -> None:
@@ -148,3 +157,4 @@ def test_api_docs_render_offline(server: str, browser: object) -> None:
     )
     text = driver.find_element(By.ID, "operations").text  # type: ignore[attr-defined]
     assert "/v1/recommend" in text and "visits" in text and "/v1/codes" in text
+    assert_no_csp_violation(driver)

@@ -35,11 +35,11 @@ function setStatus(text, isError) {
 
 async function explain(response) {
   if (response.status === 401) return "this service needs an access token (field above)";
-  if (response.status === 413) return "request too large";
   try {
     const body = await response.json();
     if (Array.isArray(body.detail)) {
-      return body.detail.map((d) => (d.path ? d.path + ": " : "") + (d.message || d.msg)).join("; ");
+      // the service's one error shape: {"detail": [{"path", "message"}]}
+      return body.detail.map((d) => (d.path ? d.path + ": " : "") + d.message).join("; ");
     }
     return body.detail || response.statusText;
   } catch (e) {
