@@ -338,12 +338,15 @@ def test_security_headers_on_every_answer(client: TestClient) -> None:
     ]
     for reply in answers:
         assert reply.headers["x-content-type-options"] == "nosniff"
-        assert reply.headers["x-frame-options"] == "DENY"
-        csp = reply.headers["content-security-policy"]
-        assert "default-src 'none'" in csp and "script-src 'self'" in csp
-        assert "frame-ancestors 'none'" in csp and "unsafe" not in csp
         assert reply.headers["cache-control"] == "no-store"
-        assert "access-control-allow-origin" not in reply.headers
+        assert reply.headers["cross-origin-resource-policy"] == "same-origin"
+        csp = reply.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe" not in csp and "access-control-allow-origin" not in reply.headers
+        page = not reply.url.path.startswith("/v1/")
+        assert (reply.headers.get("x-frame-options") == "DENY") == page, reply.url
+        assert ("script-src 'self'" in csp) == page
+        assert (reply.headers.get("referrer-policy") == "no-referrer") == page
     for page in ("/", "/docs"):  # nothing inline that the CSP would block
         text = client.get(page).text
         assert "<style" not in text and " style=" not in text and "<script>" not in text
