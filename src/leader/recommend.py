@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -148,12 +148,37 @@ def validate_patient(record: Any, index: int, limit: int = MAX_PROBLEMS) -> list
     deep = _too_deep(record, MAX_DEPTH)
     if deep is not None:
         return [InputProblem(index, json_path(deep), f"nested deeper than {MAX_DEPTH} levels")]
-    errors = list(islice(_validator().iter_errors(record), limit))
-    errors.sort(key=lambda e: [str(part) for part in e.absolute_path])
-    return [
-        InputProblem(index, json_path(error.absolute_path), _short(error.message))
-        for error in errors
-    ]
+    narrowed, kept = _narrow(record)
+    errors = list(islice(_validator().iter_errors(narrowed), limit))
+    paths = [_restore(list(error.absolute_path), kept) for error in errors]
+    found = sorted(zip(paths, errors, strict=True), key=lambda pe: [str(x) for x in pe[0]])
+    return [InputProblem(index, json_path(path), _short(e.message)) for path, e in found]
+
+
+def _narrow(record: Any) -> tuple[Any, list[int] | None]:
+    """The record with only the visits the quick check refuses (and the kept indices).
+
+    jsonschema then walks those visits, not the thousands of valid ones before them: a
+    request whose one error is at its end costs one visit's validation, not the request's.
+    A visit the quick check accepts is valid (it never accepts more than the schema), so
+    the narrowed record has the same problems. None: nothing to narrow.
+    """
+    visits = record.get("visits") if isinstance(record, dict) else None
+    limits = _quick_check().visits_range
+    if not isinstance(visits, list) or not limits[0] <= len(visits) <= limits[1]:
+        return record, None
+    visit_ok = _quick_check().visit
+    kept = [i for i, visit in enumerate(visits) if not visit_ok(visit)] or [0]
+    if len(kept) == len(visits):
+        return record, None
+    return {**record, "visits": [visits[i] for i in kept]}, kept
+
+
+def _restore(path: list[Any], kept: list[int] | None) -> list[Any]:
+    """A narrowed record's error path, with the visit index of the original record."""
+    if kept is not None and len(path) > 1 and path[0] == "visits" and isinstance(path[1], int):
+        path[1] = kept[path[1]]
+    return path
 
 
 def _too_deep(document: Any, limit: int) -> list[str | int] | None:
@@ -173,8 +198,21 @@ def _too_deep(document: Any, limit: int) -> list[str | int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _QuickCheck:
+    """``check(record)``, and ``visit(visit)`` for one visit, never accepting more than the
+    schema; ``visits_range``: the schema's (minItems, maxItems) of ``visits``."""
+
+    record: Callable[[Any], bool]
+    visit: Callable[[Any], bool]
+    visits_range: tuple[int, int]
+
+    def __call__(self, record: Any) -> bool:
+        return self.record(record)
+
+
 @cache
-def _quick_check() -> Callable[[Any], bool]:
+def _quick_check() -> _QuickCheck:
     """A predicate that accepts only records the schema accepts (never more).
 
     Limits are read from the shipped schema; tests compare it with jsonschema on random
@@ -243,7 +281,7 @@ def _quick_check() -> Callable[[Any], bool]:
             return False
         return all(check_visit(x) for x in v)
 
-    return check
+    return _QuickCheck(check, check_visit, (visits["minItems"], visits["maxItems"]))
 
 
 def _short(message: str, limit: int = 200) -> str:
@@ -602,9 +640,16 @@ class Recommender:
         self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
     ) -> list[dict[str, Any]]:
         """Formatted results for prepared patients and their probabilities (N, drugs)."""
+        return list(self.iter_results(prepared, prob, ddi_safe, top))
+
+    def iter_results(
+        self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`results` one at a time (a server can encode each and let it go)."""
         chosen = self.select(prob, ddi_safe).tolist()
         rows = np.asarray(prob, dtype=np.float64).tolist()
-        return [self.format(p, rows[r], chosen[r], ddi_safe, top) for r, p in enumerate(prepared)]
+        for r, p in enumerate(prepared):
+            yield self.format(p, rows[r], chosen[r], ddi_safe, top)
 
 
 class InvalidInput(LeaderError):

@@ -514,11 +514,13 @@ class RecommendService:
         return _Parsed(prepared, batch, ddi_safe, top)
 
     def answer(self, parsed: _Parsed, prob: np.ndarray) -> bytes:
-        """The JSON answer; one ``dumps`` per patient, so no single call holds the GIL long."""
-        results = self.recommender.results(parsed.prepared, prob, parsed.ddi_safe, parsed.top)
+        """The JSON answer, one patient at a time: no single ``dumps`` holds the GIL long, and
+        only one patient's result objects are alive at once (little for the GC to walk)."""
+        args = (parsed.prepared, prob, parsed.ddi_safe, parsed.top)
+        encoded = [_dumps(r) for r in self.recommender.iter_results(*args)]
         if not parsed.batch:
-            return _dumps(results[0])
-        return b'{"results":[' + b",".join(_dumps(r) for r in results) + b"]}"
+            return encoded[0]
+        return b'{"results":[' + b",".join(encoded) + b"]}"
 
     async def _offload(self, func: Callable[..., Any], *args: Any) -> Any:
         if self.worker is None:
