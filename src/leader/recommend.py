@@ -145,39 +145,66 @@ def validate_patient(record: Any, index: int, limit: int = MAX_PROBLEMS) -> list
     """
     if _quick_check()(record):
         return []
-    deep = _too_deep(record, MAX_DEPTH)
-    if deep is not None:
-        return [InputProblem(index, json_path(deep), f"nested deeper than {MAX_DEPTH} levels")]
     narrowed, kept = _narrow(record)
+    deep = _too_deep(narrowed, MAX_DEPTH)
+    if deep is not None:
+        where = json_path(_restore(deep, kept))
+        return [InputProblem(index, where, f"nested deeper than {MAX_DEPTH} levels")]
     errors = list(islice(_validator().iter_errors(narrowed), limit))
     paths = [_restore(list(error.absolute_path), kept) for error in errors]
     found = sorted(zip(paths, errors, strict=True), key=lambda pe: [str(x) for x in pe[0]])
     return [InputProblem(index, json_path(path), _short(e.message)) for path, e in found]
 
 
-def _narrow(record: Any) -> tuple[Any, list[int] | None]:
-    """The record with only the visits the quick check refuses (and the kept indices).
+def _narrow(record: Any) -> tuple[Any, _Kept]:
+    """The record with only what the quick check refuses: its failing visits, and in
+    those only the failing codes of each code list (with the kept indices).
 
-    jsonschema then walks those visits, not the thousands of valid ones before them: a
-    request whose one error is at its end costs one visit's validation, not the request's.
-    A visit the quick check accepts is valid (it never accepts more than the schema), so
-    the narrowed record has the same problems. None: nothing to narrow.
+    jsonschema then walks those, not the thousands of valid visits and codes around them:
+    a request whose one error is at its end costs a few checks, not the request's size. A
+    visit or code the quick check accepts is valid (it never accepts more than the schema)
+    and list lengths are kept within the schema's limits, so the problems are the same.
     """
+    quick = _quick_check()
     visits = record.get("visits") if isinstance(record, dict) else None
-    limits = _quick_check().visits_range
-    if not isinstance(visits, list) or not limits[0] <= len(visits) <= limits[1]:
-        return record, None
-    visit_ok = _quick_check().visit
-    kept = [i for i, visit in enumerate(visits) if not visit_ok(visit)] or [0]
-    if len(kept) == len(visits):
-        return record, None
-    return {**record, "visits": [visits[i] for i in kept]}, kept
+    if (
+        not isinstance(visits, list)
+        or not quick.visits_range[0] <= len(visits) <= quick.visits_range[1]
+    ):
+        return record, _Kept(None, {})
+    kept = [i for i, visit in enumerate(visits) if not quick.visit(visit)] or [0]
+    codes_kept: dict[tuple[int, str], list[int]] = {}
+    narrowed_visits = []
+    for position, i in enumerate(kept):
+        visit = visits[i]
+        if isinstance(visit, dict):
+            visit = dict(visit)
+            for key in quick.code_keys:
+                codes = visit.get(key)
+                if isinstance(codes, list) and len(codes) <= quick.max_codes:
+                    bad = [j for j, code in enumerate(codes) if not quick.code(code)]
+                    visit[key] = [codes[j] for j in bad]
+                    codes_kept[(position, key)] = bad
+        narrowed_visits.append(visit)
+    return {**record, "visits": narrowed_visits}, _Kept(kept, codes_kept)
 
 
-def _restore(path: list[Any], kept: list[int] | None) -> list[Any]:
-    """A narrowed record's error path, with the visit index of the original record."""
-    if kept is not None and len(path) > 1 and path[0] == "visits" and isinstance(path[1], int):
-        path[1] = kept[path[1]]
+@dataclass(frozen=True)
+class _Kept:
+    """Where the narrowed record's visits and codes were in the original record."""
+
+    visits: list[int] | None
+    codes: dict[tuple[int, str], list[int]]
+
+
+def _restore(path: list[Any], kept: _Kept) -> list[Any]:
+    """A narrowed record's error path, with the indices of the original record."""
+    if kept.visits is None or len(path) < 2 or path[0] != "visits" or type(path[1]) is not int:
+        return path
+    position = path[1]
+    path[1] = kept.visits[position]
+    if len(path) > 3 and type(path[3]) is int and (position, path[2]) in kept.codes:
+        path[3] = kept.codes[(position, path[2])][path[3]]
     return path
 
 
@@ -201,11 +228,15 @@ def _too_deep(document: Any, limit: int) -> list[str | int] | None:
 @dataclass(frozen=True)
 class _QuickCheck:
     """``check(record)``, and ``visit(visit)`` for one visit, never accepting more than the
-    schema; ``visits_range``: the schema's (minItems, maxItems) of ``visits``."""
+    schema; ``visits_range``: the schema's (minItems, maxItems) of ``visits``; ``code`` for
+    one code of the lists ``code_keys`` (at most ``max_codes`` long)."""
 
     record: Callable[[Any], bool]
     visit: Callable[[Any], bool]
     visits_range: tuple[int, int]
+    code: Callable[[Any], bool]
+    code_keys: tuple[str, ...]
+    max_codes: int
 
     def __call__(self, record: Any) -> bool:
         return self.record(record)
@@ -281,7 +312,11 @@ def _quick_check() -> _QuickCheck:
             return False
         return all(check_visit(x) for x in v)
 
-    return _QuickCheck(check, check_visit, (visits["minItems"], visits["maxItems"]))
+    def one_code(value: Any) -> bool:
+        return type(value) is str and min_code <= len(value) <= max_code
+
+    visits_range = (visits["minItems"], visits["maxItems"])
+    return _QuickCheck(check, check_visit, visits_range, one_code, code_kinds, max_codes)
 
 
 def _short(message: str, limit: int = 200) -> str:

@@ -81,6 +81,7 @@ from leader.recommend import (
     loads,
     patient_schema,
     run_metrics,
+    validate_patient,
 )
 from leader.safety import DEFAULT_MARGIN
 
@@ -605,6 +606,7 @@ def create_app(
     batcher = Batcher(recommender, config.max_model_batch) if config.batching else None
     service = RecommendService(recommender, batcher, config)
     codes = _CodeIndex(model)
+    validate_patient(None, 0)  # builds the schema validator now, not on the first bad request
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
