@@ -573,3 +573,22 @@ def test_load_benchmark_runs_clean(student_run: Path) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["requests"] == 60 and result["errors"] == 0, result
     assert result["requests_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_absurd_content_length_is_413_not_500(student_run: Path) -> None:
+    app = create_app(run_dir=student_run, config=ServeConfig(access_log=False))
+    sent: list[dict[str, Any]] = []
+    headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for length, status in ((b"9" * 5000, 413), (b"-1", 400), (b"1e3", 400)):
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": "/v1/recommend", "query_string": b""}
+        scope["headers"] = [*headers, (b"content-length", length)]
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        assert sent[0]["status"] == status, length
