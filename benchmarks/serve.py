@@ -241,15 +241,20 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
-async def probe(port: int, query: str, body: bytes, token: str | None) -> dict[str, Any]:
-    """Send one request; meanwhile GET /v1/health every 5 ms on another connection."""
+async def probe(
+    port: int, query: str, body: bytes, token: str | None, small: bytes
+) -> dict[str, Any]:
+    """Send one request; meanwhile GET /v1/health every 5 ms on another connection, and
+    one small recommendation after each health answer on a third."""
     reader, writer = await asyncio.open_connection(HOST, port)
     h_reader, h_writer = await asyncio.open_connection(HOST, port)
+    s_reader, s_writer = await asyncio.open_connection(HOST, port)
     health = f"GET /v1/health HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
     start = time.perf_counter()
     writer.write(request_bytes(body, port, token, query))
     answer = asyncio.ensure_future(read_response(reader))
     latencies: list[float] = []
+    others: list[float] = []
     while not answer.done():
         sent = time.perf_counter()
         h_writer.write(health)
@@ -257,19 +262,28 @@ async def probe(port: int, query: str, body: bytes, token: str | None) -> dict[s
         if status != 200:
             raise SystemExit(f"/v1/health answered {status} during a probe")
         latencies.append(time.perf_counter() - sent)
+        sent = time.perf_counter()
+        s_writer.write(small)
+        status, _ = await read_response(s_reader)
+        if status != 200:
+            raise SystemExit(f"a small recommendation got {status} during a probe")
+        others.append(time.perf_counter() - sent)
         await asyncio.sleep(0.005)
     status, reply = await answer
     seconds = time.perf_counter() - start
-    writer.close()
-    h_writer.close()
+    for w in (writer, h_writer, s_writer):
+        w.close()
     latencies.sort()
+    others.sort()
     return {
         "status": status,
         "ms": round(seconds * 1000, 1),
         "answer_bytes": len(reply),
         "health_n": len(latencies),
         "health_p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "health_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 2),
         "health_max_ms": round(latencies[-1] * 1000, 2),
+        "other_request_max_ms": round(others[-1] * 1000, 2),
     }
 
 
@@ -277,15 +291,20 @@ def run_probes(
     args: argparse.Namespace, port: int, server: subprocess.Popen[bytes]
 ) -> dict[str, Any]:
     idle = memory_kb(server.pid)
+    small = request_bytes(
+        json.dumps(synthetic_patients(args.run, 1, 2)[0]).encode(), port, args.token, ""
+    )
     results = {}
     for name, (query, body) in worst_cases(args.run).items():
-        results[name] = {"bytes": len(body), **asyncio.run(probe(port, query, body, args.token))}
+        measured = asyncio.run(probe(port, query, body, args.token, small))
+        results[name] = {"bytes": len(body), **measured}
     peak = memory_kb(server.pid)
     return {
         "probes": results,
         "idle_rss_mb": round(idle["VmRSS"] / 1024, 1),
         "peak_rss_mb": round(peak["VmHWM"] / 1024, 1),
         "health_max_ms": max(r["health_max_ms"] for r in results.values()),
+        "other_request_max_ms": max(r["other_request_max_ms"] for r in results.values()),
         "any_5xx": any(r["status"] >= 500 for r in results.values()),
     }
 
@@ -367,7 +386,9 @@ def main() -> None:
     for name, r in probes["probes"].items():
         print(
             f"  {name} ({r['bytes']:,} bytes): HTTP {r['status']} in {r['ms']} ms; health "
-            f"n={r['health_n']} p50 {r['health_p50_ms']} ms max {r['health_max_ms']} ms"
+            f"n={r['health_n']} p50 {r['health_p50_ms']} p99 {r['health_p99_ms']} max "
+            f"{r['health_max_ms']} ms; a small recommendation meanwhile: max "
+            f"{r['other_request_max_ms']} ms"
         )
 
 

@@ -592,3 +592,20 @@ def test_absurd_content_length_is_413_not_500(student_run: Path) -> None:
         scope["headers"] = [*headers, (b"content-length", length)]
         asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
         assert sent[0]["status"] == status, length
+
+
+def test_a_large_request_is_predicted_in_turns(student_run: Path) -> None:
+    """Beyond max_model_batch patients, model calls are split so other requests come between."""
+    config = ServeConfig(access_log=False, max_model_batch=4)
+    app = create_app(run_dir=student_run, config=config)
+    patients = [
+        {"id": i, "visits": [{"diagnoses": [f"d{1 + i % 5}"], "procedures": [f"x{1 + i % 3}"]}]}
+        for i in range(10)
+    ]
+    with local(app) as http:
+        results = http.post("/v1/recommend", json={"patients": patients}).json()["results"]
+    batcher = app.app.state.batcher  # type: ignore[attr-defined]
+    assert batcher.calls == 3  # 4 + 4 + 2
+    expected = Recommender(load_model(student_run)).recommend(patients)
+    for got, want in zip(results, expected, strict=True):
+        assert [d["code"] for d in got["ranked"]] == [d["code"] for d in want["ranked"]]

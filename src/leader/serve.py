@@ -46,6 +46,7 @@ import ipaddress
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -369,6 +370,9 @@ def _is_json(content_type: bytes) -> bool:
 
 
 # ----------------------------------------------------------------------------- batching
+TURN = 64  # patients of one large request per model call (others' requests come between)
+
+
 class Batcher:
     """Runs the model on one worker thread; requests arriving while it is busy are pooled
     into the next call (no added wait: an idle worker starts at once)."""
@@ -383,6 +387,12 @@ class Batcher:
         self.calls = 0  # model calls made (for tests and tuning)
 
     async def predict(self, prepared: list[Prepared]) -> np.ndarray:
+        size = min(self.max_model_batch, TURN)
+        if len(prepared) > size:  # in turns, so other requests' calls come in between
+            parts = [
+                await self.predict(prepared[i : i + size]) for i in range(0, len(prepared), size)
+            ]
+            return np.concatenate(parts)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self.pending.append((prepared, future))
@@ -780,6 +790,9 @@ def run(app: Guard, config: ServeConfig, host: str, port: int, log_level: str = 
     """Serve ``app`` with uvicorn under the connection limits of ``config``."""
     import uvicorn
 
+    # A worker thread holding the GIL hands it back after this long (default 5 ms): the
+    # event loop, which answers /v1/health and small requests, waits less for it.
+    sys.setswitchinterval(0.001)
     server = uvicorn.Server(uvicorn_config(app, config, host, port, log_level))
     server.run()
 
