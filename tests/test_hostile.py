@@ -327,6 +327,50 @@ def test_connections_beyond_the_cap_get_503(server: Server) -> None:
     assert httpx.get(f"{server.base}/v1/health").status_code == 200
 
 
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_the_guarded_protocol_with_either_parser(parser: str) -> None:
+    """Head deadline, head size and connection cap hold on both of uvicorn's parsers."""
+    import uvicorn
+
+    from leader.serve import guarded_protocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", lifespan="off",
+        http=guarded_protocol(0.5, 3, parser),
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    try:
+        ok = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200"), ok
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            start = time.monotonic()
+            assert idle.recv(100) == b"" and time.monotonic() - start < 3  # closed at 0.5 s
+        huge = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 30_000
+        refused = raw_exchange(port, huge)  # h11 may refuse first, with its own 400
+        assert refused.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), refused[:100]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        try:
+            assert held[3].recv(1000).startswith(b"HTTP/1.1 503")
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 # ------------------------------------------------------------------------------ worst cases
 def worst_cases() -> dict[str, tuple[str, bytes]]:
     codes = ["d1", "d2", "d3", "d4", "d5"] * 200

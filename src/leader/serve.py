@@ -817,9 +817,10 @@ def uvicorn_config(
     )
 
 
-def guarded_protocol(head_timeout: float, max_connections: int) -> type[Any]:
+def guarded_protocol(head_timeout: float, max_connections: int, parser: str = "auto") -> type[Any]:
     """uvicorn's HTTP protocol (httptools when installed, as uvicorn's "auto" picks, else
-    h11) with a request-head deadline, a head size limit and a connection cap.
+    h11; ``parser="h11"`` forces it) with a request-head deadline, a head size limit and a
+    connection cap.
 
     uvicorn closes idle keep-alive connections but waits forever for the first request
     head, and a byte every few seconds resets its timer; here every request head must be
@@ -829,6 +830,8 @@ def guarded_protocol(head_timeout: float, max_connections: int) -> type[Any]:
     """
     base: type[Any]
     try:  # the module imports httptools: ImportError without it
+        if parser == "h11":
+            raise ImportError("h11 asked for")
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
