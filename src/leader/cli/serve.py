@@ -125,8 +125,9 @@ def serve(
     allow_no_token: Annotated[
         bool,
         typer.Option(
+            "--allow-no-token",
             help="Listen on a non-loopback address without a token (refused otherwise: "
-            "anyone who can reach it could use it)."
+            "anyone who can reach it could use it).",
         ),
     ] = False,
     allowed_host: Annotated[
