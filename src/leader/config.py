@@ -226,6 +226,7 @@ CONFIGS: dict[str, str] = {
     "train": "leader.config:TrainConfig",
     "pipeline": "leader.pipeline:PipelineConfig",
     "benchmark": "leader.benchmark:BenchmarkConfig",
+    "serve": "leader.serve:ServeConfig",
 }
 
 
