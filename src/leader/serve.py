@@ -65,7 +65,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from leader import __version__
-from leader.config import option
+from leader.config import Config, option
 from leader.recommend import (
     DEFAULT_TOP,
     MAX_BATCH,
@@ -103,7 +103,7 @@ CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the 
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Config):
     token: str | None = option(None, "Bearer token required on /v1/* except health (None: open).")
     max_body: int = option(1_000_000, "Largest request body in bytes (413 beyond).")
     max_batch: int = option(MAX_BATCH, "Most patients in one request (413 beyond).")
@@ -127,14 +127,19 @@ class ServeConfig:
         every code, ten per visit and sixty per patient (its keys and profile)."""
         return self.max_codes + 10 * self.max_visits + 60 * self.max_batch
 
-    def check(self) -> None:
+    def check(self) -> list[str]:
         positive = ("max_body", "max_batch", "max_visits", "max_codes", "max_model_batch")
-        for name in (*positive, "max_connections"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        for name in ("body_timeout", "head_timeout", "keep_alive"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        problems = [
+            f"{name} must be at least 1; got {getattr(self, name)}"
+            for name in (*positive, "max_connections")
+            if getattr(self, name) < 1
+        ]
+        problems += [
+            f"{name} must be positive; got {getattr(self, name)}"
+            for name in ("body_timeout", "head_timeout", "keep_alive")
+            if not getattr(self, name) > 0
+        ]
+        return problems
 
 
 # ----------------------------------------------------------------------------- responses
@@ -605,7 +610,7 @@ def create_app(
 ) -> Guard:
     """The ASGI app serving the run in ``run_dir`` (or an already loaded ``model``)."""
     config = config or ServeConfig()
-    config.check()
+    config.validate("serve")
     if model is None:
         if run_dir is None:
             raise ValueError("give run_dir or model")
