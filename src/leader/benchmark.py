@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from leader.config import option, replace
+from leader.benchmark_config import BenchmarkConfig
+from leader.config import replace
 from leader.data.store import Sample, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.evaluate import evaluate_probabilities, fold_dataset, fold_splits
@@ -68,23 +69,6 @@ EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("patients_per_second", "patients/s"),
 )
 ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
-
-
-@dataclass
-class BenchmarkConfig:
-    models: list[str] = option(factory=lambda: ["all"], help="model names, or 'all'")
-    seeds: int = option(3, "training seeds per model (42, 43, ...), LEADER(S) included")
-    folds: int = option(0, "patient-level K-fold cross-validation (0 = the dataset's split)")
-    epochs: int | None = option(None, "override every trained model's epoch limit")
-    rounds: int = option(10, "evaluation rounds of a random 80% of the test samples")
-    smiles: str | None = option(None, "atc3,smiles CSV (default: the dataset's molecules)")
-    allow_missing_molecules: bool = option(
-        True, "molecule models: drugs without SMILES go without their molecule part"
-    )
-    teacher_features: str | None = option(None, "LEADER(T) probabilities (+ hidden states)")
-    student_run: str | None = option(None, "evaluate this LEADER(S) run instead of training")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
-    resume: bool = option(False, "reuse runs/.../result.json from an earlier run")
 
 
 class NotRun(LeaderError):

@@ -39,9 +39,13 @@ def option(
     help: str = "",  # noqa: A002  (the word every CLI uses)
     *,
     factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
 ) -> Any:
-    """A dataclass field with its help text; ``factory`` for mutable defaults."""
-    metadata = {"help": help}
+    """A dataclass field with its help text; ``factory`` for mutable defaults; ``flag`` a
+    CLI spelling other than ``--field-name`` (e.g. ``"--allow-x/--strict-x"``)."""
+    metadata: dict[str, Any] = {"help": help}
+    if flag is not None:
+        metadata["flag"] = flag
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -225,7 +229,7 @@ CONFIGS: dict[str, str] = {
     "student": "leader.student.config:StudentConfig",
     "train": "leader.config:TrainConfig",
     "pipeline": "leader.pipeline:PipelineConfig",
-    "benchmark": "leader.benchmark:BenchmarkConfig",
+    "benchmark": "leader.benchmark_config:BenchmarkConfig",
     "serve": "leader.serve:ServeConfig",
 }
 
@@ -345,14 +349,16 @@ def _scalar(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def flag_fields(cls: type[Any], exclude: Iterable[str] = ()) -> list[tuple[str, Any, str]]:
-    """(dotted name, type hint, help) of every scalar field that gets a CLI flag.
+def flag_fields(
+    cls: type[Any], exclude: Iterable[str] = ()
+) -> list[tuple[str, Any, str, str | None]]:
+    """(dotted name, type hint, help, flag spelling) of every field that gets a CLI flag.
 
     Fields of nested configs get a flag named by their own name (``train.epochs`` ->
     ``--epochs``) unless an outer field already has that name; ``--set`` reaches all.
     """
     skip = set(exclude)
-    found: list[tuple[str, Any, str]] = []
+    found: list[tuple[str, Any, str, str | None]] = []
     taken: set[str] = set()
     queue: list[tuple[type[Any], str]] = [(cls, "")]
     while queue:
@@ -365,7 +371,8 @@ def flag_fields(cls: type[Any], exclude: Iterable[str] = ()) -> list[tuple[str, 
             if f.name in skip or f.name in taken:
                 continue
             taken.add(f.name)
-            found.append((prefix + f.name, hints[f.name], str(f.metadata.get("help", ""))))
+            help_, flag = str(f.metadata.get("help", "")), f.metadata.get("flag")
+            found.append((prefix + f.name, hints[f.name], help_, flag))
     return found
 
 

@@ -6,9 +6,12 @@ Top-level imports stay light; the work happens in :mod:`leader.benchmark`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from leader.benchmark_config import BenchmarkConfig
+from leader.cli.options import config_flags
 
 
 def register(app: typer.Typer) -> None:
@@ -73,80 +76,25 @@ def train(
     typer.echo(f"saved: {out}")
 
 
+@config_flags(BenchmarkConfig)
 def benchmark(
     dataset: Annotated[Path, typer.Option(help="Dataset directory written by `leader prepare`.")],
-    models: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated model names, or 'all': popularity, previous_visit, lr, ecc, "
-            "retain, leap, gamenet, safedrug, micron, cognet, molerec, leader_s, leader_t."
-        ),
-    ] = "all",
-    seeds: Annotated[int, typer.Option(help="Training seeds per model (42, 43, ...).")] = 3,
     out: Annotated[
         Path | None, typer.Option(help="Results folder (default: results/benchmark-<dataset>).")
     ] = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Override every trained model's epoch limit.")
-    ] = None,
-    folds: Annotated[
-        int,
-        typer.Option(
-            help="Patient-level K-fold cross-validation (validation carved from each training "
-            "part), mean ± std over folds; 0 = the dataset's own split."
-        ),
-    ] = 0,
-    rounds: Annotated[int, typer.Option(help="Rounds of a random 80% of the test set.")] = 10,
-    smiles: Annotated[
-        Path | None,
-        typer.Option(
-            help="atc3,smiles CSV for SafeDrug / MoleRec (default: the dataset's molecules, "
-            "from `leader prepare --smiles` or the shipped atc3_smiles.csv for ATC3 drugs)."
-        ),
-    ] = None,
-    allow_missing_molecules: Annotated[
-        bool,
-        typer.Option(
-            "--allow-missing-molecules/--strict-molecules",
-            help="Molecule models: drugs without SMILES go without their molecule part "
-            "(said in the table's notes), or --strict-molecules: an error.",
-        ),
-    ] = True,
-    teacher_features: Annotated[
-        Path | None,
-        typer.Option(
-            help="Teacher features file (`leader teacher predict`): scores LEADER(T), "
-            "and distils LEADER(S)."
-        ),
-    ] = None,
-    student_run: Annotated[
-        Path | None, typer.Option(help="Evaluate this LEADER(S) run instead of training one.")
-    ] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = default).")] = 0,
-    resume: Annotated[
-        bool, typer.Option(help="Reuse finished runs in the results folder.")
-    ] = False,
+    config_values: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
 ) -> None:
     """Every model on one dataset under one protocol; write tables and plots.
 
     Each model at threshold 0.5 and at the threshold chosen on validation, mean ± std over
-    seeds x rounds (or folds), a paired permutation test against the best model.
+    seeds x rounds (or folds), a paired permutation test against the best model. Every
+    BenchmarkConfig field has a flag (`leader config show benchmark`).
     """
-    from leader.benchmark import BenchmarkConfig, run_benchmark
+    from leader import config as configs
+    from leader.benchmark import run_benchmark
 
-    config = BenchmarkConfig(
-        models=[models],
-        seeds=seeds,
-        epochs=epochs,
-        folds=folds,
-        rounds=rounds,
-        smiles=str(smiles) if smiles else None,
-        allow_missing_molecules=allow_missing_molecules,
-        teacher_features=str(teacher_features) if teacher_features else None,
-        student_run=str(student_run) if student_run else None,
-        threads=threads,
-        resume=resume,
-    )
+    config = configs.load(BenchmarkConfig, None, None, overrides or [], config_values)
     target = out or Path("results") / f"benchmark-{dataset.resolve().name}"
     run_benchmark(dataset, target, config, log=typer.echo)
     typer.echo(f"results: {target}/results.md")

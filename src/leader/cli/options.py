@@ -39,12 +39,12 @@ def config_flags(
         annotations.pop("overrides", None)
         dotted: dict[str, str] = {}  # parameter name -> dotted config key
         generated = []
-        for key, hint, help_ in flag_fields(cls, exclude):
+        for key, hint, help_, spelling in flag_fields(cls, exclude):
             name = key.rpartition(".")[2]
             if name in taken:
                 continue
             dotted[name] = key
-            annotations[name] = _flag_annotation(hint, name, help_)
+            annotations[name] = _flag_annotation(hint, name, help_, spelling)
             generated.append(
                 inspect.Parameter(
                     name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name]
@@ -81,12 +81,13 @@ def config_flags(
     return decorate
 
 
-def _flag_annotation(hint: Any, name: str, help: str) -> Any:  # noqa: A002
-    flag = "--" + name.replace("_", "-")
+def _flag_annotation(hint: Any, name: str, help: str, spelling: str | None = None) -> Any:  # noqa: A002
+    flag = spelling or "--" + name.replace("_", "-")
     inner = _without_none(hint)
     if inner is bool:
-        negative = "--no-" + name.replace("_", "-")
-        return Annotated[bool | None, typer.Option(f"{flag}/{negative}", help=help)]
+        if spelling is None:
+            flag += "/--no-" + name.replace("_", "-")
+        return Annotated[bool | None, typer.Option(flag, help=help)]
     if get_origin(inner) is list:
         (item,) = get_args(inner) or (str,)
         return Annotated[list[item] | None, typer.Option(flag, help=help + " (repeatable)")]  # type: ignore[valid-type]
