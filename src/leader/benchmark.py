@@ -22,8 +22,9 @@ dataset); drugs without one go without their molecule part unless
 listed as not run; one that fails is listed with its reason; the run goes on.
 
 The folder: ``results.md`` / ``results.csv`` / ``results.json`` (tables), ``prauc.png``,
-``jaccard_ddi.png``, ``benchmark.json`` (resolved options), ``runs/<model>/[fold<k>/]seed<s>/``
-(saved model, ``train.log``, ``result.json``), ``folds/fold<k>/`` (each fold's dataset). With
+``jaccard_ddi.png``, ``run.json`` (resolved options, dataset checksums, versions), the card
+``README.md``, ``runs/<model>/[fold<k>/]seed<s>/`` (saved model, ``train.log``,
+``result.json``), ``folds/fold<k>/`` (each fold's dataset). With
 ``resume=True`` finished runs are reused.
 
 >>> run_benchmark("data/mimic3", "results/mimic3", BenchmarkConfig(models=["lr"]))  # doctest: +SKIP
@@ -45,9 +46,11 @@ import numpy as np
 
 from leader.benchmark_config import BenchmarkConfig
 from leader.config import replace
-from leader.data.store import Sample, VisitDataset, write_json_atomic
+from leader.data.store import Sample, VisitDataset
 from leader.errors import LeaderError
 from leader.evaluate import evaluate_probabilities, fold_dataset, fold_splits
+from leader.io import write_json_atomic
+from leader.logs import run_log
 from leader.metrics import METRICS, best_threshold, per_sample_prauc
 from leader.results import (
     GROUP_TITLES,
@@ -60,6 +63,7 @@ from leader.results import (
     pooled,
     write_csv,
 )
+from leader.runinfo import write_model_card, write_run_info
 
 GROUPS: tuple[str, ...] = tuple(GROUP_TITLES)
 LEADER_MODELS: tuple[str, ...] = ("leader_s", "leader_t")
@@ -389,14 +393,23 @@ def run_one(
     fold: int | None = None,
 ) -> dict[str, Any]:
     """Train/score/evaluate one model with one seed; never raises for a model's failure."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (run_dir / "train.log").open("w", encoding="utf-8")
-
-    def log(message: str) -> None:
-        log_file.write(message + "\n")
-        log_file.flush()
-
     head: dict[str, Any] = {"model": name, "seed": seed, "fold": fold}
+    with run_log("benchmark", run_dir) as log:
+        result = _run_logged(name, seed, dataset, config, run_dir, molecules, head, log)
+    write_json_atomic(run_dir / "result.json", result)
+    return result
+
+
+def _run_logged(
+    name: str,
+    seed: int,
+    dataset: VisitDataset,
+    config: BenchmarkConfig,
+    run_dir: Path,
+    molecules: Molecules | None,
+    head: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     try:
         if name == "leader_s":
             if config.student_run and config.folds:
@@ -417,9 +430,6 @@ def run_one(
         log(traceback.format_exc())
         reason = str(exc) if isinstance(exc, LeaderError) else f"{type(exc).__name__}: {exc}"
         result = {"status": "failed", **head, "reason": reason}
-    finally:
-        log_file.close()
-    write_json_atomic(run_dir / "result.json", result)
     return result
 
 
@@ -746,10 +756,8 @@ def run_benchmark(
     models = resolve_models(config.models)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        out / "benchmark.json",
-        {"dataset": str(Path(dataset_dir).resolve()), "models": models, **asdict(config)},
-    )
+    write_run_info(out, "benchmark", config, seed=42, dataset_dir=Path(dataset_dir),
+                   extra={"models": models})  # fmt: skip
     molecules = find_molecules(dataset, config, out)
     units = _units(dataset, config, out)
     results: list[dict[str, Any]] = []
@@ -785,6 +793,15 @@ def run_benchmark(
         [key for key, _ in EXTRA_COLUMNS],
     )
     write_plots(out, table)
+    write_model_card(
+        out,
+        f"Benchmark on {Path(dataset_dir).name}",
+        f"{len(models)} medication recommenders under one protocol (results.md): "
+        + ", ".join(models)
+        + ".",
+        data=f"Dataset directory `{Path(dataset_dir).resolve()}` (checksums in run.json).",
+        protocol=header,
+    )
     return table
 
 

@@ -31,6 +31,7 @@ class Recommender(Protocol):
     """What ``leader benchmark`` needs from a model."""
 
     name: ClassVar[str]
+    config: Any  # the model's typed config (a dataclass)
 
     def fit(
         self,

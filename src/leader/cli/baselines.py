@@ -47,6 +47,7 @@ def train(
     from leader.benchmark import BenchmarkConfig, find_molecules
     from leader.data.store import VisitDataset
     from leader.metrics import compute
+    from leader.runinfo import write_model_card, write_run_info
 
     data = VisitDataset.load(dataset)
     overrides: dict[str, object] = {"seed": seed, "threads": threads}
@@ -65,14 +66,23 @@ def train(
     recommender.fit(data, log=typer.echo)
     recommender.save_pretrained(out)
     test = data.samples("test")
+    metrics: dict[str, float] = {}
     if test:
-        metrics = compute(
+        scores = compute(
             data.targets(test), recommender.predict_proba(test), 0.5, data.ddi_matrix()
         )
-        typer.echo(
-            "test: "
-            + " ".join(f"{k} {metrics[k]:.4f}" for k in ("prauc", "jaccard", "f1", "ddi_rate"))
-        )
+        metrics = {k: float(scores[k]) for k in ("prauc", "jaccard", "f1", "ddi_rate")}
+        typer.echo("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    write_run_info(out, "baseline", recommender.config, seed=seed, dataset_dir=dataset)
+    write_model_card(
+        out,
+        f"{name} (baseline)",
+        f"The {name} medication recommender, as implemented in leader.baselines.{name} "
+        "(its module docstring cites the paper and lists every deviation).",
+        data=f"Dataset directory `{dataset}` (checksums in run.json).",
+        metrics=metrics or None,
+        protocol="Test split, threshold 0.5; per-sample means (DESIGN.md metrics).",
+    )
     typer.echo(f"saved: {out}")
 
 
