@@ -442,6 +442,7 @@ class TrainConfig(Config):
     report_to: str = option(
         "none", "experiment tracking under the run folder: none, tensorboard or mlflow"
     )
+    optimizer: str = option("adamw", "adamw (Adam when weight_decay is 0) or rmsprop")
 
     def check(self) -> list[str]:
         problems = [
@@ -455,4 +456,6 @@ class TrainConfig(Config):
             problems.append("threads, max_grad_norm and weight_decay must be >= 0")
         if self.report_to not in ("none", "tensorboard", "mlflow"):
             problems.append(f"report_to must be none, tensorboard or mlflow ({self.report_to!r})")
+        if self.optimizer not in ("adamw", "adam", "rmsprop"):
+            problems.append(f"optimizer must be adamw, adam or rmsprop ({self.optimizer!r})")
         return problems

@@ -55,6 +55,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (Adam when ``weight_decay`` is 0) or RMSprop over the trainable parameters."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adamw, adam, rmsprop")
+
+
 BatchFactory = Callable[[np.random.Generator], Iterable[Any]]
 Validator = Callable[[torch.nn.Module], float]
 
@@ -77,11 +87,7 @@ def fit(
     """
     if config.threads:
         torch.set_num_threads(config.threads)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(model, config)
     state = _TrainState()
     best_weights = _clone_state(model)
     if resume and run_dir is not None and (run_dir / "checkpoint" / "state.json").exists():

@@ -1,29 +1,40 @@
 """COGNet: conditional generation of the drug set with a copy mechanism (Wu, Qian, Zhang,
-Tian, Zhou, "Conditional Generation Net for Medication Recommendation", WWW 2022).
+Tian, Zhou, "Conditional Generation Net for Medication Recommendation", WWW 2022), read
+against the authors' code (github.com/BarryRun/COGNet, ``src/COGNet_model.py``,
+``src/COGNet.py``, ``src/recommend.py``, ``src/beam.py``).
 
-- Encoders: per visit, a transformer encoder layer over the diagnosis set and one over the
-  procedure set (no positions: sets); the visit representation is the sum of their
-  masked means. Drug embeddings are enhanced by graphs, ``E + GCN_ehr - lambda GCN_ddi``
-  (EHR co-occurrence and DDI graphs, as GAMENet).
-- Decoder: a transformer decoder layer over ``[START, m1, ..., m_{k-1}]`` (causal, learned
-  positions) attending to the current visit's encoded diagnoses and procedures.
-- Generation: ``p_gen = softmax(W h)`` over drugs + END.
-- Copy: visit-level weights ``s_j = softmax_j(v_t . v_j / sqrt(D))`` over earlier visits,
-  drug-level attention ``a_jk = softmax_k((W_c h) . e(m_jk))`` within visit ``j``;
-  ``p_copy(c) = sum_j s_j sum_k a_jk [m_jk = c]``.
-- Output ``w p_gen + (1 - w) p_copy`` with the gate ``w = sigmoid(W_g h)``; loss: NLL of the
-  visit's drugs in record order, then END (teacher forcing).
-- Prediction: greedy decoding (no repeated drug; stop at END or after the longest training
-  set); PRAUC scores are each drug's highest decoding probability, mapped so the ``>= 0.5``
-  set is exactly the decoded set.
+- Embeddings (dropout 0.3; PyTorch's default initialisation, as the code) of diagnoses,
+  procedures and drug tokens (drugs + START + END + padding).
+- Encoders: per visit, a transformer encoder layer (2 heads, feed-forward 2048, dropout 0.2:
+  the code's ``nn.TransformerEncoderLayer`` defaults) over the diagnosis set and one over
+  the procedure set (no positions: sets); a third over each earlier visit's medication set.
+  Visit vectors ``v^d``, ``v^p`` pool the encoded codes by self-attention (``SelfAttend``).
+- Graph memory: ``M = GCN_ehr - lambda GCN_ddi`` (first layer shared, as the code's GCN)
+  over EHR co-occurrence and DDI graphs, one row per drug (zero for the special tokens).
+- Decoder (one layer, 2 heads, feed-forward 2D, dropout 0.2): inputs ``e(m) + M[m]`` of
+  ``[START, m1, ..., m_{k-1}]`` (no positions), causal self-attention, then attention to the
+  current visit's encoded diagnoses plus attention to its encoded procedures, feed-forward.
+- Generation: ``p_gen = softmax(W_o h)`` over drugs + START + END.
+- Copy: visit weights ``s_j = softmax_j((v^d_t . v^d_j + v^p_t . v^p_j) / sqrt(D))`` over
+  earlier visits; the keys are the *encoded* medications of the earlier visits:
+  ``a = softmax_all tokens((W_c h) . k / sqrt(D))``, ``p_copy(m) ∝ sum_{tokens = m} a s_j``.
+- Output ``z p_gen + (1 - z) p_copy`` with ``z = sigmoid(W_z h)``; a first-time patient
+  (nothing to copy) uses ``p_gen`` alone, as the code's first visit.
+- Targets: the visit's drugs *rarest first* (by training-set frequency), then END;
+  loss NLL (teacher forcing).
+- Prediction: beam search of size 4 (no drug twice, a hypothesis ends at END, scores are
+  summed log-probabilities, at most 45 steps: the code's ``--beam_size 4 --max_len 45``);
+  PRAUC ranks by the best hypothesis' step distributions averaged.
+- Budget (the authors'): Adam, lr 1e-3, 200 epochs, 16 patients (all their visits) per step,
+  width 64.
 
-First-time patients have nothing to copy: their gate is fixed to 1 (pure generation from
-the current diagnoses and procedures); every visit, first ones included, is trained on.
-
-Deviations: greedy decoding instead of COGNet's beam search (beam 4); one cross-attention
-over the concatenated diagnosis and procedure encodings instead of two; COGNet's
-medication-history encoder feeding the decoder is not implemented (history reaches the
-output through the copy path only); record order for the decoding target.
+Output and remaining deviations: one score matrix carries the set and the ranking: a drug of
+the decoded set scores ``0.5 + 0.5 m``, any other ``0.5 m`` (``m`` its mean step probability),
+so the ``>= 0.5`` set is the beam's set. Drug frequencies for the order are counted on the
+training split (the code counts them on the whole data set, test included). The code's
+unused SafeDrug-style bipartite layer and ``W_dec``/``W_stay`` projections are left out
+(they never reach the output). Early stopping (patience 10 on validation PRAUC) instead
+of the best of 200 epochs by validation Jaccard; at most ``max_visits`` (10) visits.
 
 >>> model = COGNet(COGNetConfig(epochs=20)).fit(dataset)  # doctest: +SKIP
 """
@@ -42,170 +53,240 @@ from torch import nn
 from leader.baselines.features import Batch
 from leader.baselines.gamenet import cooccurrence
 from leader.baselines.neural import (
-    GCN,
     Inputs,
     NeuralConfig,
     NeuralRecommender,
+    beam_search,
     decoded_scores,
     last_output,
+    normalize_rows,
     teacher_forcing,
 )
+from leader.config import option
 from leader.data.store import Sample, VisitDataset
 from leader.training import Output
 
 
 @dataclass
 class COGNetConfig(NeuralConfig):
-    heads: int = 4  # attention heads (embedding_dim must be divisible by it)
-    ffn: int = 128  # feed-forward width of the transformer layers
-    max_positions: int = 64  # decoder positions (drugs per visit + 1 at most)
+    dropout: float = option(0.3, "dropout on the embeddings (authors: 0.3)")
+    epochs: int = option(200, "at most this many epochs (authors: EPOCH = 200)")
+    lr: float = option(1e-3, "Adam learning rate (authors: --lr 0.001)")
+    update: str = option("patient", "steps over whole patients, as COGNet.py")
+    batch_size: int = option(16, "patients per step (authors: --batch_size 16)")
+    heads: int = option(2, "attention heads (authors: nhead = 2)")
+    encoder_ffn: int = option(2048, "feed-forward width of the set encoders (PyTorch default)")
+    layer_dropout: float = option(0.2, "dropout inside the transformer layers (authors: 0.2)")
+    beam_size: int = option(4, "beam width at prediction (authors: --beam_size 4); 1 = greedy")
+    max_steps: int = option(45, "most drugs decoded per visit (authors: --max_len 45)")
+
+
+class SelfAttend(nn.Module):
+    """Attention pooling ``sum_i softmax_i(w^T tanh(W x_i)) x_i`` over a set (COGNet)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(dim, 32), nn.Tanh())
+        self.gate = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        scores = self.gate(self.hidden(x)).squeeze(-1).masked_fill(~real, -1e9)
+        return (torch.softmax(scores, dim=-1).unsqueeze(-1) * x).sum(dim=-2)
+
+
+class SharedGCN(nn.Module):
+    """COGNet's graph encoder: one first layer for both graphs, a second layer each."""
+
+    def __init__(self, nodes: int, dim: int, ehr: torch.Tensor, ddi: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("ehr", normalize_rows(ehr), persistent=False)
+        self.register_buffer("ddi", normalize_rows(ddi), persistent=False)
+        self.first = nn.Linear(nodes, dim)
+        self.ehr_second, self.ddi_second = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for adjacency, second in ((self.ehr, self.ehr_second), (self.ddi, self.ddi_second)):
+            a: torch.Tensor = adjacency  # type: ignore[assignment]
+            hidden = self.dropout(F.relu(a @ self.first.weight.T + self.first.bias))
+            out.append(a @ second(hidden))  # (N, D)
+        return out[0], out[1]
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention, then attention to diagnoses plus attention to procedures, then FFN."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+
+        def attention() -> nn.MultiheadAttention:
+            return nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+        self.self_attention, self.to_diagnoses, self.to_procedures = (
+            attention(),
+            attention(),
+            attention(),
+        )
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.dropouts = nn.ModuleList(nn.Dropout(dropout) for _ in range(3))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        diagnoses: torch.Tensor,
+        diagnosis_padding: torch.Tensor,
+        procedures: torch.Tensor,
+        procedure_padding: torch.Tensor,
+    ) -> torch.Tensor:
+        length = x.shape[1]
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        attended = self.self_attention(x, x, x, attn_mask=causal, need_weights=False)[0]
+        x = self.norms[0](x + self.dropouts[0](attended))
+        d = self.to_diagnoses(
+            x, diagnoses, diagnoses, key_padding_mask=diagnosis_padding, need_weights=False
+        )[0]
+        p = self.to_procedures(
+            x, procedures, procedures, key_padding_mask=procedure_padding, need_weights=False
+        )[0]
+        x = self.norms[1](x + self.dropouts[1](d) + self.dropouts[1](p))
+        return self.norms[2](x + self.dropouts[2](self.ffn(x)))  # type: ignore[no-any-return]
+
+
+def _visible(padding: torch.Tensor) -> torch.Tensor:
+    """A key-padding mask where an all-padding row keeps its first slot (no NaN)."""
+    padding = padding.clone()
+    padding[padding.all(dim=-1), 0] = False
+    return padding
 
 
 class COGNetNetwork(nn.Module):
     def __init__(self, meta: dict[str, Any], inputs: Inputs, config: COGNetConfig) -> None:
         super().__init__()
         dim, drugs = config.embedding_dim, meta["drugs"]
+        self.config = config
         self.dim, self.drugs = dim, drugs
-        self.start, self.end = drugs, drugs
-        self.max_steps = min(int(meta["max_medications"]) + 1, config.max_positions)
+        self.start, self.end, self.pad = drugs, drugs + 1, drugs + 2
         self.diagnosis = nn.Embedding(meta["diagnoses"] + 1, dim, padding_idx=0)
         self.procedure = nn.Embedding(meta["procedures"] + 1, dim, padding_idx=0)
-        self.medication = nn.Embedding(drugs + 1, dim)  # + START
-        self.position = nn.Embedding(config.max_positions, dim)
-        self.ehr_gcn = GCN(drugs, dim, inputs["ehr_adjacency"], config.dropout)
-        self.ddi_gcn = GCN(drugs, dim, inputs["ddi_adjacency"], config.dropout)
-        self.inter = nn.Parameter(torch.tensor(0.1))
+        self.medication = nn.Embedding(drugs + 3, dim, padding_idx=drugs + 2)
+        self.dropout = nn.Dropout(config.dropout)
 
         def encoder() -> nn.TransformerEncoderLayer:
             return nn.TransformerEncoderLayer(
-                dim, config.heads, config.ffn, config.dropout, batch_first=True
+                dim, config.heads, config.encoder_ffn, config.layer_dropout, batch_first=True
             )
 
         self.diagnosis_encoder, self.procedure_encoder = encoder(), encoder()
-        self.decoder = nn.TransformerDecoderLayer(
-            dim, config.heads, config.ffn, config.dropout, batch_first=True
-        )
-        self.generate = nn.Linear(dim, drugs + 1)  # + END
+        self.medication_encoder = encoder()
+        self.diagnosis_pool, self.procedure_pool = SelfAttend(dim), SelfAttend(dim)
+        self.gcn = SharedGCN(drugs, dim, inputs["ehr_adjacency"], inputs["ddi_adjacency"])
+        self.inter = nn.Parameter(torch.empty(()).uniform_(-0.1, 0.1))
+        self.decoder = DecoderLayer(dim, config.heads, config.layer_dropout)
+        self.generate = nn.Linear(dim, drugs + 2)
         self.copy_query = nn.Linear(dim, dim)
         self.gate = nn.Linear(dim, 1)
+        self.register_buffer("frequency", inputs["drug_frequency"], persistent=False)
 
+    # ---------------------------------------------------------------- encoding
     def _encode_sets(
-        self, codes: torch.Tensor, embedding: nn.Embedding, encoder: nn.TransformerEncoderLayer
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, V, C) codes -> per-code encodings (B, V, C, D) and set means (B, V, D)."""
+        self, codes: torch.Tensor, embedding: nn.Embedding, encoder: nn.Module, pad: int = 0
+    ) -> torch.Tensor:
+        """(B, V, C) codes -> (B, V, C, D) encodings, each set on its own."""
         b, v, c = codes.shape
         flat = codes.reshape(b * v, c)
-        padding = flat == 0
-        empty = padding.all(dim=1)
-        padding[empty, 0] = False  # an empty set attends to one padding slot (ignored below)
-        encoded = encoder(embedding(flat), src_key_padding_mask=padding)  # (BV, C, D)
-        real = (~(flat == 0)).float().unsqueeze(-1)
-        mean = (encoded * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
-        return encoded.reshape(b, v, c, -1), mean.reshape(b, v, -1)
+        encoded = encoder(self.dropout(embedding(flat)), src_key_padding_mask=_visible(flat == pad))
+        return encoded.reshape(b, v, c, -1)  # type: ignore[no-any-return]
 
     def context(self, batch: Batch) -> dict[str, torch.Tensor]:
-        diagnoses, diagnosis_means = self._encode_sets(
-            batch.diagnoses, self.diagnosis, self.diagnosis_encoder
-        )
-        procedures, procedure_means = self._encode_sets(
-            batch.procedures, self.procedure, self.procedure_encoder
-        )
-        visits = diagnosis_means + procedure_means  # (B, V, D)
-        current_codes = torch.cat(
-            [
-                last_output(batch.diagnoses, batch.lengths),
-                last_output(batch.procedures, batch.lengths),
-            ],
-            dim=1,
-        )
-        memory = torch.cat(
-            [last_output(diagnoses, batch.lengths), last_output(procedures, batch.lengths)], dim=1
-        )  # (B, Cd+Cp, D)
-        memory_padding = current_codes == 0
-        memory_padding[memory_padding.all(dim=1), 0] = False
-        # Visit-level copy weights over earlier visits only.
-        current = last_output(visits, batch.lengths)  # (B, D)
-        steps = torch.arange(visits.shape[1]).unsqueeze(0)
+        diagnoses = self._encode_sets(batch.diagnoses, self.diagnosis, self.diagnosis_encoder)
+        procedures = self._encode_sets(batch.procedures, self.procedure, self.procedure_encoder)
+        d_visits = self.diagnosis_pool(diagnoses, batch.diagnoses > 0)  # (B, V, D)
+        p_visits = self.procedure_pool(procedures, batch.procedures > 0)
+        current_d = last_output(d_visits, batch.lengths)
+        current_p = last_output(p_visits, batch.lengths)
+        scores = (
+            torch.einsum("bd,bvd->bv", current_d, d_visits)
+            + torch.einsum("bd,bvd->bv", current_p, p_visits)
+        ) / self.dim**0.5
+        steps = torch.arange(d_visits.shape[1]).unsqueeze(0)
         earlier = steps < (batch.lengths - 1).unsqueeze(1)  # (B, V)
-        scores = torch.einsum("bd,bvd->bv", current, visits) / self.dim**0.5
-        has_history = earlier.any(dim=1)
-        scores = scores.masked_fill(~earlier, float("-inf")).masked_fill(
-            ~has_history.unsqueeze(1), 0.0
-        )
-        visit_weights = torch.softmax(scores, dim=1) * earlier  # (B, V)
-        drug_table = (
-            self.medication.weight[: self.drugs] + self.ehr_gcn() - self.inter * self.ddi_gcn()
-        )
+        visit_weights = torch.softmax(scores.masked_fill(~earlier, -1e9), dim=1) * earlier
+        # Earlier visits' medication sets as tokens (pad = drugs + 2), encoded per visit.
+        tokens = torch.where(batch.medications > 0, batch.medications - 1, self.pad)
+        keys = self._encode_sets(tokens, self.medication, self.medication_encoder, self.pad)
+        ehr, ddi = self.gcn()
+        memory = F.pad(ehr - self.inter * ddi, (0, 0, 0, 3))  # (drugs + 3, D)
         return {
+            "diagnoses": last_output(diagnoses, batch.lengths),  # (B, Cd, D)
+            "diagnosis_padding": _visible(last_output(batch.diagnoses, batch.lengths) == 0),
+            "procedures": last_output(procedures, batch.lengths),
+            "procedure_padding": _visible(last_output(batch.procedures, batch.lengths) == 0),
+            "keys": keys.flatten(1, 2),  # (B, V*Cm, D)
+            "key_tokens": tokens.flatten(1),  # (B, V*Cm)
+            "key_weights": (visit_weights.unsqueeze(-1) * (tokens != self.pad)).flatten(1),
+            "has_history": earlier.any(dim=1),  # (B,)
             "memory": memory,
-            "memory_padding": memory_padding,
-            "visit_weights": visit_weights,
-            "has_history": has_history,
-            "history": batch.medications,
-            "drug_table": drug_table,
         }
 
+    # ---------------------------------------------------------------- decoding
     def distribution(self, ctx: dict[str, torch.Tensor], prefix: torch.Tensor) -> torch.Tensor:
-        """(B, T) decoder inputs -> (B, T, drugs + 1) output probabilities."""
-        length = prefix.shape[1]
-        table = torch.cat([ctx["drug_table"], self.medication.weight[self.drugs :]], dim=0)
-        x = table[prefix] + self.position(torch.arange(length)).unsqueeze(0)  # (B, T, D)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        """(B, T) decoder inputs -> (B, T, drugs + 2) output probabilities."""
+        x = self.dropout(self.medication(prefix)) + ctx["memory"][prefix]  # (B, T, D)
         h = self.decoder(
-            x, ctx["memory"], tgt_mask=causal, memory_key_padding_mask=ctx["memory_padding"]
+            x,
+            ctx["diagnoses"],
+            ctx["diagnosis_padding"],
+            ctx["procedures"],
+            ctx["procedure_padding"],
         )  # (B, T, D)
-        generated = torch.softmax(self.generate(h), dim=-1)  # (B, T, drugs + 1)
-        history = ctx["history"]  # (B, V, Cm) drug ids + 1, 0 = padding
-        token_embeddings = F.pad(ctx["drug_table"], (0, 0, 1, 0))[history]  # (B, V, Cm, D)
-        token_scores = torch.einsum("btd,bvkd->btvk", self.copy_query(h), token_embeddings)
-        token_scores = token_scores.masked_fill((history == 0).unsqueeze(1), float("-inf"))
-        attention = torch.nan_to_num(torch.softmax(token_scores, dim=-1), nan=0.0)
-        weights = attention * ctx["visit_weights"][:, None, :, None]  # (B, T, V, Cm)
-        copied = torch.zeros(*h.shape[:2], self.drugs + 2)
-        index = history.flatten(1).unsqueeze(1).expand(-1, length, -1)  # (B, T, V*Cm)
-        copied.scatter_add_(2, index, weights.flatten(2))
-        copied = torch.cat([copied[..., 1 : self.drugs + 1], torch.zeros(*h.shape[:2], 1)], dim=-1)
+        generated = torch.softmax(self.generate(h), dim=-1)  # (B, T, drugs + 2)
+        scores = torch.einsum("btd,bkd->btk", self.copy_query(h), ctx["keys"]) / self.dim**0.5
+        real = ctx["key_tokens"] != self.pad  # (B, K)
+        attention = torch.softmax(scores.masked_fill(~real.unsqueeze(1), -1e9), dim=-1)
+        weights = attention * ctx["key_weights"].unsqueeze(1)  # (B, T, K)
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        copied = torch.zeros(*h.shape[:2], self.drugs + 3)
+        index = ctx["key_tokens"].unsqueeze(1).expand(-1, h.shape[1], -1)
+        copied = copied.scatter_add(2, index, weights)[..., : self.drugs + 2]
         gate = torch.sigmoid(self.gate(h))  # (B, T, 1)
         gate = torch.where(ctx["has_history"][:, None, None], gate, torch.ones_like(gate))
         return gate * generated + (1 - gate) * copied
 
+    def rarest_first(self, sequences: list[list[int]]) -> list[list[int]]:
+        frequency: torch.Tensor = self.frequency  # type: ignore[assignment]
+        return [sorted(s, key=lambda d: float(frequency[d])) for s in sequences]
+
     def forward(self, batch: Batch) -> Output:
         if batch.target_sequences is None:
             return Output(loss=None, logits=torch.logit(self.predict(batch), eps=1e-6))
-        inputs, outputs = teacher_forcing(batch.target_sequences, self.start, self.end)
-        inputs, outputs = (
-            inputs[:, : self.position.num_embeddings],
-            outputs[:, : self.position.num_embeddings],
-        )
-        probabilities = self.distribution(self.context(batch), inputs)  # (B, T, drugs + 1)
+        ordered = self.rarest_first(batch.target_sequences)
+        inputs, outputs = teacher_forcing(ordered, self.start, self.end)
+        probabilities = self.distribution(self.context(batch), inputs)  # (B, T, drugs + 2)
         log_probabilities = torch.log(probabilities.clamp(min=1e-10))
         loss = F.nll_loss(log_probabilities.flatten(0, 1), outputs.flatten(), ignore_index=-100)
-        return Output(
-            loss=loss,
-            logits=torch.logit(probabilities.max(dim=1).values[:, : self.drugs], eps=1e-6),
-        )
+        logits = torch.logit(probabilities.max(dim=1).values[:, : self.drugs], eps=1e-6)
+        return Output(loss=loss, logits=logits)
 
     def predict(self, batch: Batch) -> torch.Tensor:
         ctx = self.context(batch)
-        size = batch.size
-        chosen = torch.zeros(size, self.drugs, dtype=torch.bool)
-        best = torch.zeros(size, self.drugs)
-        done = torch.zeros(size, dtype=torch.bool)
-        prefix = torch.full((size, 1), self.start, dtype=torch.long)
-        for _ in range(self.max_steps):
-            probabilities = self.distribution(ctx, prefix)[:, -1].clone()  # (B, drugs + 1)
-            probabilities[:, : self.drugs] = probabilities[:, : self.drugs].masked_fill(chosen, 0.0)
-            live = ~done
-            best[live] = torch.maximum(best[live], probabilities[live, : self.drugs])
-            token = probabilities.argmax(dim=-1)
-            emitted = live & (token != self.end)
-            chosen[emitted, token[emitted]] = True
-            done |= token == self.end
-            token = torch.where(done, torch.full_like(token, self.start), token)
-            prefix = torch.cat([prefix, token.unsqueeze(1)], dim=1)
-            if bool(done.all()):
-                break
-        return decoded_scores(best, chosen)
+        beam = self.config.beam_size
+        expanded = {
+            k: v if k == "memory" else v.repeat_interleave(beam, dim=0) for k, v in ctx.items()
+        }
+
+        def step(prefixes: torch.Tensor) -> torch.Tensor:
+            last = self.distribution(expanded, prefixes)[:, -1]  # (B * beam, drugs + 2)
+            return torch.log(last.clamp(min=1e-10))
+
+        result = beam_search(step, batch.size, beam, self.config.max_steps, self.start, self.end)
+        chosen = torch.zeros(batch.size, self.drugs, dtype=torch.bool)
+        for b, tokens in enumerate(result.tokens):
+            chosen[b, [t for t in tokens if t < self.drugs]] = True
+        return decoded_scores(result.mean_probabilities[:, : self.drugs], chosen)
 
 
 class COGNet(NeuralRecommender):
@@ -217,10 +298,11 @@ class COGNet(NeuralRecommender):
     def prepare(
         self, dataset: VisitDataset, train: Sequence[Sample]
     ) -> tuple[dict[str, Any], Inputs]:
-        longest = int(dataset.targets(train).sum(axis=1).max()) if train else 1
-        return {"max_medications": max(longest, 1)}, {
+        frequency = dataset.targets(train).sum(axis=0).astype(np.float32)
+        return {}, {
             "ehr_adjacency": torch.from_numpy(cooccurrence(dataset, train)),
             "ddi_adjacency": torch.from_numpy(dataset.ddi_matrix().astype(np.float32)),
+            "drug_frequency": torch.from_numpy(frequency),
         }
 
     def build(self, meta: dict[str, Any], inputs: Inputs) -> nn.Module:

@@ -33,23 +33,37 @@ from leader.baselines.base import (
     write_vocab,
 )
 from leader.baselines.features import Batch, EncodedSample, collate, encode_sample
+from leader.config import option
 from leader.data.store import Sample, VisitDataset, Vocabulary
+from leader.errors import LeaderError
 from leader.metrics import compute, ddi_rate
 from leader.training import TrainConfig, fit, seed_everything
 
 
 @dataclass
 class NeuralConfig:
-    embedding_dim: int = 64  # code embedding / hidden width
-    dropout: float = 0.4  # dropout on embeddings / hidden states
-    epochs: int = 30  # at most this many training epochs
-    batch_size: int = 16  # samples per optimiser step
-    lr: float = 5e-4  # Adam learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    patience: int = 5  # early stopping: epochs without a better validation PRAUC
-    max_visits: int = 10  # most recent visits kept per sample (earlier visits + current)
-    seed: int = 42  # seeds weights, shuffling and dropout
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    """What every neural baseline shares. Each model's config overrides the defaults with its
+    authors' budget (learning rate, dropout, epochs, update granularity), citing them."""
+
+    embedding_dim: int = option(64, "code embedding / hidden width")
+    dropout: float = option(0.5, "dropout on code embeddings (the authors' value per model)")
+    epochs: int = option(50, "at most this many epochs (at least the authors' count)")
+    update: str = option(
+        "visit",
+        "one optimiser step per 'visit' (batch_size samples) or per 'patient' "
+        "(batch_size patients, all their samples), as the authors trained",
+    )
+    batch_size: int = option(1, "samples (update=visit) or patients (update=patient) per step")
+    optimizer: str = option("adam", "adam or rmsprop")
+    lr: float = option(5e-4, "learning rate")
+    weight_decay: float = option(0.0, "weight decay")
+    patience: int = option(
+        10,
+        "early stopping: epochs without a better validation PRAUC (the same rule as the student)",
+    )
+    max_visits: int = option(10, "most recent visits kept per sample (earlier + current)")
+    seed: int = option(42, "seeds weights, shuffling and dropout")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
 
 
 Inputs = dict[str, torch.Tensor]
@@ -79,6 +93,10 @@ class NeuralRecommender:
     def build(self, meta: dict[str, Any], inputs: Inputs) -> nn.Module:
         raise NotImplementedError
 
+    def trains_on(self, sample: Sample) -> bool:
+        """Whether the authors trained on this kind of sample (all, by default)."""
+        return True
+
     # ---------------------------------------------------------------- public API
     def fit(
         self,
@@ -100,7 +118,14 @@ class NeuralRecommender:
             **extra,
         }
         self.network_ = self.build(self.meta_, self.inputs_)
-        encoded = self._encode(train)
+        trained = [s for s in train if self.trains_on(s)]
+        if not trained:
+            raise LeaderError(
+                f"{self.name}: no sample of the train split it can learn from (it trains on "
+                "patients with an earlier visit only); check splits.json"
+            )
+        encoded = self._encode(trained)
+        groups = self._update_groups(trained)
         drugs = self.meta_["drugs"]
         truth = dataset.targets(validation)
 
@@ -108,9 +133,13 @@ class NeuralRecommender:
             hook = getattr(self.network_, "start_epoch", None)
             if hook is not None:
                 hook()
-            order = rng.permutation(len(encoded))
+            order = rng.permutation(len(groups))
             for start in range(0, len(order), self.config.batch_size):
-                chunk = [encoded[i] for i in order[start : start + self.config.batch_size]]
+                chunk = [
+                    encoded[i]
+                    for g in order[start : start + self.config.batch_size]
+                    for i in groups[g]
+                ]
                 yield collate(chunk, drugs, with_targets=True)
 
         def validate(network: nn.Module) -> float:
@@ -122,8 +151,10 @@ class NeuralRecommender:
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             patience=self.config.patience,
+            max_grad_norm=0.0,  # none of the originals clips gradients
             seed=self.config.seed,
             threads=self.config.threads,
+            optimizer=self.config.optimizer,
         )
         self.fit_result_ = fit(self.network_, batches, validate, train_config, run_dir, log=log)
         return self
@@ -169,6 +200,19 @@ class NeuralRecommender:
         model.network_.eval()
         return model
 
+    def _update_groups(self, samples: Sequence[Sample]) -> list[list[int]]:
+        """Sample indices per shuffled unit: one sample, or one patient's samples."""
+        if self.config.update == "visit":
+            return [[i] for i in range(len(samples))]
+        if self.config.update != "patient":
+            raise LeaderError(
+                f"{self.name}: update must be 'visit' or 'patient', not {self.config.update!r}"
+            )
+        by_patient: dict[str, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_patient.setdefault(sample.patient_id, []).append(i)
+        return list(by_patient.values())
+
     def _encode(self, samples: Sequence[Sample]) -> list[EncodedSample]:
         return [encode_sample(s, self.vocab_, self.config.max_visits) for s in samples]
 
@@ -180,6 +224,31 @@ def replace_config(config: Any, **changes: Any) -> Any:
 
 
 # -------------------------------------------------------------------- shared layers
+
+
+def init_uniform(*embeddings: nn.Embedding, bound: float = 0.1) -> None:
+    """``U(-bound, bound)`` embeddings, the originals' ``init_weights``; padding rows stay 0."""
+    for embedding in embeddings:
+        nn.init.uniform_(embedding.weight, -bound, bound)
+        if embedding.padding_idx is not None:
+            with torch.no_grad():
+                embedding.weight[embedding.padding_idx].zero_()
+
+
+def pool_codes(
+    embedding: nn.Embedding, codes: torch.Tensor, dropout: nn.Module, mode: str = "sum"
+) -> torch.Tensor:
+    """Code embeddings (dropout on each, as the originals) pooled per visit.
+
+    (B, V, C) -> (B, V, D); ``mode`` ``sum`` (SafeDrug, MICRON, MoleRec, RETAIN) or ``mean``
+    over the visit's real codes (GAMENet); padding (0) adds nothing, an empty visit gives 0.
+    """
+    vectors = dropout(embedding(codes)) * (codes > 0).unsqueeze(-1)  # (B, V, C, D)
+    total = vectors.sum(dim=-2)
+    if mode == "sum":
+        return total
+    count = (codes > 0).sum(dim=-1, keepdim=True).clamp(min=1)
+    return total / count
 
 
 def sum_embed(embedding: nn.Embedding, codes: torch.Tensor) -> torch.Tensor:
@@ -199,9 +268,12 @@ def normalize_rows(adjacency: torch.Tensor) -> torch.Tensor:
 
 
 class GCN(nn.Module):
-    """Two-layer graph convolution over the drugs, identity node features (GAMENet)."""
+    """Two-layer graph convolution over the drugs, identity node features (GAMENet).
 
-    def __init__(self, nodes: int, dim: int, adjacency: torch.Tensor, dropout: float) -> None:
+    ``A ReLU(A I W1) W2`` with dropout 0.3 between the layers, as GAMENet's ``GCN``.
+    """
+
+    def __init__(self, nodes: int, dim: int, adjacency: torch.Tensor, dropout: float = 0.3):
         super().__init__()
         self.register_buffer("adjacency", normalize_rows(adjacency), persistent=False)
         self.first = nn.Linear(nodes, dim)
@@ -218,42 +290,86 @@ class VisitQuery(nn.Module):
     """Diagnosis and procedure streams through their own GRU, joined into a query per visit.
 
     The patient representation of GAMENet / SafeDrug / MoleRec:
-    ``query_t = Linear(ReLU([GRU_d(d_1..d_t)_t ; GRU_p(p_1..p_t)_t]))``.
+    ``query_t = Linear(ReLU([GRU_d(d_1..d_t)_t ; GRU_p(p_1..p_t)_t]))``; codes pooled per
+    visit by ``pooling`` (GAMENet: mean, the others: sum), embeddings ``U(-0.1, 0.1)``.
     """
 
-    def __init__(self, diagnoses: int, procedures: int, dim: int, hidden: int, dropout: float):
+    def __init__(
+        self,
+        diagnoses: int,
+        procedures: int,
+        dim: int,
+        hidden: int,
+        dropout: float,
+        pooling: str = "sum",
+    ):
         super().__init__()
         self.diagnosis = nn.Embedding(diagnoses + 1, dim, padding_idx=0)
         self.procedure = nn.Embedding(procedures + 1, dim, padding_idx=0)
+        init_uniform(self.diagnosis, self.procedure)
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.diagnosis_gru = nn.GRU(dim, hidden, batch_first=True)
         self.procedure_gru = nn.GRU(dim, hidden, batch_first=True)
         self.query = nn.Sequential(nn.ReLU(), nn.Linear(2 * hidden, dim))
 
+    def streams(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU outputs of both streams, (B, V, H) each (right-padded positions are junk)."""
+        d = pool_codes(self.diagnosis, batch.diagnoses, self.dropout, self.pooling)
+        p = pool_codes(self.procedure, batch.procedures, self.dropout, self.pooling)
+        return self.diagnosis_gru(d)[0], self.procedure_gru(p)[0]
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """(B, V, D): the query after each visit (right-padded positions are junk)."""
-        d, _ = self.diagnosis_gru(self.dropout(sum_embed(self.diagnosis, batch.diagnoses)))
-        p, _ = self.procedure_gru(self.dropout(sum_embed(self.procedure, batch.procedures)))
+        d, p = self.streams(batch)
         return self.query(torch.cat([d, p], dim=-1))  # type: ignore[no-any-return]
 
 
 # -------------------------------------------------------------------- shared losses
+# Per sample (B,) so that a batch of visits is trained as the originals trained one visit.
 
 
-def margin_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-label margin loss (GAMENet / SafeDrug's second term)."""
+def bce_per_sample(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1)
+
+
+def margin_per_sample(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-label margin loss on probabilities (every original applies it to the sigmoid)."""
     drugs = target.shape[1]
     positions = torch.arange(drugs).expand_as(target)
     # Positive indices first, then -1 (PyTorch stops reading at the first -1).
     keys = torch.where(target > 0.5, positions, positions + drugs)
     ordered = torch.sort(keys, dim=1).values
     index = torch.where(ordered < drugs, ordered, torch.full_like(ordered, -1))
-    return F.multilabel_margin_loss(logits, index)
+    return F.multilabel_margin_loss(probabilities, index, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean multi-label margin loss of ``sigmoid(logits)`` (GAMENet / SafeDrug's term)."""
+    return margin_per_sample(torch.sigmoid(logits), target).mean()
+
+
+def expected_ddi(probabilities: torch.Tensor, ddi: torch.Tensor) -> torch.Tensor:
+    """(B,) ``sum_ij p_i p_j A_ij`` per sample (SafeDrug's DDI loss before its weight)."""
+    return ((probabilities @ ddi) * probabilities).sum(dim=1)
 
 
 def ddi_penalty(probabilities: torch.Tensor, ddi: torch.Tensor) -> torch.Tensor:
     """Expected interacting pairs ``sum_ij p_i p_j A_ij``, averaged over the batch."""
-    return ((probabilities @ ddi) * probabilities).sum(dim=1).mean()
+    return expected_ddi(probabilities, ddi).mean()
+
+
+def visit_ddi_rate(logits: torch.Tensor, ddi: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B,) DDI rate of each visit's predicted set (interacting pairs / pairs; 0 under 2 drugs).
+
+    Per visit, as the originals measure it to steer their DDI loss (one visit per step).
+    """
+    with torch.no_grad():
+        predicted = (torch.sigmoid(logits) >= threshold).float()
+        interacting = ((predicted @ ddi) * predicted).sum(dim=1) / 2
+        size = predicted.sum(dim=1)
+        pairs = size * (size - 1) / 2
+        return torch.where(pairs > 0, interacting / pairs.clamp(min=1), torch.zeros_like(size))
 
 
 def batch_ddi_rate(logits: torch.Tensor, ddi: torch.Tensor, threshold: float = 0.5) -> float:
@@ -267,27 +383,25 @@ def controllable_ddi_loss(
     target: torch.Tensor,
     ddi: torch.Tensor,
     target_ddi: float,
-    kp: float,
+    weight: Callable[[torch.Tensor], torch.Tensor],
     ddi_weight: float = 0.0005,
-    bce_weight: float = 0.95,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """SafeDrug's controllable loss: accuracy terms, plus the DDI term when over target.
+    """SafeDrug's controllable loss, per visit; MoleRec uses it with its own weight schedule.
 
-    With ``r`` the batch's DDI rate: ``r <= target``: ``0.95 BCE + 0.05 margin``; else
-    ``beta (0.95 BCE + 0.05 margin) + (1 - beta) * ddi_weight * penalty`` with
-    ``beta = max(0, 1 + (target - r) / kp)``.
+    Per visit with DDI rate ``r``: ``r <= target``: ``0.95 BCE + 0.05 margin(sigmoid)``;
+    else ``beta (0.95 BCE + 0.05 margin) + (1 - beta) * ddi_weight * sum p p^T * A`` with
+    ``beta = weight(r)``; the batch loss is the mean over visits.
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    margin = margin_loss(logits, target)
-    accuracy = bce_weight * bce + (1 - bce_weight) * margin
-    rate = batch_ddi_rate(logits, ddi)
-    penalty = ddi_weight * ddi_penalty(torch.sigmoid(logits), ddi)
-    if rate <= target_ddi:
-        loss = accuracy
-    else:
-        beta = max(0.0, 1.0 + (target_ddi - rate) / kp)
-        loss = beta * accuracy + (1 - beta) * penalty
-    return loss, {"bce": float(bce.detach()), "ddi_rate": rate, "ddi": float(penalty.detach())}
+    probabilities = torch.sigmoid(logits)
+    accuracy = 0.95 * bce_per_sample(logits, target) + 0.05 * margin_per_sample(
+        probabilities, target
+    )
+    penalty = ddi_weight * expected_ddi(probabilities, ddi)
+    rate = visit_ddi_rate(logits, ddi)
+    beta = torch.where(rate <= target_ddi, torch.ones_like(rate), weight(rate))
+    loss = (beta * accuracy + (1 - beta) * penalty).mean()
+    parts = {"accuracy": float(accuracy.detach().mean()), "ddi_rate": float(rate.mean())}
+    return loss, parts
 
 
 # -------------------------------------------------------------------- sequence decoders
@@ -317,3 +431,89 @@ def decoded_scores(best: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     (strictly below 0.5), so PRAUC ranks the decoded drugs first.
     """
     return torch.where(chosen, 0.5 + 0.5 * best, 0.5 * best.clamp(max=0.999))
+
+
+def first_unique_tokens(step_probabilities: np.ndarray, stop: set[int]) -> list[int]:
+    """The set a sequence decoder emits, read from its per-step distributions (T, tokens).
+
+    At each step the most probable token not emitted yet is taken; the first step whose
+    best remaining token is in ``stop`` (END / START) ends the set. This is the GAMENet
+    repository's ``sequence_output_process``, which LEAP and COGNet are scored with.
+    """
+    emitted: list[int] = []
+    for row in step_probabilities:
+        for token in np.argsort(-row, kind="stable"):
+            token = int(token)
+            if token in stop:
+                return emitted
+            if token not in emitted:
+                emitted.append(token)
+                break
+    return emitted
+
+
+StepFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class BeamResult:
+    tokens: list[list[int]]  # per row: the best hypothesis, END excluded
+    scores: torch.Tensor  # (B,) its summed log-probability
+    mean_probabilities: torch.Tensor  # (B, tokens) its step distributions averaged
+
+
+def beam_search(
+    step: StepFunction, rows: int, beam: int, max_steps: int, start: int, end: int
+) -> BeamResult:
+    """Beam search for sets: no token twice, a hypothesis ends at ``end`` (COGNet's beam).
+
+    ``step(prefixes)`` maps (rows * beam, L) token prefixes (row-major: all beams of row 0
+    first) to (rows * beam, tokens) log-probabilities of the next token, ``start`` excluded
+    from the choice. Scores are summed log-probabilities without length normalisation, and
+    finished hypotheses compete with live ones at every step, as in COGNet's ``Beam``.
+    ``beam=1`` is greedy decoding.
+    """
+    prefixes = torch.full((rows * beam, 1), start, dtype=torch.long)
+    scores = torch.full((rows, beam), float("-inf"))
+    scores[:, 0] = 0.0  # one live hypothesis per row at the start
+    finished = torch.zeros(rows, beam, dtype=torch.bool)
+    sums: torch.Tensor | None = None  # (rows, beam, tokens) summed step distributions
+    counts = torch.zeros(rows, beam)
+    for _ in range(max_steps):
+        log_probs = step(prefixes)  # (rows * beam, tokens)
+        tokens = log_probs.shape[1]
+        step_probs = log_probs.detach().exp().view(rows, beam, tokens)  # raw, for PRAUC
+        log_probs = log_probs.clone()
+        log_probs[:, start] = float("-inf")
+        used = torch.zeros_like(log_probs, dtype=torch.bool)
+        used.scatter_(1, prefixes, True)
+        used[:, end] = False
+        log_probs = log_probs.masked_fill(used, float("-inf")).view(rows, beam, tokens)
+        if sums is None:
+            sums = torch.zeros(rows, beam, tokens)
+        live = ~finished & torch.isfinite(scores)
+        grow = torch.where(live.unsqueeze(-1), scores.unsqueeze(-1) + log_probs, float("-inf"))
+        stay = torch.where(finished, scores, float("-inf")).unsqueeze(-1)  # carry finished
+        candidates = torch.cat([grow, stay], dim=-1).view(rows, -1)  # (rows, beam*(tokens+1))
+        best, index = candidates.topk(beam, dim=1)
+        parent, token = index // (tokens + 1), index % (tokens + 1)
+        carried = token == tokens
+        gather = parent.unsqueeze(-1).expand(-1, -1, tokens)
+        sums = torch.gather(sums, 1, gather) + torch.where(
+            carried.unsqueeze(-1), 0.0, torch.gather(step_probs, 1, gather)
+        )
+        counts = torch.gather(counts, 1, parent) + (~carried).float()
+        finished = torch.gather(finished, 1, parent) | carried | (token == end)
+        finished |= ~torch.isfinite(best)
+        scores = best
+        flat_parent = (parent + torch.arange(rows).unsqueeze(1) * beam).view(-1)
+        next_token = torch.where(carried, end, token).view(-1, 1)
+        prefixes = torch.cat([prefixes[flat_parent], next_token], dim=1)
+        if bool(finished.all()):
+            break
+    assert sums is not None
+    top = scores.argmax(dim=1)  # (rows,)
+    chosen = prefixes.view(rows, beam, -1)[torch.arange(rows), top, 1:]
+    result = [[int(t) for t in row if int(t) != end] for row in chosen]
+    mean = sums[torch.arange(rows), top] / counts[torch.arange(rows), top].clamp(min=1).unsqueeze(1)
+    return BeamResult(result, scores[torch.arange(rows), top], mean)

@@ -1,27 +1,34 @@
 """RETAIN: reverse-time attention over the visits (Choi et al., "RETAIN: An Interpretable
-Predictive Model for Healthcare using Reverse Time Attention Mechanism", NeurIPS 2016).
+Predictive Model for Healthcare using Reverse Time Attention Mechanism", NeurIPS 2016),
+read against the authors' code (github.com/mp2893/retain) and the medication-recommendation
+reproduction the GAMENet / SafeDrug line reports (github.com/sjy1203/GAMENet,
+``code/models.py`` ``Retain``, ``code/baseline/train_Retain.py``).
 
-Each visit is embedded as the sum of its code embeddings ``v_i``. Two GRUs read the visits
-in reverse time order; the first gives a scalar visit-level attention
-``alpha = softmax(w_alpha^T g_i + b)``, the second a vector code-level attention
-``beta_i = tanh(W_beta h_i + b)``. The context ``c = sum_i alpha_i (beta_i * v_i)`` goes
-through dropout and a linear layer to one logit per drug; loss BCE.
+- A visit is the sum of its code embeddings ``v_i`` (one table over diagnoses, procedures
+  and medications, ``U(-0.1, 0.1)`` as mp2893/retain, dropout 0.3 on each code as the
+  reproduction).
+- Two GRUs read the visits in reverse time order; ``alpha = softmax_i(w^T g_i + b)`` over
+  the visits, ``beta_i = tanh(W h_i + b)``; ``c = sum_i alpha_i (beta_i * v_i)``; one logit per
+  drug ``W_out c + b``; loss BCE.
+- ``form`` says what the model reads (the benchmark uses the default, ``paper``):
+  ``paper``: the earlier visits with their medications and the current visit's diagnoses
+  and procedures (empty medication slot), trained on every sample, so a first-time patient
+  is a sequence of one visit. ``code``: the reproduction's set-up, earlier visits only
+  (the current visit's codes are not read), trained on samples with an earlier visit; a
+  first-time patient has nothing to read and gets ``sigmoid(b)``, a learned constant.
+- Budget (the reproduction's): Adam, lr 2e-4, 40 epochs, one step per patient, width 64.
 
-Medication recommendation setting (as in the GAMENet / SafeDrug reproductions): an earlier
-visit's embedding sums its diagnoses, procedures and medications.
-
-Deviations and first-time patients:
-- The reproductions feed only earlier visits and so cannot serve a patient without one.
-  Here the current visit is always the last step, with its diagnoses and procedures and an
-  empty medication slot: a first-time patient is a sequence of one visit.
-- The original predicts a fixed label per patient; here one multi-label output per sample.
-- At most ``max_visits`` most recent visits (default 10).
+Remaining deviations: the reproduction's GRUs read forward in time and its ``softmax``
+runs over a singleton axis (every ``alpha`` is 1); both are the paper's here (reverse time,
+softmax over visits). A patient's loss is the mean over its visits (the code sums);
+early stopping (patience 10 on validation PRAUC); at most ``max_visits`` (10) visits.
 
 >>> model = RETAIN(RETAINConfig(epochs=20)).fit(dataset)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,8 +36,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from leader.baselines.features import Batch
-from leader.baselines.neural import Inputs, NeuralConfig, NeuralRecommender, sum_embed
+from leader.baselines.neural import (
+    Inputs,
+    NeuralConfig,
+    NeuralRecommender,
+    init_uniform,
+    pool_codes,
+)
+from leader.config import option
+from leader.data.store import Sample
+from leader.errors import LeaderError
 from leader.training import Output
+
+
+@dataclass
+class RETAINConfig(NeuralConfig):
+    dropout: float = option(0.3, "dropout on code embeddings (reproduction: 0.3)")
+    epochs: int = option(40, "at most this many epochs (reproduction: EPOCH = 40)")
+    lr: float = option(2e-4, "Adam learning rate (reproduction: LR = 0.0002)")
+    update: str = option("patient", "one step per patient, as train_Retain.py")
+    batch_size: int = option(1, "patients per step (reproduction: 1)")
+    form: str = option(
+        "paper",
+        "'paper': read the current visit's diagnoses and procedures too; "
+        "'code': earlier visits only, as the reproduction",
+    )
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -41,12 +71,16 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class RetainNetwork(nn.Module):
-    def __init__(self, meta: dict[str, Any], config: NeuralConfig) -> None:
+    def __init__(self, meta: dict[str, Any], config: RETAINConfig) -> None:
         super().__init__()
+        if config.form not in ("paper", "code"):
+            raise LeaderError(f"retain: form must be 'paper' or 'code', not {config.form!r}")
         dim = config.embedding_dim
-        self.diagnosis = nn.Embedding(meta["diagnoses"] + 1, dim, padding_idx=0)
-        self.procedure = nn.Embedding(meta["procedures"] + 1, dim, padding_idx=0)
-        self.medication = nn.Embedding(meta["drugs"] + 1, dim, padding_idx=0)
+        self.form = config.form
+        self.offsets = (meta["diagnoses"], meta["diagnoses"] + meta["procedures"])
+        total = meta["diagnoses"] + meta["procedures"] + meta["drugs"]
+        self.embedding = nn.Embedding(total + 1, dim, padding_idx=0)  # one table, 0 = padding
+        init_uniform(self.embedding)
         self.dropout = nn.Dropout(config.dropout)
         self.alpha_gru = nn.GRU(dim, dim, batch_first=True)
         self.beta_gru = nn.GRU(dim, dim, batch_first=True)
@@ -54,34 +88,47 @@ class RetainNetwork(nn.Module):
         self.beta = nn.Linear(dim, dim)
         self.output = nn.Linear(dim, meta["drugs"])
 
+    def visits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, D) visit vectors and (B,) how many visits are read."""
+        procedures = torch.where(batch.procedures > 0, batch.procedures + self.offsets[0], 0)
+        medications = torch.where(batch.medications > 0, batch.medications + self.offsets[1], 0)
+        codes = torch.cat([batch.diagnoses, procedures, medications], dim=-1)  # (B, V, C)
+        lengths = batch.lengths
+        if self.form == "code":  # earlier visits only: drop the current visit's codes
+            lengths = lengths - 1
+            current = torch.arange(codes.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+            codes = codes.masked_fill(current.unsqueeze(-1), 0)
+        return pool_codes(self.embedding, codes, self.dropout), lengths
+
     def forward(self, batch: Batch) -> Output:
-        visits = (
-            sum_embed(self.diagnosis, batch.diagnoses)
-            + sum_embed(self.procedure, batch.procedures)
-            + sum_embed(self.medication, batch.medications)
-        )  # (B, V, D)
-        reversed_visits = reverse_padded(self.dropout(visits), batch.lengths)  # newest first
+        visits, lengths = self.visits(batch)
+        reversed_visits = reverse_padded(visits, lengths.clamp(min=1))  # newest first
         g, _ = self.alpha_gru(reversed_visits)  # (B, V, D)
         h, _ = self.beta_gru(reversed_visits)  # (B, V, D)
-        scores = self.alpha(g).squeeze(-1).masked_fill(~batch.visit_mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=1)  # (B, V)
+        real = torch.arange(visits.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # (B, V)
+        scores = self.alpha(g).squeeze(-1).masked_fill(~real, float("-inf"))
+        alpha = torch.softmax(scores, dim=1).nan_to_num(0.0)  # (B, V); no visit read: 0
         beta = torch.tanh(self.beta(h))  # (B, V, D)
         context = (alpha.unsqueeze(-1) * beta * reversed_visits).sum(dim=1)  # (B, D)
-        logits = self.output(self.dropout(context))  # (B, drugs)
+        logits = self.output(context)  # (B, drugs)
         loss = None
         if batch.target is not None:
-            loss = F.binary_cross_entropy_with_logits(logits, batch.target)
+            per_sample = F.binary_cross_entropy_with_logits(
+                logits, batch.target, reduction="none"
+            ).mean(dim=1)
+            trained = (lengths > 0).float()
+            loss = (per_sample * trained).sum() / trained.sum().clamp(min=1)
         return Output(loss=loss, logits=logits)
 
 
 class RETAIN(NeuralRecommender):
-    """RETAIN over the patient's visits, the current one last."""
+    """RETAIN over the patient's visits (the current one last in the paper form)."""
 
     name: ClassVar[str] = "retain"
-    config_class: ClassVar[type[Any]] = NeuralConfig
+    config_class: ClassVar[type[Any]] = RETAINConfig
+
+    def trains_on(self, sample: Sample) -> bool:
+        return self.config.form == "paper" or not sample.is_single_visit
 
     def build(self, meta: dict[str, Any], inputs: Inputs) -> nn.Module:
         return RetainNetwork(meta, self.config)
-
-
-RETAINConfig = NeuralConfig

@@ -1,0 +1,64 @@
+"""MoleRec (leader.baselines.molerec): atom and bond features into a GIN, drugs querying
+their own set-encoded substructures, values scaled by the patient's weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("rdkit")
+
+from leader.baselines import create  # noqa: E402
+from leader.baselines.features import collate  # noqa: E402
+from leader.baselines.molecules import ATOM_FEATURES, BOND_FEATURES, molecule_graphs  # noqa: E402
+from leader.data.store import VisitDataset  # noqa: E402
+from test_baselines import TINY, atc3_dataset, write_smiles  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mol_dataset(tmp_path_factory: pytest.TempPathFactory) -> VisitDataset:
+    return VisitDataset.load(atc3_dataset().save(tmp_path_factory.mktemp("mol") / "ds"))
+
+
+@pytest.fixture(scope="module")
+def smiles_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_smiles(tmp_path_factory.mktemp("smiles") / "atc3_smiles.csv")
+
+
+def test_atoms_and_bonds_carry_categorical_features() -> None:
+    graph = molecule_graphs(["c1ccccc1O", "C=O"], "m")  # phenol, formaldehyde
+    atoms, bonds = graph["m_atoms"], graph["m_bonds"]
+    assert atoms.shape == (9, len(ATOM_FEATURES)) and bonds.shape == (16, len(BOND_FEATURES))
+    assert atoms[:, 0].tolist() == [6] * 6 + [8, 6, 8]  # atomic numbers
+    assert atoms[:6, 7].tolist() == [1] * 6 and atoms[:6, 8].tolist() == [1] * 6  # aromatic ring
+    assert bonds[:12, 0].tolist() == [3] * 12  # aromatic bonds
+    assert bonds[12:, 0].tolist() == [0, 0, 1, 1]  # phenol's C-O single, formaldehyde's C=O
+    assert graph["m_owner"].tolist() == [0] * 7 + [1] * 2
+    for k, size in enumerate(ATOM_FEATURES):
+        assert int(atoms[:, k].max()) < size
+
+
+def test_drugs_attend_over_their_own_patient_weighted_substructures(
+    mol_dataset: VisitDataset, smiles_file: Path
+) -> None:
+    model = create("molerec", smiles=str(smiles_file), **TINY).fit(mol_dataset, log=lambda _: None)
+    network = model.network_
+    assert len(network.molecules.layers) == 2 and create("molerec").config.gin_layers == 4
+    samples = mol_dataset.samples(None)
+    batch = collate(model._encode(samples), 5, with_targets=False)
+    mask = network.drug_fragments  # (drugs, fragments)
+    with torch.no_grad():
+        drugs = network.projection @ network.molecules()
+        substructures = network.set_block(network.fragments())
+        scores = network.query_proj(drugs) @ network.key_proj(substructures).T
+        attention = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        assert torch.allclose(attention.sum(dim=1), torch.ones(5))
+        assert (attention[~mask] == 0).all()  # a drug reads its own substructures only
+        first = network(batch).logits
+        # Patient weights ~0 scale every value to 0: every patient gets the same scores.
+        network.fragment_weight.bias.fill_(-50.0)
+        flat = network(batch).logits
+    assert not torch.allclose(first, first[:1].expand_as(first))
+    torch.testing.assert_close(flat, flat[:1].expand_as(flat))
