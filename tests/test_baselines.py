@@ -256,7 +256,10 @@ DDI_SWITCH = {
 }
 
 
-@pytest.mark.parametrize("name", list(DDI_SWITCH))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "molerec" else n for n in DDI_SWITCH],
+)
 def test_ddi_loss_lowers_the_ddi_rate(name: str, smiles_file: Path, tmp_path: Path) -> None:
     """The same model trained with and without its DDI loss, on visits that always hold an
     interacting pair: the loss lowers the pair's joint probability (the expected DDI rate)."""

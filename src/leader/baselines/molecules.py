@@ -284,12 +284,13 @@ class CategoricalEncoder(nn.Module):
 
     def __init__(self, sizes: Sequence[int], dim: int) -> None:
         super().__init__()
+        self.dim = dim
         self.tables = nn.ModuleList(nn.Embedding(size, dim) for size in sizes)
         for table in self.tables:
-            nn.init.xavier_uniform_(table.weight)
+            nn.init.xavier_uniform_(table.weight)  # type: ignore[arg-type]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(features.shape[0], self.tables[0].embedding_dim)
+        out = torch.zeros(features.shape[0], self.dim)
         for k, table in enumerate(self.tables):
             out = out + table(features[:, k])
         return out

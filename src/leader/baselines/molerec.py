@@ -95,10 +95,10 @@ class MoleRecNetwork(nn.Module):
         self.dim = dim
         self.encoder = VisitQuery(meta["diagnoses"], meta["procedures"], dim, dim, config.dropout)
         self.encoder.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * dim, dim))
-        gin = {"dim": dim, "layers": config.gin_layers, "dropout": config.dropout}
-        self.molecules = GINEncoder(inputs, "molecule", meta["molecules"], **gin)
+        layers, dropout = config.gin_layers, config.dropout
+        self.molecules = GINEncoder(inputs, "molecule", meta["molecules"], dim, layers, dropout)
         fragments = max(meta["fragments"], 1)
-        self.fragments = GINEncoder(inputs, "fragment", meta["fragments"], **gin)
+        self.fragments = GINEncoder(inputs, "fragment", meta["fragments"], dim, layers, dropout)
         self.set_block = SetAttentionBlock(dim, config.heads)
         self.fragment_weight = nn.Linear(dim, fragments)
         self.query_proj = nn.Linear(dim, dim)

@@ -3,7 +3,18 @@
 Each neural baseline module defines a ``torch.nn.Module`` following the project contract
 ``forward(batch) -> Output(loss, logits)`` (``leader.training``) and a small subclass of
 :class:`NeuralRecommender` that says how to build it. Training is always
-``leader.training.fit`` (early stopping on validation PRAUC, best weights, seeded).
+``leader.training.fit``: one stopping rule for every model, the student's (early stopping
+after ``patience`` = 10 epochs without a better validation PRAUC, best weights kept), and
+each model's own budget from its authors' code, set as its config's defaults with the
+value cited: learning rate, optimiser, dropout, epochs and update granularity (one step
+per visit, ``update="visit", batch_size=1``, or per patient, ``update="patient"``).
+No gradient clipping (none of the originals clips).
+
+Shared pieces follow the originals: ``U(-0.1, 0.1)`` code embeddings where the authors'
+``init_weights`` does that (:func:`init_uniform`); dropout on every code embedding before
+pooling (:func:`pool_codes`); the multi-label margin loss on ``sigmoid(logits)``; DDI
+losses steered by each *visit's* predicted DDI rate (:func:`visit_ddi_rate`), so a batch of
+visits trains as the authors' one visit per step did; beam search for set decoders.
 
 A saved model folder holds ``config.json`` (model name, config, build metadata),
 ``model.safetensors`` (weights), ``inputs.safetensors`` (fixed tensors the network was
