@@ -25,7 +25,9 @@ Learning", WWW 2023), read against the authors' code (github.com/yangnianzu0515/
 Remaining deviations: atom / bond features are computed here with RDKit (the same nine atom
 and three bond categories as OGB's ``smiles2graph``, which the project does not depend on);
 early stopping (patience 10 on validation PRAUC) instead of the best of 50 epochs by
-validation Jaccard; at most ``max_visits`` (10) most recent visits per sample.
+validation Jaccard; at most ``max_visits`` (10) most recent visits per sample; batch norm in
+the GINs uses the statistics of the whole molecule set at prediction too, not running
+averages (every pass reads every molecule; see :class:`~leader.baselines.molecules.GINEncoder`).
 
 >>> model = MoleRec(MoleRecConfig(smiles="atc3_smiles.csv")).fit(dataset)  # doctest: +SKIP
 """
