@@ -233,8 +233,11 @@ class COGNetNetwork(nn.Module):
         }
 
     # ---------------------------------------------------------------- decoding
-    def distribution(self, ctx: dict[str, torch.Tensor], prefix: torch.Tensor) -> torch.Tensor:
-        """(B, T) decoder inputs -> (B, T, drugs + 2) output probabilities."""
+    def distribution(
+        self, ctx: dict[str, torch.Tensor], prefix: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """(B, T) decoder inputs -> (B, T, drugs + 2) output probabilities (T = 1: the last
+        position only, with ``last_only``, for decoding)."""
         x = self.dropout(self.medication(prefix)) + ctx["memory"][prefix]  # (B, T, D)
         h = self.decoder(
             x,
@@ -243,6 +246,8 @@ class COGNetNetwork(nn.Module):
             ctx["procedures"],
             ctx["procedure_padding"],
         )  # (B, T, D)
+        if last_only:
+            h = h[:, -1:]
         generated = torch.softmax(self.generate(h), dim=-1)  # (B, T, drugs + 2)
         scores = torch.einsum("btd,bkd->btk", self.copy_query(h), ctx["keys"]) / self.dim**0.5
         real = ctx["key_tokens"] != self.pad  # (B, K)
@@ -279,7 +284,7 @@ class COGNetNetwork(nn.Module):
         }
 
         def step(prefixes: torch.Tensor) -> torch.Tensor:
-            last = self.distribution(expanded, prefixes)[:, -1]  # (B * beam, drugs + 2)
+            last = self.distribution(expanded, prefixes, last_only=True)[:, -1]  # (B * beam, .)
             return torch.log(last.clamp(min=1e-10))
 
         result = beam_search(step, batch.size, beam, self.config.max_steps, self.start, self.end)
