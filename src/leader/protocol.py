@@ -24,6 +24,7 @@ authors' code does, so that numbers can stand beside the paper's:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from leader.errors import LeaderError
@@ -78,3 +79,25 @@ def paper_cohort(source: str) -> dict[str, Any]:
 
 
 PAPER_MIMIC4_PATIENT_FRACTION = 0.15  # a random 15% of MIMIC-IV patients (seed 42)
+
+
+def cohort_defaults(protocol: str, source: str, resources: str | None) -> dict[str, Any]:
+    """Cohort options a protocol sets (explicit options win over them); {} for "default".
+
+    The SMILES file defaults to ``RESOURCES/atc3_smiles.csv``.
+    """
+    if check(protocol) == "default":
+        return {}
+    options = paper_cohort(source)
+    if resources is None or not (Path(resources) / SMILES_FILE).is_file():
+        raise LeaderError(
+            f"the paper protocol keeps only drugs with a SMILES: {SMILES_FILE} is not in the "
+            f"resources folder ({resources}); give --require-smiles FILE (columns atc3,smiles)"
+        )
+    options["require_smiles"] = str(Path(resources) / SMILES_FILE)
+    return options
+
+
+def student_defaults(protocol: str) -> dict[str, Any]:
+    """Student options a protocol sets (explicit options win over them)."""
+    return dict(PAPER_STUDENT) if check(protocol) == "paper" else {}
