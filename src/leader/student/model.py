@@ -65,7 +65,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p >= 1:
         return torch.zeros_like(x)
     numel = x.numel()
-    words = torch.randint(-(2**62), 2**62, ((numel + 3) // 4,), dtype=torch.int64)
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64)
     bits = words.view(torch.int16)[:numel].view(x.shape)  # uniform over the int16 range
     cut = round(p * 65536)
     keep = bits >= cut - 32768  # P(keep) = 1 - cut / 65536
