@@ -99,26 +99,20 @@ def time_model(name: str, subset_dir: str, options: dict[str, Any]) -> dict[str,
     dataset = VisitDataset.load(subset_dir)
     test = dataset.samples("test")
     wall, cpu = time.perf_counter(), time.process_time()
-    epochs: int | None
+    from leader.baselines.registry import create, default_config
+
+    overrides: dict[str, Any] = {"epochs": 1, "seed": 0, "threads": 1}
     if name == "leader_s":
-        from leader.student import LeaderStudent, StudentConfig, train_student
-
-        config = StudentConfig(epochs=1, batch_size=options["student_batch"], threads=1)
-        epochs = StudentConfig().epochs
-        with tempfile.TemporaryDirectory() as run:
-            train_student(Path(subset_dir), Path(run), config)
-            train_cpu = time.process_time() - cpu
-            model: Any = LeaderStudent.from_pretrained(run)
-    else:
-        from leader.baselines.registry import create, default_config
-
-        overrides: dict[str, Any] = {"epochs": 1, "seed": 0, "threads": 1}
-        if options.get("smiles"):
-            overrides.update(smiles=options["smiles"], allow_missing_molecules=True)
-        model = create(name, **overrides)
-        model.fit(dataset, log=lambda _: None)
-        train_cpu = time.process_time() - cpu
-        epochs = getattr(default_config(name), "epochs", None)
+        overrides["batch_size"] = options["student_batch"]
+    if options.get("smiles"):
+        overrides.update(smiles=options["smiles"], allow_missing_molecules=True)
+    model = create(name, **overrides)  # nested configs too: epochs reaches train.epochs
+    model.fit(dataset, log=lambda _: None)
+    train_cpu = time.process_time() - cpu
+    config = default_config(name)
+    epochs = getattr(config, "epochs", None) or getattr(
+        getattr(config, "train", None), "epochs", None
+    )
     train_wall = time.perf_counter() - wall
     cpu = time.process_time()
     model.predict_proba(test)

@@ -211,13 +211,19 @@ def test_paper_student_and_teacher_scoring(tmp_path: Path) -> None:
         _config_from_dict({"protocol": "paper", "data": {"source": "synthetic"}}, "t.yaml")
 
 
-def test_paper_configs_use_the_paper_protocol() -> None:
-    import yaml
+def test_paper_configs_use_the_paper_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leader.pipeline import load_config
 
+    for variable in ("MIMIC3", "MIMIC4", "LEADER_DATA", "TEACHER_7B"):
+        monkeypatch.setenv(variable, str(tmp_path))
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("mimic3-paper.yaml", "mimic4-paper.yaml"):
-        raw = yaml.safe_load((root / name).read_text(encoding="utf-8"))
-        assert raw["protocol"] == "paper", name
+        config = load_config(root / name)
+        assert config.protocol == "paper", name
+        assert (config.student.choose_threshold, config.student.threshold) == (False, 0.3)
+        assert config.student.standardize_teacher is False
 
 
 @pytest.mark.slow
@@ -237,7 +243,7 @@ def test_paper_pipeline_on_the_mimic3_demo(test_data: Path, tmp_path: Path) -> N
             "ddi": str(resources / "ddi_atc3_pairs.csv"),
         },
         "teacher": None,
-        "student": {"epochs": 3, "batch_size": 4},
+        "student": {"train": {"epochs": 3, "batch_size": 4}},
         "evaluate": {"rounds": 2, "efficiency": False},
     }
     root = run_pipeline(_config_from_dict(raw, "paper.yaml"), out=tmp_path / "run", log=print)
