@@ -81,6 +81,9 @@ def fit(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
+        # One multi-tensor kernel per update instead of one per parameter: the same
+        # arithmetic; at batch 16 the per-parameter loop was a fifth of a student step.
+        foreach=True,
     )
     state = _TrainState()
     best_weights = _clone_state(model)
