@@ -287,3 +287,52 @@ def test_without_features_there_is_no_distillation(
 def test_unknown_config_key_is_an_error() -> None:
     with pytest.raises(LeaderError, match="hiden"):
         StudentConfig.from_dict({"hiden": 3})
+
+
+def _padded_reference(layer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The set layer written plainly on the padded layout (eval mode): the function to keep."""
+    import torch.nn.functional as F
+
+    n, length, dim = x.shape
+    heads = layer.heads  # type: ignore[attr-defined]
+    q, k, v = (
+        layer.qkv(layer.norm1(x))  # type: ignore[operator]
+        .view(n, length, 3, heads, dim // heads)
+        .permute(2, 0, 3, 1, 4)
+    )
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    x = x + layer.out(attended.transpose(1, 2).reshape(n, length, dim))  # type: ignore[operator]
+    x = x + layer.ff(layer.norm2(x))  # type: ignore[operator]
+    weights = mask[..., None].float()
+    return (x * weights).sum(1) / weights.sum(1)
+
+
+def test_bucketed_set_layer_equals_the_padded_layer() -> None:
+    from leader.student.model import MIN_BUCKET_SETS, SetEncoderLayer
+
+    torch.manual_seed(0)
+    layer = SetEncoderLayer(16, 4, 24, 0.4, 0.1).eval()
+    # Lengths 1..40 across more sets than one bucket holds, rows in no particular order.
+    lengths = torch.tensor([1, 40, 3, 7, 2, 9, 17, 33, 5, 1] * MIN_BUCKET_SETS)
+    mask = torch.arange(40)[None, :] < lengths[:, None]
+    x = torch.randn(len(lengths), 40, 16)
+    with torch.no_grad():
+        got, expected = layer(x, mask), _padded_reference(layer, x, mask)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # Padding content never matters.
+    x2 = torch.where(mask[..., None], x, torch.randn_like(x))
+    with torch.no_grad():
+        assert torch.allclose(layer(x2, mask), got, atol=1e-6)
+
+
+def test_fast_dropout_rate_and_scale() -> None:
+    from leader.student.model import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    for p in (0.1, 0.4):
+        y = fast_dropout(x, p, training=True)
+        assert float((y == 0).float().mean()) == pytest.approx(p, abs=0.005)
+        assert float(y.mean()) == pytest.approx(1.0, abs=0.01)  # inverted: expectation kept
+    assert fast_dropout(x, 0.4, training=False) is x
+    assert float(fast_dropout(x, 1.0, training=True).abs().sum()) == 0.0

@@ -40,10 +40,17 @@ def evaluate_probabilities(
     threshold: float,
     n_rounds: int = 10,
     seed: int = 0,
+    threshold_rule: str = "validation",
 ) -> dict[str, Any]:
-    """Grouped metrics at 0.5 and at ``threshold``; a DDI-safe row when there are DDI pairs."""
+    """Grouped metrics at 0.5 and at ``threshold``; a DDI-safe row when there are DDI pairs.
+
+    ``threshold_rule`` says where ``threshold`` came from: "validation" (chosen there) or
+    "fixed" (the paper's protocol: 0.3 for the student); the rows stay under
+    ``at_validation`` either way.
+    """
     out: dict[str, Any] = {
         "thresholds": {"default": 0.5, "validation": float(threshold)},
+        "threshold_rule": threshold_rule,
         "results": {
             "at_0.5": evaluate_groups(y_true, y_prob, single_visit, 0.5, ddi, n_rounds, seed),
             "at_validation": evaluate_groups(
@@ -106,13 +113,18 @@ def evaluate_run(
     n_rounds: int = 10,
     seed: int = 0,
     timing: tuple[int, int] = (50, 2000),
+    protocol: str = "default",
 ) -> dict[str, Any]:
     """Everything ``leader evaluate`` reports, as a JSON-ready dict.
 
     ``timing``: (single-patient calls for the latency, samples in the throughput batch).
+    ``protocol``: "default" scores at the threshold chosen on validation, "paper"
+    at the paper's fixed one (student 0.3, any other model 0.5; ``leader.protocol``).
     """
     from leader.models import load, read_decision, read_header
+    from leader.protocol import PAPER_STUDENT, PAPER_TEACHER_THRESHOLD, check
 
+    check(protocol)
     name = read_header(run_dir).model_type
     model = load(run_dir)
     decision = read_decision(run_dir)
@@ -122,12 +134,16 @@ def evaluate_run(
     samples = dataset.samples(split, mode)  # type: ignore[arg-type]
     if not samples:
         raise LeaderError(f"{dataset_dir}: the {split} split has no samples to evaluate")
-    # The same rule for every model (a stored decision may hold a fixed 0.5).
-    val = dataset.samples("val", mode)  # type: ignore[arg-type]
-    if val:
-        threshold = best_threshold(dataset.targets(val), model.predict_proba(val))
+    fixed = protocol == "paper"
+    if fixed:  # the authors' fixed thresholds
+        threshold = PAPER_STUDENT["threshold"] if name == "leader_s" else PAPER_TEACHER_THRESHOLD
     else:
-        threshold = decision.threshold if decision is not None else 0.5
+        # The same rule for every model (a stored decision may hold a fixed 0.5).
+        val = dataset.samples("val", mode)  # type: ignore[arg-type]
+        if val:
+            threshold = best_threshold(dataset.targets(val), model.predict_proba(val))
+        else:
+            threshold = decision.threshold if decision is not None else 0.5
     y_true = dataset.targets(samples)
     y_prob = np.asarray(model.predict_proba(samples), dtype=np.float64)
     report: dict[str, Any] = {
@@ -145,6 +161,7 @@ def evaluate_run(
             float(threshold),
             n_rounds,
             seed,
+            "fixed" if fixed else "validation",
         ),
     }
     if efficiency:
@@ -168,7 +185,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"mean ± std over {spread})",
         f"{'threshold':<19}{'group':<14}{'n':>6}  " + "".join(f"{m:>17}" for m in ROW_METRICS),
     ]
-    for key, label in (("at_0.5", "fixed"), ("at_validation", "validation")):
+    rule = report.get("threshold_rule", "validation")
+    for key, label in (("at_0.5", "fixed"), ("at_validation", rule)):
         value = report["thresholds"]["default" if key == "at_0.5" else "validation"]
         for group, result in report["results"][key].items():
             stats = result["rounds"] or result.get("folds")  # folds: mean ± std over folds

@@ -120,6 +120,9 @@ class PipelineConfig(Config):
 
     name: str = option("leader", "shown in the report title")
     out: str = option("leader-run", "output folder (relative to the working directory)")
+    protocol: str = option(
+        "default", "default, or paper: the LEADER paper's cohort and scoring (leader.protocol)"
+    )
     data: dict[str, Any] = option(
         factory=lambda: {"source": "synthetic", "patients": 2000, "seed": 0},
         help="source (synthetic, events, mimic3, mimic4, dataset) and its options",
@@ -144,6 +147,14 @@ def _config_from_dict(raw: Any, source: str) -> PipelineConfig:
         raw["teacher"] = None
     elif isinstance(teacher, dict):
         raw["teacher"] = {k: v for k, v in teacher.items() if k != "enabled"}
+    from leader.protocol import check, student_defaults
+
+    protocol = check(str(raw.get("protocol", "default")), f"{source}: protocol")
+    source_kind = (raw.get("data") or {}).get("source")
+    if protocol == "paper" and source_kind not in ("mimic3", "mimic4", "dataset"):
+        raise LeaderError(f"{source}: protocol paper needs data.source mimic3 or mimic4")
+    # The protocol's student settings are defaults: the student section's own values win.
+    raw["student"] = {**student_defaults(protocol), **(raw.get("student") or {})}
     # Fails now, not after an hour of teacher training.
     return from_dict(PipelineConfig, raw, source)
 
@@ -227,6 +238,7 @@ def step_key(config: PipelineConfig, step: str, keys: dict[str, str]) -> str:
     payload = {
         "step": step,
         "version": __version__,
+        "protocol": config.protocol,
         "sections": sections,
         "upstream": {u: keys.get(u, "") for u in UPSTREAM[step]},
         "inputs": _inputs(config, step),
@@ -361,6 +373,12 @@ class Pipeline:
             )
         elif source in ("mimic3", "mimic4"):
             from leader.data import prepare as prep
+            from leader.protocol import PAPER_MIMIC4_PATIENT_FRACTION, cohort_defaults
+
+            paper = cohort_defaults(self.config.protocol, source, data.get("resources"))
+            options = {**paper, **options}
+            if paper and source == "mimic4":
+                data.setdefault("patient_fraction", PAPER_MIMIC4_PATIENT_FRACTION)
 
             fn = prep.prepare_mimic3 if source == "mimic3" else prep.prepare_mimic4
             extra = {
@@ -485,6 +503,7 @@ class Pipeline:
                 efficiency=efficiency,
                 n_rounds=rounds,
                 timing=(settings.latency_calls, settings.throughput_samples),
+                protocol=self.config.protocol,
             )
             write_json_atomic(folder / f"{name}.json", report)
         if self.config.teacher is not None:
@@ -497,6 +516,7 @@ class Pipeline:
         from leader.data.store import VisitDataset
         from leader.evaluate import evaluate_probabilities, measure_efficiency
         from leader.metrics import best_threshold
+        from leader.protocol import PAPER_TEACHER_THRESHOLD
         from leader.teacher import LeaderTeacher
         from leader.teacher.features import read_features
 
@@ -511,7 +531,10 @@ class Pipeline:
             return tensors["probabilities"][[position[s.sample_id] for s in samples]]
 
         test, val = split_samples["test"], split_samples["val"]
-        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
+        if self.config.protocol == "paper":
+            threshold = PAPER_TEACHER_THRESHOLD  # the authors score their teacher at 0.5
+        else:
+            threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
         report: dict[str, Any] = {
             "model": "leader-teacher",
             "run": str(self.folder("teacher") / "run"),
@@ -526,6 +549,7 @@ class Pipeline:
                 dataset.ddi_matrix(),
                 threshold,
                 rounds,
+                threshold_rule="fixed" if self.config.protocol == "paper" else "validation",
             ),
         }
         n = self.config.evaluate.teacher_samples

@@ -61,7 +61,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer in ("adam", "adamw"):
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        # foreach: one multi-tensor kernel per update (a fifth of a student step at batch 16)
+        return torch.optim.AdamW(
+            parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
     raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adamw, adam, rmsprop")
 
 

@@ -35,7 +35,35 @@ TopProc = Annotated[int, typer.Option(help="Keep the K most frequent procedures 
 MinVisits = Annotated[int, typer.Option(help="Drop patients with fewer kept visits.")]
 Split = Annotated[str, typer.Option(help="Train:val:test shares by patient, e.g. 8:1:1.")]
 Seed = Annotated[int, typer.Option(help="Seed of the patient shuffle.")]
-Samples = Annotated[str, typer.Option(help="Default samples: 'all' visits or 'last' only.")]
+Samples = Annotated[
+    str | None, typer.Option(help="Default samples: 'all' visits or 'last' only [all].")
+]
+Protocol = Annotated[
+    str,
+    typer.Option(
+        help="default, or paper: the LEADER paper's cohort (>= 2 admissions in the "
+        "prescriptions table before the join, five profile fields, drugs with a SMILES, "
+        "last visits; MIMIC-IV: 15% of patients, top 1000 procedures). Flags given win."
+    ),
+]
+MinPrescribed = Annotated[
+    int | None,
+    typer.Option(
+        help="Keep patients with at least N distinct admissions in the prescriptions "
+        "table, counted before the join (paper: 2; 0 = off) [0]."
+    ),
+]
+ProfileFields = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated profile fields to keep (paper: the source's five) [all]."),
+]
+RequireSmiles = Annotated[
+    Path | None,
+    typer.Option(
+        help="Keep only drugs with a SMILES in this atc3,smiles CSV "
+        "(paper: RESOURCES/atc3_smiles.csv)."
+    ),
+]
 Smiles = Annotated[
     Path | None,
     typer.Option(
@@ -66,12 +94,18 @@ DROP_WORDS: tuple[str, ...] = (
 def _cohort_options(
     top_med: int,
     top_diag: int,
-    top_proc: int,
+    top_proc: int | None,
     min_visits: int,
     split: str,
     seed: int,
-    samples: str,
+    samples: str | None,
+    paper: tuple[int | None, str | None, Path | None] = (None, None, None),
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """CohortOptions: defaults <- the protocol's (``protocol``) <- the flags given.
+
+    ``paper``: the flags --min-prescribed-admissions, --profile-fields, --require-smiles.
+    """
     from leader.errors import LeaderError
 
     try:
@@ -80,15 +114,43 @@ def _cohort_options(
         raise LeaderError(f"--split must look like 8:1:1, got {split!r}") from exc
     if len(shares) != 3:
         raise LeaderError(f"--split needs three shares (train:val:test), got {split!r}")
-    return {
+    options: dict[str, Any] = {
         "top_med": top_med or None,
         "top_diag": top_diag or None,
-        "top_proc": top_proc or None,
         "min_visits": min_visits,
         "split": shares,
         "seed": seed,
-        "samples": samples,
+        **(protocol or {}),
     }
+    min_prescribed, profile_fields, require_smiles = paper
+    given = {
+        "top_proc": (top_proc or None) if top_proc is not None else None,
+        "samples": samples,
+        "min_prescribed_admissions": min_prescribed,
+        "profile_fields": (
+            tuple(f.strip() for f in profile_fields.split(",") if f.strip())
+            if profile_fields is not None
+            else None
+        ),
+        "require_smiles": str(require_smiles) if require_smiles is not None else None,
+    }
+    if top_proc == 0:  # an explicit 0 means all procedures, even under a protocol
+        options["top_proc"] = None
+    options.update({k: v for k, v in given.items() if v is not None})
+    return options
+
+
+def _protocol_options(
+    protocol: str, source: str, resources: Path, require_smiles: Path | None
+) -> dict[str, Any]:
+    """The protocol's cohort options; an explicit --require-smiles stands in for the default."""
+    from leader.protocol import check, cohort_defaults, paper_cohort
+
+    if check(protocol) == "default":
+        return {}
+    if require_smiles is not None:
+        return paper_cohort(source)
+    return cohort_defaults(protocol, source, str(resources))
 
 
 def read_smiles_table(path: Path) -> dict[str, list[str]]:
@@ -222,13 +284,27 @@ def prepare_mimic3_command(
     min_visits: MinVisits = 1,
     split: Split = "8:1:1",
     seed: Seed = 42,
-    samples: Samples = "all",
+    samples: Samples = None,
+    protocol: Protocol = "default",
+    min_prescribed_admissions: MinPrescribed = None,
+    profile_fields: ProfileFields = None,
+    require_smiles: RequireSmiles = None,
     smiles: Smiles = None,
 ) -> None:
     """MIMIC-III (full release or the demo) -> dataset directory."""
     from leader.data.prepare import prepare_mimic3
 
-    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    options = _cohort_options(
+        top_med,
+        top_diag,
+        top_proc,
+        min_visits,
+        split,
+        seed,
+        samples,
+        (min_prescribed_admissions, profile_fields, require_smiles),
+        _protocol_options(protocol, "mimic3", resources, require_smiles),
+    )
     _run(
         "mimic3",
         out,
@@ -264,21 +340,41 @@ def prepare_mimic4_command(
     ddi_side_effects: SideEffects = 40,
     atc_names: AtcNames = None,
     patient_fraction: Annotated[
-        float, typer.Option(help="Keep a random share of patients (the paper: 0.15).")
-    ] = 1.0,
+        float | None, typer.Option(help="Keep a random share of patients (the paper: 0.15) [1].")
+    ] = None,
     top_med: TopMed = 300,
     top_diag: TopDiag = 2000,
-    top_proc: TopProc = 0,
+    top_proc: Annotated[
+        int | None,
+        typer.Option(help="Keep the K most frequent procedures (0 = all; paper: 1000) [0]."),
+    ] = None,
     min_visits: MinVisits = 1,
     split: Split = "8:1:1",
     seed: Seed = 42,
-    samples: Samples = "all",
+    samples: Samples = None,
+    protocol: Protocol = "default",
+    min_prescribed_admissions: MinPrescribed = None,
+    profile_fields: ProfileFields = None,
+    require_smiles: RequireSmiles = None,
     smiles: Smiles = None,
 ) -> None:
     """MIMIC-IV v2.x hosp/ module -> dataset directory (ICD-9 and ICD-10 kept apart)."""
     from leader.data.prepare import prepare_mimic4
+    from leader.protocol import PAPER_MIMIC4_PATIENT_FRACTION
 
-    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    options = _cohort_options(
+        top_med,
+        top_diag,
+        top_proc,
+        min_visits,
+        split,
+        seed,
+        samples,
+        (min_prescribed_admissions, profile_fields, require_smiles),
+        _protocol_options(protocol, "mimic4", resources, require_smiles),
+    )
+    if patient_fraction is None:
+        patient_fraction = PAPER_MIMIC4_PATIENT_FRACTION if protocol == "paper" else 1.0
     _run(
         "mimic4",
         out,
@@ -325,13 +421,25 @@ def prepare_events_command(
     min_visits: MinVisits = 1,
     split: Split = "8:1:1",
     seed: Seed = 42,
-    samples: Samples = "all",
+    samples: Samples = None,
+    min_prescribed_admissions: MinPrescribed = None,
+    profile_fields: ProfileFields = None,
+    require_smiles: RequireSmiles = None,
     smiles: Smiles = None,
 ) -> None:
     """Generic event table (your hospital, a Synthea or FHIR export) -> dataset directory."""
     from leader.data.prepare import prepare_events
 
-    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    options = _cohort_options(
+        top_med,
+        top_diag,
+        top_proc,
+        min_visits,
+        split,
+        seed,
+        samples,
+        (min_prescribed_admissions, profile_fields, require_smiles),
+    )
     _run(
         "events",
         out,

@@ -28,6 +28,13 @@ def evaluate(
             "on each fold, mean ± std over folds (writes RUN/evaluation-folds.json)."
         ),
     ] = 0,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="default: the threshold chosen on validation; paper: the paper's fixed "
+            "thresholds (student 0.3, other models 0.5)."
+        ),
+    ] = "default",
 ) -> None:
     """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed.
 
@@ -39,13 +46,17 @@ def evaluate(
     from leader.io import write_json_atomic
 
     if folds:
+        if protocol != "default":
+            from leader.errors import LeaderError
+
+            raise LeaderError("--folds scores by the default protocol; drop --protocol")
         report = evaluate_folds(run, dataset, folds, run / "folds")
         target = out or run / "evaluation-folds.json"
         write_json_atomic(target, report)
         typer.echo(format_table(report))
         typer.echo(f"wrote {target}")
         return
-    report = evaluate_run(run, dataset, split=split, efficiency=efficiency)
+    report = evaluate_run(run, dataset, split=split, efficiency=efficiency, protocol=protocol)
     target = out or run / "evaluation.json"
     write_json_atomic(target, report)
     typer.echo(format_table(report))

@@ -32,8 +32,19 @@ class CohortOptions:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test shares, by patient
     seed: int = 42  # seeds the patient shuffle of the split
     samples: str = "all"  # default sample mode of the dataset: "all" visits or "last" only
+    # The paper's cohort (leader.protocol): patients with at least N distinct admissions in
+    # the prescriptions table, counted before the join with diagnoses and procedures (0 = off)
+    min_prescribed_admissions: int = 0
+    profile_fields: tuple[str, ...] | None = None  # profile columns kept; None = all given
+    require_smiles: str | None = None  # keep only drugs with a SMILES in this atc3,smiles CSV
 
     def __post_init__(self) -> None:
+        if self.profile_fields is not None:
+            self.profile_fields = tuple(self.profile_fields)
+        if self.min_prescribed_admissions < 0:
+            raise LeaderError(
+                f"--min-prescribed-admissions must be >= 0, got {self.min_prescribed_admissions}"
+            )
         if len(self.split) != 3 or any(s < 0 for s in self.split) or sum(self.split) <= 0:
             raise LeaderError(f"--split needs three non-negative shares, got {self.split}")
         if self.samples not in ("all", "last"):
@@ -61,6 +72,9 @@ class RawCohort:
     ddi_pairs: list[tuple[str, str]] = field(default_factory=list)
     ddi_source: str = "none"
     funnel: list[dict[str, Any]] = field(default_factory=list)  # rules the reader applied
+    # Visit ids of the prescription rows with a drug code, before mapping (MIMIC readers);
+    # None: the medication rows of ``codes`` stand in (generic events).
+    prescribed_visits: pd.Series | None = None
     counts: dict[str, Any] = field(default_factory=dict)  # row counters (mapping, drops)
     inputs: list[Path] = field(default_factory=list)  # files read, for the manifest
     options: dict[str, Any] = field(default_factory=dict)  # source options, for the manifest
@@ -189,6 +203,15 @@ def build(
         raw.counts[f"{kind}_rows_outside_read_visits"] = int(outside.get(kind, 0))
     codes = raw.codes[read]
     funnel = Funnel(visits, raw.funnel)
+    if options.min_prescribed_admissions > 0:
+        visits = prescribed_patients(raw, visits, options.min_prescribed_admissions)
+        funnel.record(
+            f"patient has fewer than {options.min_prescribed_admissions} admissions "
+            "in the prescriptions table (before the join)",
+            visits,
+        )
+        codes = codes[isin(codes["visit_id"], visits["visit_id"])]
+    with_smiles = smiles_codes(Path(options.require_smiles)) if options.require_smiles else None
 
     progress("top-k codes")
     limits = {
@@ -199,9 +222,14 @@ def build(
     vocab_codes: dict[str, list[str]] = {}
     top_k_report: dict[str, dict[str, int]] = {}
     kept_parts = []
+    without_smiles: list[str] = []
     for kind in KINDS:
         ranked_all = top_codes(codes, kind, None)
         kept = ranked_all if limits[kind] is None else ranked_all[: limits[kind]]
+        if kind == "medication" and with_smiles is not None:
+            # After the top-k cut, as SafeDrug's recipe (so fewer than top_med drugs remain).
+            without_smiles = [c for c in kept if c not in with_smiles]
+            kept = [c for c in kept if c in with_smiles]
         of_kind = codes[codes["kind"] == kind]
         in_top = isin(of_kind["code"], set(kept))
         kept_parts.append(of_kind[in_top])
@@ -229,7 +257,7 @@ def build(
         # Vocabulary order = frequency rank among the kept visits, ties by code.
         vocab_codes[kind] = top_codes(of_kind, kind, None)
 
-    profiles = _profiles(raw, table)
+    profiles = _profiles(raw, table, options.profile_fields)
     patients = sorted(table["patient_id"].unique().tolist())
     splits = split_patients(patients, options.split, options.seed)
     vocab = Vocabulary(
@@ -249,12 +277,20 @@ def build(
     )
     stats = _stats(table, vocab, raw, funnel, top_k_report, splits, len(ddi_pairs))
     stats["visit_time_kind"] = raw.time_kind
+    if with_smiles is not None:
+        stats["drugs_without_smiles"] = without_smiles  # top-k drugs dropped for no SMILES
     manifest = {
         "source": raw.source,
         "visit_time_kind": raw.time_kind,
         "tool": f"leader {__version__}",
         "options": {**raw.options, **asdict(options)},
-        "inputs": {str(p): file_checksum(p) for p in raw.inputs},
+        "inputs": {
+            str(p): file_checksum(p)
+            for p in [
+                *raw.inputs,
+                *([Path(options.require_smiles)] if options.require_smiles else []),
+            ]
+        },
     }
     return VisitDataset(
         visits=table,
@@ -268,7 +304,40 @@ def build(
     )
 
 
-def _profiles(raw: RawCohort, table: pd.DataFrame) -> pd.DataFrame:
+def prescribed_patients(raw: RawCohort, visits: pd.DataFrame, minimum: int) -> pd.DataFrame:
+    """Visits of the patients with >= ``minimum`` distinct admissions holding a prescription.
+
+    Counted on the prescription rows as read (an admission whose drugs later fail to map,
+    or that has no diagnosis or procedure, still counts): the authors' order of operations.
+    """
+    if raw.prescribed_visits is not None:
+        prescribed = raw.prescribed_visits.astype("string").dropna().unique()
+    else:
+        prescribed = raw.codes.loc[raw.codes["kind"] == "medication", "visit_id"].unique()
+    with_drugs = visits[isin(visits["visit_id"], {str(v) for v in prescribed})]
+    admissions = with_drugs.groupby("patient_id")["visit_id"].nunique()
+    kept = {str(p) for p in admissions.index[admissions >= minimum]}
+    return visits[isin(visits["patient_id"], kept)]
+
+
+def smiles_codes(path: Path) -> set[str]:
+    """Drug codes with at least one non-empty SMILES in an ``atc3,smiles`` CSV."""
+    if not path.is_file():
+        raise LeaderError(f"{path}: no such SMILES file (--require-smiles; columns atc3,smiles)")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("atc3", "smiles") if c not in frame.columns]
+    if missing:
+        raise LeaderError(
+            f"{path}: column(s) {', '.join(missing)} missing (found: "
+            f"{', '.join(map(str, frame.columns))}); a SMILES file has columns atc3,smiles"
+        )
+    codes, smiles = frame["atc3"].str.strip(), frame["smiles"].str.strip()
+    return set(codes[(codes != "") & (smiles != "")])
+
+
+def _profiles(
+    raw: RawCohort, table: pd.DataFrame, keep: tuple[str, ...] | None = None
+) -> pd.DataFrame:
     patients = pd.DataFrame({"patient_id": sorted(table["patient_id"].unique())})
     if raw.visit_profiles is not None:
         first_visit = table.drop_duplicates("patient_id", keep="first")[["patient_id", "visit_id"]]
@@ -282,6 +351,15 @@ def _profiles(raw: RawCohort, table: pd.DataFrame) -> pd.DataFrame:
         if column != "patient_id":
             values = profiles[column].astype("string").str.strip()
             profiles[column] = values.mask(values.isna() | (values == ""), UNKNOWN).astype(str)
+    if keep is not None:
+        absent = [f for f in keep if f not in profiles.columns]
+        if absent:
+            given = [c for c in profiles.columns if c != "patient_id"]
+            raise LeaderError(
+                f"profile field(s) {', '.join(absent)} not given by the {raw.source} source "
+                f"(it gives: {', '.join(given) or 'none'}); fix --profile-fields"
+            )
+        profiles = profiles[["patient_id", *keep]]
     return profiles
 
 

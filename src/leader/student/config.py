@@ -40,8 +40,9 @@ class StudentConfig(Config):
         None, "samples per patient: all or last (null = the dataset's default)"
     )
     choose_threshold: bool = option(
-        True, "pick the decision threshold maximising validation Jaccard (else 0.5)"
+        True, "pick the decision threshold maximising validation Jaccard (else `threshold`)"
     )
+    threshold: float = option(0.5, "the fixed decision threshold when choose_threshold is off")
     # --- optimisation (the loop every ID-based model shares)
     train: TrainConfig = nested(TrainConfig, "optimisation: epochs, batch, lr, patience, seed")
 
@@ -55,6 +56,8 @@ class StudentConfig(Config):
             problems.append("alpha and beta must be >= 0")
         if self.temperature <= 0:
             problems.append("temperature must be > 0")
+        if not 0 < self.threshold < 1:
+            problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
         if self.sample_mode not in (None, "all", "last"):
             problems.append(f"sample_mode must be all, last or null (got {self.sample_mode!r})")
         return problems

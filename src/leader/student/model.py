@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +53,110 @@ ARCHITECTURE = (
 )
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout whose mask costs a quarter of a random draw per element.
+
+    ``F.dropout`` draws one random number per element on the CPU (about a third of a
+    training step of this small model); here one 64-bit draw gives four 16-bit ones.
+    The drop rate is ``p`` rounded to a multiple of 2**-16.
+    """
+    if not training or p <= 0:
+        return x
+    if p >= 1:
+        return torch.zeros_like(x)
+    numel = x.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64)
+    bits = words.view(torch.int16)[:numel].view(x.shape)  # uniform over the int16 range
+    cut = round(p * 65536)
+    keep = bits >= cut - 32768  # P(keep) = 1 - cut / 65536
+    return (x * keep).mul_(65536 / (65536 - cut))
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with :func:`fast_dropout`'s mask (same rate, same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+MIN_BUCKET_SETS = 32  # a length bucket holds at least this many sets (or the rest)
+
+
+@dataclass
+class SetLayout:
+    """Where the real elements of a batch of padded sets are, and length buckets.
+
+    Built once per batch and stream from the mask. ``real`` lists the real elements in
+    row-major order (the packed order); attention runs per bucket of sets of similar
+    length (widths up to a power of two), so a set of 3 codes never pays for the
+    longest set of the batch.
+    """
+
+    sets: int  # N
+    real: torch.Tensor  # (T,) flat positions of real elements in the padded (N, L) layout
+    owner: torch.Tensor  # (T,) set of each real element
+    count: torch.Tensor  # (N, 1) real elements per set (>= 1), float
+    # per bucket: gather (n_b, W_b) into the packed elements (T = padding row),
+    # key mask (n_b, 1, 1, W_b) or None when every set fills the width,
+    # positions of the real elements in the flattened (n_b * W_b) bucket or None
+    buckets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+    inverse: torch.Tensor  # (T,) where each packed element is in the buckets' output
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> SetLayout:
+        """mask (N, L): True for real elements, at least one per row."""
+        n, _ = mask.shape
+        lengths = mask.sum(1)  # (N,)
+        real = mask.reshape(-1).nonzero().squeeze(1)  # (T,)
+        total = int(real.numel())
+        start = torch.cumsum(lengths, 0) - lengths  # (N,) packed index of each set's first
+        width_class = torch.ceil(torch.log2(lengths.clamp_min(1).double())).long()
+        buckets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        covered = []
+        classes = torch.unique(width_class, return_counts=True)
+        groups: list[list[int]] = [[]]
+        size = 0
+        for c, members_in_class in zip(*(t.tolist() for t in classes), strict=True):
+            # A class of a few sets joins the next wider one: a bucket costs ~20 ops.
+            if size >= MIN_BUCKET_SETS:
+                groups.append([])
+                size = 0
+            groups[-1].append(c)
+            size += members_in_class
+        for group in groups:
+            in_group = (width_class >= group[0]) & (width_class <= group[-1])
+            members = in_group.nonzero().squeeze(1)  # (n_b,)
+            member_lengths = lengths.index_select(0, members)
+            width = int(member_lengths.max())
+            columns = torch.arange(width)
+            valid = columns[None, :] < member_lengths[:, None]  # (n_b, W_b)
+            gather = torch.where(valid, start.index_select(0, members)[:, None] + columns, total)
+            if bool(valid.all()):
+                buckets.append((gather, None, None))
+                covered.append(gather.reshape(-1))
+            else:
+                positions = valid.reshape(-1).nonzero().squeeze(1)
+                buckets.append((gather, valid[:, None, None, :], positions))
+                covered.append(gather.reshape(-1).index_select(0, positions))
+        order = torch.cat(covered)  # packed index of each element of the buckets' output
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(total)
+        return cls(
+            sets=n,
+            real=real,
+            owner=torch.div(real, mask.shape[1], rounding_mode="floor"),
+            count=lengths.clamp_min(1).to(torch.float32)[:, None],
+            buckets=buckets,
+            inverse=inverse,
+        )
+
+
 class SetEncoderLayer(nn.Module):
     """A pre-LN transformer layer without positions, then masked mean pooling.
 
-    Sets are unordered, so no positions. Only attention sees the padded layout; every
-    other operation runs on the real elements alone (packed), which is most of the cost.
+    Sets are unordered, so no positions. Every operation but attention runs on the real
+    elements alone (packed); attention runs per length bucket (:class:`SetLayout`), each
+    bucket padded only to its own longest set. The function is the padded layer's.
     """
 
     def __init__(self, dim: int, heads: int, ffn: int, dropout: float, attn_dropout: float):
@@ -68,32 +168,40 @@ class SetEncoderLayer(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
-            nn.Linear(dim, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, dim)
+            nn.Linear(dim, ffn), nn.ReLU(), FastDropout(dropout), nn.Linear(ffn, dim)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x (N, L, d); mask (N, L) True for real elements, at least one per row -> (N, d)
-        n, length, dim = x.shape
-        real = mask.reshape(-1).nonzero().squeeze(1)  # (T,) flat positions of real elements
-        packed = x.reshape(-1, dim).index_select(0, real)  # (T, d)
-        projected = self.qkv(self.norm1(packed))  # (T, 3d)
-        qkv = projected.new_zeros(n * length, 3 * dim).index_copy(0, real, projected)
-        q, k, v = qkv.view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask[:, None, None, :],
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (N, h, L, d/h)
-        attended = attended.transpose(1, 2).reshape(n * length, dim).index_select(0, real)
+        """x (N, L, d) padded, mask (N, L) True for real elements -> (N, d)."""
+        layout = SetLayout.from_mask(mask)
+        return self.forward_packed(x.reshape(-1, x.shape[-1]).index_select(0, layout.real), layout)
+
+    def forward_packed(self, packed: torch.Tensor, layout: SetLayout) -> torch.Tensor:
+        """packed (T, d) real elements in layout order -> (N, d) pooled sets."""
+        attended = self.attend(self.qkv(self.norm1(packed)), layout)  # (T, d)
         packed = packed + self.drop(self.out(attended))
         packed = packed + self.drop(self.ff(self.norm2(packed)))  # (T, d)
-        owner = torch.div(real, length, rounding_mode="floor")  # (T,) row of each element
-        total = packed.new_zeros(n, dim).index_add_(0, owner, packed)
-        count = mask.sum(1, keepdim=True).clamp_min(1).to(packed.dtype)
-        return total / count
+        total = packed.new_zeros(layout.sets, packed.shape[1]).index_add_(0, layout.owner, packed)
+        return total / layout.count.to(total.dtype)
+
+    def attend(self, qkv: torch.Tensor, layout: SetLayout) -> torch.Tensor:
+        """Multi-head attention within each set: qkv (T, 3d) -> (T, d)."""
+        dim = qkv.shape[1] // 3
+        head_dim = dim // self.heads
+        source = torch.cat([qkv, qkv.new_zeros(1, 3 * dim)])  # (T + 1, 3d): row T pads
+        outputs = []
+        for gather, key_mask, positions in layout.buckets:
+            n, width = gather.shape
+            block = source.index_select(0, gather.reshape(-1))  # (n * W, 3d)
+            q, k, v = block.view(n, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * head_dim**-0.5  # (n, h, W, W)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, float("-inf"))
+            weights = fast_dropout(scores.softmax(-1), self.attn_dropout, self.training)
+            out = torch.matmul(weights, v).transpose(1, 2).reshape(n * width, dim)
+            outputs.append(out if positions is None else out.index_select(0, positions))
+        return torch.cat(outputs).index_select(0, layout.inverse)
 
 
 class LeaderStudent(nn.Module):
@@ -142,29 +250,31 @@ class LeaderStudent(nn.Module):
 
     def encode_set(self, stream: int, tokens: torch.Tensor) -> torch.Tensor:
         """(N, L) token ids -> (N, d) pooled set vectors, with the stream's set encoder."""
-        return self.set_encoders[stream](self.embedding(tokens), tokens != 0)
+        layout = SetLayout.from_mask(tokens != 0)
+        packed = self.embedding(tokens.reshape(-1).index_select(0, layout.real))  # (T, d)
+        encoder = self.set_encoders[stream]
+        assert isinstance(encoder, SetEncoderLayer)
+        return encoder.forward_packed(packed, layout)
 
     def patient_vector(self, batch: StudentBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(patient vector (B, hidden), profile vector (B, d))."""
         b, width = batch.visit_mask.shape
         d = self.config.dim
         profile = self.encode_profile(batch.profile)  # (B, d)
-        streams = []
-        for i, kind in enumerate(STREAMS):
-            pooled = self.encode_set(i, batch.tokens[kind])  # (S, d)
-            grid = pooled.new_zeros(b * width, d).index_copy(0, batch.visit_index, pooled)
-            streams.append(grid.view(b, width, d))
-        medication = streams[-1]
-        first = torch.where(batch.profile_slot[:, None], profile, medication[:, 0])
-        streams[-1] = torch.cat([first[:, None], medication[:, 1:]], dim=1)
-        x = torch.cat(streams, dim=0)  # (3B, V, d), streams stacked along the batch
-        mask = batch.visit_mask.repeat(len(STREAMS), 1)  # (3B, V)
+        # The S real visits, sample by sample, oldest first (make_batch's order).
+        owner = torch.div(batch.visit_index, width, rounding_mode="floor")  # (S,)
+        position = batch.visit_index - owner * width  # (S,) 0 = the sample's first kept visit
+        streams = [self.encode_set(i, batch.tokens[kind]) for i, kind in enumerate(STREAMS)]
+        first = (position == 0) & batch.profile_slot.index_select(0, owner)  # (S,)
+        streams[-1] = torch.where(first[:, None], profile.index_select(0, owner), streams[-1])
+        packed = torch.cat(streams)  # (3S, d): the streams one after the other
         if self.recency is not None:
             # recency 0 = the current visit (last real one), 1 = the visit before, ...
-            counts = batch.visit_mask.sum(1, keepdim=True)  # (B, 1)
-            recency = (counts - 1 - torch.arange(width)[None, :]).clamp_min(0)  # (B, V)
-            x = x + self.recency(recency).repeat(len(STREAMS), 1, 1)
-        pooled = self.visit_encoder(x, mask)  # (3B, d)
+            counts = batch.visit_mask.sum(1)  # (B,)
+            recency = self.recency(counts.index_select(0, owner) - 1 - position)  # (S, d)
+            packed = packed + recency.repeat(len(STREAMS), 1)
+        layout = SetLayout.from_mask(batch.visit_mask.repeat(len(STREAMS), 1))  # 3B sets
+        pooled = self.visit_encoder.forward_packed(packed, layout)  # (3B, d)
         pooled = pooled.view(len(STREAMS), b, d).permute(1, 0, 2).reshape(b, -1)  # (B, 3d)
         return self.fc1(F.relu(pooled)), profile
 

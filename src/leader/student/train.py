@@ -158,13 +158,16 @@ def _train(
         log=say,
     )
     val_prob = model.predict_encoded(encoded["val"])
-    threshold = best_threshold(val_truth, val_prob) if config.choose_threshold else 0.5
+    threshold = (
+        best_threshold(val_truth, val_prob) if config.choose_threshold else config.threshold
+    )
     ddi = dataset.ddi_matrix()
     test_prob = model.predict_encoded(encoded["test"])
     test_truth = encoded["test"].targets
     metrics: dict[str, Any] = {
         "model": "leader_s",
         "threshold": threshold,
+        "threshold_rule": "validation" if config.choose_threshold else "fixed",
         "best_epoch": result.best_epoch,
         "best_val_prauc": result.best_score,
         "epochs_run": result.epochs_run,

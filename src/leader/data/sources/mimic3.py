@@ -83,7 +83,18 @@ def read_mimic3(data: Path, resources: Path, ndc_maps: Sequence[Path] = ()) -> R
         funnel=funnel,
         counts=counts,
         inputs=inputs,
+        prescribed_visits=prescribed_admissions(prescriptions),
     )
+
+
+def prescribed_admissions(prescriptions: pd.DataFrame) -> pd.Series:
+    """Admission ids of the prescription rows with an NDC (not missing, not "0"), unmapped.
+
+    What the paper's ">= 2 admissions in the prescriptions table" rule counts.
+    """
+    ndc = prescriptions["ndc"].astype("string").str.strip()
+    usable = ndc.notna() & (ndc != "") & (ndc != "0")
+    return prescriptions.loc[usable, "hadm_id"].astype("string").str.strip()
 
 
 def medication_rows(

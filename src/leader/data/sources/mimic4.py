@@ -23,7 +23,7 @@ from leader.data.sources.common import (
     code_rows,
     parse_times,
 )
-from leader.data.sources.mimic3 import medication_rows
+from leader.data.sources.mimic3 import medication_rows, prescribed_admissions
 from leader.data.tables import TableReader, find_table, read_table
 from leader.errors import LeaderError
 
@@ -125,6 +125,7 @@ def read_mimic4(
         funnel=funnel,
         counts=counts,
         inputs=inputs,
+        prescribed_visits=prescribed_admissions(prescriptions),
     )
 
 
