@@ -36,6 +36,8 @@ from leader.teacher.backbone import (
     BackboneSource,
     ensure_pad_token,
     keep_layers,
+    layer_list,
+    layer_span,
     load_backbone,
     load_tokenizer,
     resolve_backbone,
@@ -109,8 +111,15 @@ def linear_module_names(model: nn.Module) -> set[str]:
     }
 
 
+def frozen_layer_count(backbone: Any, config: TeacherConfig) -> int:
+    """Layers below the LoRA-adapted top ``lora_layers`` (0 when every layer is adapted)."""
+    total = int(backbone.config.num_hidden_layers)
+    return max(0, total - config.lora_layers) if config.lora_layers else 0
+
+
 def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
-    """Wrap the backbone with LoRA adapters on the configured targets that exist in it."""
+    """Wrap the backbone with LoRA adapters on the configured targets that exist in it
+    (on the top ``lora_layers`` layers only when set)."""
     from peft import LoraConfig, get_peft_model
 
     present = linear_module_names(backbone)
@@ -123,12 +132,18 @@ def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
         )
     if missing:
         log.warning("LoRA: %s not in this backbone; adapting %s", missing, targets)
+    frozen = frozen_layer_count(backbone, config)
+    layers: dict[str, Any] = {}
+    if frozen:
+        _, name, blocks = layer_list(backbone)
+        layers = {"layers_to_transform": list(range(frozen, len(blocks))), "layers_pattern": name}
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
         bias="none",
+        **layers,
     )
     return get_peft_model(backbone, lora)  # type: ignore[no-any-return]
 
@@ -154,18 +169,30 @@ class LeaderTeacher(nn.Module):
         if not self.medication_codes:
             raise LeaderError("the dataset's medication vocabulary is empty: nothing to predict")
         self.hidden_size = int(backbone.config.hidden_size)
+        # The longest input the backbone's positions allow (None: no such limit known).
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        self.max_positions: int | None = int(positions) if positions else None
         self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=False)
         body = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        self.body = body  # the transformers model inside the peft wrapper
         self._takes_positions = "position_ids" in inspect.signature(body.forward).parameters
+        self.layers_total = int(body.config.num_hidden_layers)
+        self.frozen_layers = frozen_layer_count(body, config)  # run once and cached
 
     # ------------------------------------------------------------------ text -> ids
+    def prompt_budget(self) -> int:
+        """``max_tokens``, never beyond the backbone's positions (one left for EOS)."""
+        if self.max_positions is None:
+            return self.config.max_tokens
+        return max(1, min(self.config.max_tokens, self.max_positions - 1))
+
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(
             self.vocab,
             PromptConfig(
                 history_visits=self.config.history_visits,
                 profile=self.config.profile,
-                max_tokens=self.config.max_tokens,
+                max_tokens=self.prompt_budget(),
                 template=self.config.template,
             ),
             count_tokens=lambda text: len(self.token_ids(text)),
@@ -177,6 +204,8 @@ class LeaderTeacher(nn.Module):
         eos = self.tokenizer.eos_token_id
         if self.config.append_eos and eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
+        if self.max_positions is not None and len(ids) > self.max_positions:
+            ids = ids[-self.max_positions :]  # the question and EOS are at the end
         return ids
 
     def encode(self, samples: Sequence[Sample]) -> tuple[list[list[int]], PromptStats]:
@@ -199,15 +228,23 @@ class LeaderTeacher(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, T)
-        attention_mask: torch.Tensor,  # (B, T)
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
         labels: torch.Tensor | None = None,  # (B, drugs) multi-hot
+        lower_states: torch.Tensor | None = None,  # (B, T, H): cached frozen-layer output
     ) -> TeacherOutput:
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        """Logits from token ids, or from the cached output of the frozen lower layers
+        (``lower_states``, see :meth:`lower_states`): the same function either way."""
+        assert attention_mask is not None
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
         if self._takes_positions:
             # Positions count real tokens only, so left padding does not shift them.
             kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        states = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
+        if lower_states is None:
+            states = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # (B, T, H)
+        else:
+            with layer_span(self.body, self.frozen_layers, self.layers_total):
+                states = self.backbone(inputs_embeds=lower_states, **kwargs).last_hidden_state
         rows = torch.arange(states.shape[0], device=states.device)
         hidden = states[rows, last_token_index(attention_mask)]  # (B, H)
         logits = self.head(hidden.to(self.head.weight.dtype)).float()  # (B, drugs)
@@ -215,6 +252,73 @@ class LeaderTeacher(nn.Module):
         if labels is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float())
+
+    @torch.no_grad()
+    def lower_states(
+        self,
+        ids: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        autocast: torch.dtype | None = None,
+    ) -> list[torch.Tensor]:
+        """The frozen lower layers' output per prompt, (T_i, H) each, in input order.
+
+        Computed once; training then runs only the LoRA-adapted top layers on them.
+        Stored in bf16 under bf16 autocast (half the memory), else float32.
+        """
+        if not self.frozen_layers:
+            raise LeaderError("lower_states needs lora_layers > 0 in the teacher config")
+        self.eval()
+        device = self.head.weight.device
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        store = torch.bfloat16 if autocast == torch.bfloat16 else torch.float32
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chosen]).items()}
+            positions = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+            extra = {"position_ids": positions} if self._takes_positions else {}
+            with (
+                layer_span(self.body, 0, self.frozen_layers),
+                torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
+            ):
+                states = self.backbone(**batch, **extra, use_cache=False).last_hidden_state
+            for row, i in enumerate(chosen):
+                out[i] = states[row, : len(ids[i])].to("cpu", store).clone()  # (T_i, H)
+        return out
+
+    def pad_states(self, states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Right-pad cached lower states into ``lower_states`` (B, T, H) + ``attention_mask``."""
+        width = max(int(s.shape[0]) for s in states)
+        batch = torch.zeros((len(states), width, self.hidden_size), dtype=torch.float32)
+        mask = torch.zeros((len(states), width), dtype=torch.long)
+        for row, state in enumerate(states):
+            batch[row, : state.shape[0]] = state.float()
+            mask[row, : state.shape[0]] = 1
+        return {"lower_states": batch, "attention_mask": mask}
+
+    @torch.no_grad()
+    def predict_states(
+        self,
+        states: Sequence[torch.Tensor],
+        batch_size: int = 16,
+        autocast: torch.dtype | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_ids` from cached lower states: probabilities and hidden states."""
+        self.eval()
+        device = self.head.weight.device
+        order = sorted(range(len(states)), key=lambda i: int(states[i].shape[0]))
+        probabilities = np.zeros((len(states), len(self.medication_codes)), dtype=np.float32)
+        hidden = np.zeros((len(states), self.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = {
+                k: v.to(device) for k, v in self.pad_states([states[i] for i in chosen]).items()
+            }
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                out = self(**batch)
+            probabilities[chosen] = torch.sigmoid(out.logits).float().cpu().numpy()
+            hidden[chosen] = out.hidden.float().cpu().numpy()
+        return probabilities, hidden
 
     @torch.no_grad()
     def predict_ids(
