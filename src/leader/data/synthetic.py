@@ -904,6 +904,9 @@ class SyntheticCohort:
     profiles: pd.DataFrame  # patient_id, gender, age_band, insurance, language, ...
     ddi: pd.DataFrame  # atc3_a, atc3_b (pairs whose drugs both occur in events)
     seed: int  # the seed it was generated with
+    # visit_id, code, probability: each admission's true drug probabilities (estimated with
+    # ``oracle_draws`` re-draws), or None when not asked for
+    oracle: pd.DataFrame | None = None
 
 
 @dataclass
@@ -1017,6 +1020,12 @@ def _reason(rng: np.random.Generator, patient: _Patient) -> Reason:
 
 def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list[str], list[str]]:
     """One admission: (diagnoses, procedures, medications), codes in first-seen order."""
+    diagnoses, procedures = _conditions(rng, patient)
+    return diagnoses, procedures, _medications(rng, patient, diagnoses, procedures)
+
+
+def _conditions(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list[str]]:
+    """The admission's diagnoses and procedures."""
     reason = _reason(rng, patient)
     # The principal diagnosis: the reason's first drawn code, else its first listed one.
     diagnoses: dict[str, None] = dict.fromkeys(
@@ -1035,7 +1044,13 @@ def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list
     procedures.update(dict.fromkeys(_draw(rng, BASE_PROCEDURES)))
     if not procedures:  # every ICU stay has at least a line placed
         procedures["3893"] = None
+    return list(diagnoses), list(procedures)
 
+
+def _medications(
+    rng: np.random.Generator, patient: _Patient, diagnoses: list[str], procedures: list[str]
+) -> list[str]:
+    """The admission's drugs given its codes and the patient's state (updated)."""
     drugs: dict[str, None] = dict.fromkeys(_draw(rng, BASE_DRUGS))
     for code in patient.chronic:  # personal regimen, chosen once, repeated
         if code not in patient.regimen:
@@ -1063,11 +1078,36 @@ def _visit(rng: np.random.Generator, patient: _Patient) -> tuple[list[str], list
     if not drugs:
         drugs["N02B"] = None
     patient.previous_drugs = list(drugs)
-    return list(diagnoses), list(procedures), list(drugs)
+    return list(drugs)
 
 
-def generate(patients: int = 2000, seed: int = 0) -> SyntheticCohort:
-    """Generate ``patients`` synthetic patients; the same seed gives the same cohort."""
+def _oracle(
+    patient: _Patient,
+    previous: list[str],
+    diagnoses: list[str],
+    procedures: list[str],
+    rng: np.random.Generator,
+    draws: int,
+) -> dict[str, float]:
+    """Each drug's probability at this admission given everything the generator knows (the
+    codes, the patient's regimens, the previous drugs): the share of ``draws`` re-draws of
+    the medication step that give it. The ceiling no model of the data can pass."""
+    counts: dict[str, int] = {}
+    for _ in range(draws):
+        state = _Patient(
+            patient.chronic, patient.background, patient.reason_cdf, dict(patient.regimen), previous
+        )
+        for drug in _medications(rng, state, diagnoses, procedures):
+            counts[drug] = counts.get(drug, 0) + 1
+    return {drug: n / draws for drug, n in sorted(counts.items())}
+
+
+def generate(patients: int = 2000, seed: int = 0, oracle_draws: int = 0) -> SyntheticCohort:
+    """Generate ``patients`` synthetic patients; the same seed gives the same cohort.
+
+    ``oracle_draws`` > 0 also estimates every admission's true drug probabilities
+    (:func:`_oracle`, from a random stream of its own: the cohort is the same either way).
+    """
     if patients < 1:
         raise LeaderError(f"--patients must be at least 1 (got {patients})")
     if seed < 0:
@@ -1086,6 +1126,7 @@ def generate(patients: int = 2000, seed: int = 0) -> SyntheticCohort:
     chronic_uniforms = rng.random((patients, len(_CHRONIC)))  # (patients, chronic)
     epoch = datetime(2001, 1, 1)
     visit_id = 200000
+    oracle: dict[str, list[Any]] = {"visit_id": [], "code": [], "probability": []}
     for index in range(patients):
         patient_id = 10000 + index
         profile, patient = _profile(
@@ -1096,7 +1137,15 @@ def generate(patients: int = 2000, seed: int = 0) -> SyntheticCohort:
         for _ in range(int(visit_counts[index])):
             visit_id += 1
             stamp = time.replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
-            for kind, codes in zip(KIND_ORDER, _visit(rng, patient), strict=True):
+            previous = list(patient.previous_drugs)
+            visit = _visit(rng, patient)
+            if oracle_draws:
+                own = np.random.default_rng([seed, visit_id])
+                truth = _oracle(patient, previous, visit[0], visit[1], own, oracle_draws)
+                oracle["visit_id"].extend([visit_id] * len(truth))
+                oracle["code"].extend(truth)
+                oracle["probability"].extend(truth.values())
+            for kind, codes in zip(KIND_ORDER, visit, strict=True):
                 columns["patient_id"].extend([patient_id] * len(codes))
                 columns["visit_id"].extend([visit_id] * len(codes))
                 columns["visit_time"].extend([stamp] * len(codes))
@@ -1116,6 +1165,7 @@ def generate(patients: int = 2000, seed: int = 0) -> SyntheticCohort:
         profiles=pd.DataFrame(profiles, columns=list(PROFILE_COLUMNS)),
         ddi=ddi,
         seed=seed,
+        oracle=pd.DataFrame(oracle) if oracle_draws else None,
     )
 
 
@@ -1172,7 +1222,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write(cohort: SyntheticCohort, out_dir: str | Path) -> Path:
-    """Write events.csv, profiles.csv, ddi.csv and README.txt into ``out_dir``."""
+    """Write events.csv, profiles.csv, ddi.csv and README.txt (and oracle.csv when the
+    cohort has its true probabilities) into ``out_dir``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LeaderError(f"--out {out}: exists and is not a directory; give a folder path")
@@ -1181,6 +1232,9 @@ def write(cohort: SyntheticCohort, out_dir: str | Path) -> Path:
     _write_text(out / "profiles.csv", cohort.profiles.to_csv(index=False, lineterminator="\n"))
     _write_text(out / "ddi.csv", cohort.ddi.to_csv(index=False, lineterminator="\n"))
     _write_text(out / "README.txt", _readme(cohort))
+    if cohort.oracle is not None:
+        text = cohort.oracle.to_csv(index=False, lineterminator="\n", float_format="%.4f")
+        _write_text(out / "oracle.csv", text)
     return out
 
 
