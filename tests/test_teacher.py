@@ -207,9 +207,18 @@ def test_cached_lower_layers_give_the_full_forward(
         model=str(tiny_backbone), max_steps=6, batch_size=2, eval_every=3, lr=5e-3,
         lora_layers=1, head_lr=5e-2, precision="fp32",
     )  # fmt: skip
-    run = train_teacher(tiny_dataset.path, tmp_path / "run", config)
+    cached_file = tmp_path / "cached.safetensors"
+    run = train_teacher(tiny_dataset.path, tmp_path / "run", config, features_out=cached_file)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["lora_layers"] == 1 and metrics["steps"] == 6
+    # the features written from the cache are those `teacher predict` writes
+    predict_teacher(run, tiny_dataset.path, tmp_path / "full.safetensors")
+    (got, got_meta), (want, want_meta) = (
+        read_features(f) for f in (cached_file, tmp_path / "full.safetensors")
+    )
+    assert got_meta["sample_ids"] == want_meta["sample_ids"]
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(got["hidden"], want["hidden"], atol=1e-4, rtol=1e-4)
     assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
     assert "cached the 1 frozen layers' output" in (run / "train.log").read_text()
     with pytest.raises(LeaderError, match="lora_layers"):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from leader.data.store import SPLITS, VisitDataset, write_json_atomic
+from leader.data.store import SPLITS, Sample, SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import evaluate_groups
 from leader.teacher.config import TeacherConfig
@@ -59,15 +59,28 @@ def predict_untrained(
     return write_features(teacher, dataset_dir, out_file, batch_size, trained_on="")
 
 
+def all_samples(dataset: VisitDataset, mode: SampleMode) -> tuple[list[Sample], list[str]]:
+    """Every sample of every split, in split order, and its split's name."""
+    samples: list[Sample] = []
+    splits: list[str] = []
+    for split in SPLITS:
+        if split in dataset.splits:
+            part = dataset.samples(split, mode)
+            samples.extend(part)
+            splits.extend([split] * len(part))
+    return samples, splits
+
+
 def write_features(
     teacher: LeaderTeacher,
     dataset_dir: Path,
     out_file: Path,
     batch_size: int | None = None,
     trained_on: str = "",
+    predicted: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Predict every sample of every split with ``teacher`` and write the features file."""
-
+    """Predict every sample of every split with ``teacher`` (or take ``predicted``:
+    probabilities and hidden states in :func:`all_samples` order) and write the file."""
     out_file = Path(out_file)
     dataset = VisitDataset.load(dataset_dir)
     if teacher.medication_codes != dataset.vocab.codes["medication"]:
@@ -76,19 +89,17 @@ def write_features(
             " was trained on; predict on the dataset the teacher was trained on"
         )
     mode = teacher.config.resolved_sample_mode(dataset.default_sample_mode)
-    samples, splits = [], []
-    for split in SPLITS:
-        if split in dataset.splits:
-            part = dataset.samples(split, mode)
-            samples.extend(part)
-            splits.extend([split] * len(part))
-    autocast = teacher.autocast_dtype()
+    samples, splits = all_samples(dataset, mode)
     started = time.perf_counter()
-    ids, stats = teacher.encode(samples)
-    log.info("predicting %d samples (%s)", len(samples), stats.summary())
-    probabilities, hidden = teacher.predict_ids(
-        ids, batch_size or teacher.config.eval_batch_size, autocast
-    )
+    if predicted is None:
+        ids, stats = teacher.encode(samples)
+        log.info("predicting %d samples (%s)", len(samples), stats.summary())
+        predicted = teacher.predict_ids(
+            ids, batch_size or teacher.config.eval_batch_size, teacher.autocast_dtype()
+        )
+    probabilities, hidden = predicted
+    if probabilities.shape[0] != len(samples):
+        raise LeaderError(f"{out_file}: {probabilities.shape[0]} rows for {len(samples)} samples")
     seconds = time.perf_counter() - started
     metadata = {
         "sample_ids": json.dumps([s.sample_id for s in samples]),

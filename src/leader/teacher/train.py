@@ -167,12 +167,20 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- the trainer
 class _Trainer:
-    def __init__(self, dataset_dir: Path, out_dir: Path, config: TeacherConfig) -> None:
+    def __init__(
+        self,
+        dataset_dir: Path,
+        out_dir: Path,
+        config: TeacherConfig,
+        features_out: Path | None = None,
+    ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
         self.config = config
         self.out = out_dir
+        self.dataset_dir = dataset_dir
+        self.features_out = features_out
         deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         autocast = None if deepspeed else resolve_precision(config.precision, device)
@@ -513,6 +521,30 @@ class _Trainer:
         log.info("step %d: validation PRAUC %.4f%s", state.step, prauc, mark)
 
     # ------------------------------------------------------------------ artifact
+    def write_features(self, out_file: Path) -> None:
+        """The features file for every sample of every split, with the best weights; the
+        frozen layers run only for samples not cached during training."""
+        from leader.teacher.predict import all_samples, write_features
+
+        mode = self.config.resolved_sample_mode(self.dataset.default_sample_mode)
+        samples, _ = all_samples(self.dataset, mode)
+        size = self.config.eval_batch_size
+        if not self.model.frozen_layers:
+            write_features(self.model, self.dataset_dir, out_file, size, str(self.out))
+            return
+        cached = dict(
+            zip((s.sample_id for s in self.train_samples), self.train_states, strict=True)
+        )
+        cached |= dict(zip((s.sample_id for s in self.val_samples), self.val_states, strict=True))
+        missing = [s for s in samples if s.sample_id not in cached]
+        if missing:
+            ids, _ = self.model.encode(missing)
+            fresh = self.model.lower_states(ids, size, self.autocast)
+            cached |= dict(zip((s.sample_id for s in missing), fresh, strict=True))
+        states = [cached[s.sample_id] for s in samples]
+        predicted = self.model.predict_states(states, size, self.autocast)
+        write_features(self.model, self.dataset_dir, out_file, size, str(self.out), predicted)
+
     def finish(self, state: RunState) -> None:
         from safetensors.torch import load_file
 
@@ -544,6 +576,8 @@ class _Trainer:
                 "history_cpu_seconds": state.history_cpu_seconds,
             }
             write_json_atomic(self.out / "metrics.json", metrics)
+            if self.features_out is not None:
+                self.write_features(self.features_out)
             state.finished = True
             write_json_atomic(self.out / "state.json", state.__dict__)
             shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
@@ -557,11 +591,17 @@ class _Trainer:
 
 
 def train_teacher(
-    dataset_dir: Path, out_dir: Path, config: TeacherConfig, resume: bool = False
+    dataset_dir: Path,
+    out_dir: Path,
+    config: TeacherConfig,
+    resume: bool = False,
+    features_out: Path | None = None,
 ) -> Path:
     """Fine-tune the teacher on ``dataset_dir``'s train split into the run folder ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` (after a kill, at any point).
+    ``features_out``: also write the features file (as ``leader teacher predict`` does),
+    from the frozen layers' cache when ``lora_layers`` is set (only the top layers run).
     Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
@@ -577,7 +617,7 @@ def train_teacher(
         if done.get("finished"):
             return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(Path(dataset_dir), out_dir, config)
+    trainer = _Trainer(Path(dataset_dir), out_dir, config, features_out)
     handlers = _attach_run_log(out_dir) if trainer.main else []
     if trainer.main:
         if resume and (out_dir / "config.yaml").is_file():
