@@ -205,7 +205,7 @@ def test_cached_lower_layers_give_the_full_forward(
     assert tiny_dataset.path is not None
     config = TeacherConfig(
         model=str(tiny_backbone), max_steps=6, batch_size=2, eval_every=3, lr=5e-3,
-        lora_layers=1, head_lr=5e-2, precision="fp32",
+        lora_layers=1, head_lr=5e-2, precision="fp32", pooling="mean", head_init="prior",
     )  # fmt: skip
     cached_file = tmp_path / "cached.safetensors"
     run = train_teacher(tiny_dataset.path, tmp_path / "run", config, features_out=cached_file)
@@ -220,7 +220,10 @@ def test_cached_lower_layers_give_the_full_forward(
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
     np.testing.assert_allclose(got["hidden"], want["hidden"], atol=1e-4, rtol=1e-4)
     assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
-    assert "cached the 1 frozen layers' output" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert "cached the 1 frozen layers' output" in log and "log-odds" in log
+    head = load_file(run / "head.safetensors")
+    assert set(head) == {"weight", "bias", "mean", "scale"} and float(head["scale"].min()) > 0
     with pytest.raises(LeaderError, match="lora_layers"):
         TeacherConfig(max_layers=2, lora_layers=3)
 

@@ -151,6 +151,9 @@ def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
 class LeaderTeacher(nn.Module):
     """Backbone (+ LoRA) -> last real token's hidden state -> one logit per drug."""
 
+    hidden_mean: torch.Tensor  # (H,) buffers: the standardisation before the head
+    hidden_scale: torch.Tensor
+
     def __init__(
         self,
         backbone: Any,  # a transformers model, usually wrapped by peft
@@ -172,7 +175,12 @@ class LeaderTeacher(nn.Module):
         # The longest input the backbone's positions allow (None: no such limit known).
         positions = getattr(backbone.config, "max_position_embeddings", None)
         self.max_positions: int | None = int(positions) if positions else None
-        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=False)
+        prior = config.head_init == "prior"
+        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=prior)
+        # Standardisation of the pooled state before the head (identity unless head_init is
+        # "prior"; set from the frozen model's training-set statistics by the trainer).
+        self.register_buffer("hidden_mean", torch.zeros(self.hidden_size))
+        self.register_buffer("hidden_scale", torch.ones(self.hidden_size))
         body = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
         self.body = body  # the transformers model inside the peft wrapper
         self._takes_positions = "position_ids" in inspect.signature(body.forward).parameters
@@ -245,13 +253,34 @@ class LeaderTeacher(nn.Module):
         else:
             with layer_span(self.body, self.frozen_layers, self.layers_total):
                 states = self.backbone(inputs_embeds=lower_states, **kwargs).last_hidden_state
-        rows = torch.arange(states.shape[0], device=states.device)
-        hidden = states[rows, last_token_index(attention_mask)]  # (B, H)
-        logits = self.head(hidden.to(self.head.weight.dtype)).float()  # (B, drugs)
+        hidden = self.pool(states, attention_mask)  # (B, H)
+        scaled = (hidden.float() - self.hidden_mean) / self.hidden_scale
+        logits = self.head(scaled.to(self.head.weight.dtype)).float()  # (B, drugs)
         loss = None
         if labels is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float())
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, H): the last real token's state (the paper), or the mean over
+        real tokens (``pooling: mean``)."""
+        if self.config.pooling == "mean":
+            mask = attention_mask.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
+            return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        rows = torch.arange(states.shape[0], device=states.device)
+        return states[rows, last_token_index(attention_mask)]
+
+    @torch.no_grad()
+    def set_prior(self, hidden: np.ndarray, targets: np.ndarray) -> None:
+        """``head_init: prior``: standardise with ``hidden``'s statistics (N, H) and start
+        the bias at each drug's log-odds in ``targets`` (N, drugs); weights start at zero."""
+        mean, std = hidden.mean(axis=0), hidden.std(axis=0)
+        self.hidden_mean.copy_(torch.from_numpy(mean).float())
+        self.hidden_scale.copy_(torch.from_numpy(np.maximum(std, 1e-6)).float())
+        share = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
+        assert self.head.bias is not None
+        self.head.bias.copy_(torch.from_numpy(np.log(share / (1 - share))).float())
+        self.head.weight.zero_()
 
     @torch.no_grad()
     def lower_states(
@@ -364,14 +393,19 @@ class LeaderTeacher(nn.Module):
     # ------------------------------------------------------------------ trainable state
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors (LoRA + output layer), by parameter name, on CPU."""
-        return {
+        state = {
             name: param.detach().to("cpu", copy=True).contiguous()
             for name, param in self.named_parameters()
             if param.requires_grad
         }
+        # the standardisation is set once, from data: it belongs with the trained tensors
+        return state | {f"{n}": b.detach().cpu().clone() for n, b in self._head_buffers()}
+
+    def _head_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [("hidden_mean", self.hidden_mean), ("hidden_scale", self.hidden_scale)]
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
+        params = dict(self.named_parameters()) | dict(self._head_buffers())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         unknown = [n for n in state if n not in params]
         if missing or unknown:
@@ -412,10 +446,7 @@ class LeaderTeacher(nn.Module):
         try:
             if hasattr(self.backbone, "save_pretrained") and hasattr(self.backbone, "peft_config"):
                 self.backbone.save_pretrained(tmp / "adapter")
-            save_file(
-                {"weight": self.head.weight.detach().cpu().float().contiguous()},
-                tmp / "head.safetensors",
-            )
+            save_file(self.head_state(), tmp / "head.safetensors")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             write_json_atomic(tmp / "vocab.json", self.vocab.to_json())
             write_json_atomic(tmp / "medications.json", self.medication_codes)
@@ -448,6 +479,13 @@ class LeaderTeacher(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
         return root
 
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The output layer and the standardisation before it, as saved tensors."""
+        state = {"weight": self.head.weight, "mean": self.hidden_mean, "scale": self.hidden_scale}
+        if self.head.bias is not None:
+            state["bias"] = self.head.bias
+        return {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
@@ -474,7 +512,8 @@ class LeaderTeacher(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         vocab = Vocabulary.from_json(json.loads((root / "vocab.json").read_text(encoding="utf-8")))
         model = cls(backbone, tokenizer, vocab, config, backbone_location=location)
-        head = load_file(root / "head.safetensors")["weight"]
+        saved = load_file(root / "head.safetensors")
+        head = saved["weight"]
         if tuple(head.shape) != tuple(model.head.weight.shape):
             raise LeaderError(
                 f"{root}/head.safetensors: shape {tuple(head.shape)} does not "
@@ -482,6 +521,10 @@ class LeaderTeacher(nn.Module):
             )
         with torch.no_grad():
             model.head.weight.copy_(head)
+            if model.head.bias is not None:
+                model.head.bias.copy_(saved["bias"])
+            model.hidden_mean.copy_(saved.get("mean", model.hidden_mean))
+            model.hidden_scale.copy_(saved.get("scale", model.hidden_scale))
         model.to(device)
         model.eval()
         return model

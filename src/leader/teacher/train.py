@@ -50,6 +50,7 @@ from leader.teacher.prompts import PromptStats
 log = logging.getLogger("leader.teacher")
 
 MEGA_BATCH = 64  # length bucketing sorts windows of this many batches
+PRIOR_SAMPLES = 512  # training prompts for head_init "prior" without a frozen-layer cache
 
 
 # ---------------------------------------------------------------------- batches
@@ -264,6 +265,8 @@ class _Trainer:
                 self.model.layers_total - self.model.frozen_layers,
             )
 
+        if config.head_init == "prior":
+            self.set_prior()
         global_batch = config.batch_size * self.world
         self.micro_per_epoch = len(self._epoch(0))
         steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
@@ -297,11 +300,26 @@ class _Trainer:
             config.grad_accum,
         )
 
+    def set_prior(self) -> None:
+        """``head_init: prior`` from the frozen model's pooled states on training prompts
+        (all of them from the cache, else up to ``PRIOR_SAMPLES``)."""
+        size = self.config.eval_batch_size
+        if self.train_states:
+            _, hidden = self.model.predict_states(self.train_states, size, self.autocast)
+        else:
+            ids = self.train_ids[:PRIOR_SAMPLES]
+            _, hidden = self.model.predict_ids(ids, size, self.autocast)
+        self.model.set_prior(hidden, self.train_targets.numpy())
+        self.model.train()
+        log.info("output layer: standardised pooled state, bias at the drugs' log-odds")
+
     def param_groups(self) -> list[dict[str, Any]]:
         """LoRA adapters at ``lr``; the new output layer at ``head_lr`` when set."""
-        head = [self.model.head.weight]
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
         rest = [
-            p for n, p in self.model.named_parameters() if p.requires_grad and n != "head.weight"
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not n.startswith("head.")
         ]
         groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
         head_group: dict[str, Any] = {"params": head}
