@@ -208,7 +208,14 @@ def test_cached_lower_layers_give_the_full_forward(
         lora_layers=1, head_lr=5e-2, precision="fp32", pooling="mean", head_init="prior",
     )  # fmt: skip
     cached_file = tmp_path / "cached.safetensors"
-    run = train_teacher(tiny_dataset.path, tmp_path / "run", config, features_out=cached_file)
+    untrained = tmp_path / "untrained.safetensors"
+    run = train_teacher(
+        tiny_dataset.path,
+        tmp_path / "run",
+        config,
+        features_out=cached_file,
+        untrained_out=untrained,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["lora_layers"] == 1 and metrics["steps"] == 6
     # the features written from the cache are those `teacher predict` writes
@@ -219,6 +226,20 @@ def test_cached_lower_layers_give_the_full_forward(
     assert got_meta["sample_ids"] == want_meta["sample_ids"]
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
     np.testing.assert_allclose(got["hidden"], want["hidden"], atol=1e-4, rtol=1e-4)
+    # the control before fine-tuning: the backbone's own states, as predict_untrained gives
+    from leader.teacher.predict import predict_untrained, random_features
+
+    predict_untrained(config, tiny_dataset.path, tmp_path / "fresh.safetensors")
+    (early, meta), (fresh, _) = (
+        read_features(f) for f in (untrained, tmp_path / "fresh.safetensors")
+    )
+    assert meta["fine_tuned"] == "false"
+    np.testing.assert_allclose(early["hidden"], fresh["hidden"], atol=1e-4, rtol=1e-4)
+    assert not np.allclose(early["hidden"], got["hidden"], atol=1e-3)  # training moved them
+    # random features: same shape, same per-dimension scale, no information
+    noise, _ = read_features(random_features(cached_file, tmp_path / "noise.safetensors"))
+    assert noise["hidden"].shape == got["hidden"].shape
+    assert not np.allclose(noise["hidden"], got["hidden"], atol=1e-2)
     assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
     log = (run / "train.log").read_text()
     assert "cached the 1 frozen layers' output" in log and "log-odds" in log

@@ -174,6 +174,7 @@ class _Trainer:
         out_dir: Path,
         config: TeacherConfig,
         features_out: Path | None = None,
+        untrained_out: Path | None = None,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
@@ -182,6 +183,7 @@ class _Trainer:
         self.out = out_dir
         self.dataset_dir = dataset_dir
         self.features_out = features_out
+        self.untrained_out = untrained_out
         deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         autocast = None if deepspeed else resolve_precision(config.precision, device)
@@ -254,6 +256,8 @@ class _Trainer:
             size = config.eval_batch_size
             self.train_states = self.model.lower_states(self.train_ids, size, self.autocast)
             self.val_states = self.model.lower_states(self.val_ids, size, self.autocast)
+            if self.features_out or self.untrained_out:
+                self.all_states()  # the other splits too, while the CPU-seconds are counted
             self.cache_cpu_seconds = time.process_time() - cpu
             log.info(
                 "cached the %d frozen layers' output for %d prompts in %.0fs (%.0f CPU-s); "
@@ -265,6 +269,8 @@ class _Trainer:
                 self.model.layers_total - self.model.frozen_layers,
             )
 
+        if self.untrained_out is not None and self.main:
+            self.write_features(self.untrained_out, fine_tuned=False)  # LoRA B is still zero
         if config.head_init == "prior":
             self.set_prior()
         global_batch = config.batch_size * self.world
@@ -539,29 +545,41 @@ class _Trainer:
         log.info("step %d: validation PRAUC %.4f%s", state.step, prauc, mark)
 
     # ------------------------------------------------------------------ artifact
-    def write_features(self, out_file: Path) -> None:
-        """The features file for every sample of every split, with the best weights; the
-        frozen layers run only for samples not cached during training."""
-        from leader.teacher.predict import all_samples, write_features
+    def all_states(self) -> list[torch.Tensor]:
+        """Cached lower states of every sample of every split (:func:`all_samples` order);
+        the frozen layers run only for samples not cached for training."""
+        from leader.teacher.predict import all_samples
 
-        mode = self.config.resolved_sample_mode(self.dataset.default_sample_mode)
-        samples, _ = all_samples(self.dataset, mode)
+        if getattr(self, "_all_states", None) is None:
+            mode = self.config.resolved_sample_mode(self.dataset.default_sample_mode)
+            samples, _ = all_samples(self.dataset, mode)
+            cached = dict(
+                zip((s.sample_id for s in self.train_samples), self.train_states, strict=True)
+            )
+            cached |= dict(
+                zip((s.sample_id for s in self.val_samples), self.val_states, strict=True)
+            )
+            missing = [s for s in samples if s.sample_id not in cached]
+            if missing:
+                ids, _ = self.model.encode(missing)
+                fresh = self.model.lower_states(ids, self.config.eval_batch_size, self.autocast)
+                cached |= dict(zip((s.sample_id for s in missing), fresh, strict=True))
+            self._all_states = [cached[s.sample_id] for s in samples]
+        return self._all_states
+
+    def write_features(self, out_file: Path, fine_tuned: bool = True) -> None:
+        """The features file for every sample of every split with the current weights
+        (``fine_tuned=False``: the control before fine-tuning), from the cache when set."""
+        from leader.teacher.predict import write_features
+
         size = self.config.eval_batch_size
+        trained_on = str(self.out) if fine_tuned else ""
         if not self.model.frozen_layers:
-            write_features(self.model, self.dataset_dir, out_file, size, str(self.out))
-            return
-        cached = dict(
-            zip((s.sample_id for s in self.train_samples), self.train_states, strict=True)
-        )
-        cached |= dict(zip((s.sample_id for s in self.val_samples), self.val_states, strict=True))
-        missing = [s for s in samples if s.sample_id not in cached]
-        if missing:
-            ids, _ = self.model.encode(missing)
-            fresh = self.model.lower_states(ids, size, self.autocast)
-            cached |= dict(zip((s.sample_id for s in missing), fresh, strict=True))
-        states = [cached[s.sample_id] for s in samples]
-        predicted = self.model.predict_states(states, size, self.autocast)
-        write_features(self.model, self.dataset_dir, out_file, size, str(self.out), predicted)
+            write_features(self.model, self.dataset_dir, out_file, size, trained_on)
+        else:
+            predicted = self.model.predict_states(self.all_states(), size, self.autocast)
+            write_features(self.model, self.dataset_dir, out_file, size, trained_on, predicted)
+        self.model.train()
 
     def finish(self, state: RunState) -> None:
         from safetensors.torch import load_file
@@ -614,12 +632,15 @@ def train_teacher(
     config: TeacherConfig,
     resume: bool = False,
     features_out: Path | None = None,
+    untrained_out: Path | None = None,
 ) -> Path:
     """Fine-tune the teacher on ``dataset_dir``'s train split into the run folder ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` (after a kill, at any point).
     ``features_out``: also write the features file (as ``leader teacher predict`` does),
     from the frozen layers' cache when ``lora_layers`` is set (only the top layers run).
+    ``untrained_out``: the same file before the first step (the "before fine-tuning"
+    control for distillation).
     Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
@@ -635,7 +656,7 @@ def train_teacher(
         if done.get("finished"):
             return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(Path(dataset_dir), out_dir, config, features_out)
+    trainer = _Trainer(Path(dataset_dir), out_dir, config, features_out, untrained_out)
     handlers = _attach_run_log(out_dir) if trainer.main else []
     if trainer.main:
         if resume and (out_dir / "config.yaml").is_file():
