@@ -63,14 +63,15 @@ def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) ->
     if args.threads:
         config.num_threads = args.threads
     features = folder / "features.safetensors"
+    untrained = folder / "untrained.safetensors"
     cpu = time.process_time()
     resume = (folder / "run").exists()
-    run = train_teacher(args.dataset, folder / "run", config, resume, features_out=features)
+    early = untrained if args.controls and not resume else None
+    run = train_teacher(args.dataset, folder / "run", config, resume, features, early)
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     if not features.exists():
         predict_teacher(run, args.dataset, features)
     total_cpu = time.process_time() - cpu
-    untrained = folder / "untrained.safetensors"
     if args.controls and not untrained.exists():
         predict_untrained(config, args.dataset, untrained)
     noise = folder / "random.safetensors"
