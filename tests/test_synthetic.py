@@ -248,3 +248,10 @@ def test_oracle_is_the_ceiling_and_leaves_the_cohort_unchanged(tmp_path: Path) -
     prob[kept["visit_id"].map(row), kept["code"].map(col)] = kept["probability"]
     popular = np.tile(truth.mean(axis=0), (len(visits), 1))
     assert compute(truth, prob)["prauc"] >= compute(truth, popular)["prauc"] + 0.15
+    # read back from the file, rows and columns in the caller's order
+    read = synthetic.oracle_probabilities(
+        tmp_path / "k" / "oracle.csv", [str(v) for v in visits], drugs
+    )
+    np.testing.assert_allclose(read, prob, atol=1e-4)
+    with pytest.raises(LeaderError, match="another cohort"):
+        synthetic.oracle_probabilities(tmp_path / "k" / "oracle.csv", ["1"], drugs)

@@ -525,4 +525,26 @@ def write(cohort: SyntheticCohort, out_dir: str | Path) -> Path:
     return out
 
 
-__all__ = ["SyntheticCohort", "generate", "summary", "write"]
+def oracle_probabilities(
+    path: str | Path, visit_ids: list[str], medication_codes: list[str]
+) -> np.ndarray:
+    """The oracle's probabilities (visits, drugs) from ``oracle.csv``, rows in ``visit_ids``
+    order, columns in ``medication_codes`` order (0 for a drug it never gave)."""
+    source = Path(path)
+    if not source.is_file():
+        raise LeaderError(f"{source}: no oracle file; generate the cohort with oracle_draws > 0")
+    table = pd.read_csv(source, dtype={"visit_id": str, "code": str})
+    row = {visit: i for i, visit in enumerate(visit_ids)}
+    col = {code: j for j, code in enumerate(medication_codes)}
+    kept = table[table["visit_id"].isin(row) & table["code"].isin(col)]
+    missing = set(visit_ids) - set(table["visit_id"])
+    if missing:
+        raise LeaderError(f"{source}: no row for visit(s) {sorted(missing)[:3]}: another cohort?")
+    out = np.zeros((len(visit_ids), len(medication_codes)), dtype=np.float32)
+    out[kept["visit_id"].map(row).to_numpy(), kept["code"].map(col).to_numpy()] = kept[
+        "probability"
+    ].to_numpy()
+    return out
+
+
+__all__ = ["SyntheticCohort", "generate", "oracle_probabilities", "summary", "write"]
