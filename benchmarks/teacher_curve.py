@@ -61,7 +61,7 @@ def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) ->
     folder = args.out / "teachers" / name
     config = TeacherConfig.from_dict(_section(config_file, "teacher"), str(config_file))
     if args.threads:
-        config.num_threads = args.threads
+        config.threads = args.threads
     features = folder / "features.safetensors"
     untrained = folder / "untrained.safetensors"
     cpu = time.process_time()
@@ -112,7 +112,8 @@ def student_run(tag: str, features: Path | None, seed: int, args: argparse.Names
     from leader.student.model import LeaderStudent
 
     folder = args.out / "students" / f"{tag}-seed{seed}"
-    values = _section(args.student_config, "student") | {"seed": seed}
+    values = _section(args.student_config, "student")
+    values["train"] = dict(values.get("train") or {}) | {"seed": seed}
     if features is None:
         values["alpha"] = 0.0
     if not (folder / "metrics.json").exists():

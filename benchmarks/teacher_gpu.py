@@ -77,7 +77,9 @@ def main() -> None:
     students = {}
     for name, alpha in (("LEADER(S)", 0.4), ("LEADER(S) without distillation", 0.0)):
         folder = args.out / ("student" if alpha else "student-plain")
-        student = StudentConfig(alpha=alpha, batch_size=64, epochs=40, patience=8, seed=42)
+        student = StudentConfig.from_dict(
+            {"alpha": alpha, "train": {"batch_size": 64, "epochs": 40, "patience": 8, "seed": 42}}
+        )
         train_student(dataset, folder, student, features if alpha else None)
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         students[name] = metrics["test"]["at_threshold"]["prauc"]
