@@ -151,6 +151,9 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
             "eval_every": 3,
             "max_tokens": 256,
             "precision": "fp32",
+            "lora_layers": 1,  # the features come from the frozen layer's cache
+            "pooling": "mean",
+            "head_init": "prior",
         },
         "predict": {"batch_size": 32},
         "student": {**FAST_STUDENT, "train": {**FAST_TRAIN, "epochs": 3}},
@@ -174,7 +177,18 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "report" / "results.json").read_text())
-    assert set(results["summary"]) == {"teacher", "student", "student_no_distill", "popularity"}
+    assert set(results["summary"]) == {
+        "teacher",
+        "student",
+        "student_no_distill",
+        "student_untrained",
+        "student_random",
+        "popularity",
+    }
+    for control, features in (("untrained", "untrained"), ("random", "random")):
+        run = json.loads((out / f"student_{control}" / "run" / "metrics.json").read_text())
+        assert run["distillation"] and run["teacher_features"].endswith(f"{features}.safetensors")
+    assert (out / "teacher" / "features.safetensors").exists()  # written from the cache
     student = json.loads((out / "student" / "run" / "metrics.json").read_text())
     assert student["distillation"] and student["teacher_features"].endswith("features.safetensors")
     plain = json.loads((out / "student_no_distill" / "run" / "metrics.json").read_text())
@@ -182,6 +196,7 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
     assert (out / "report" / "speed.png").exists()
     report = (out / "report" / "report.md").read_text()
     assert "| LEADER(T) (all) |" in report and "as many patients per second" in report
+    assert "(control) (all) |" in report and "What the teacher knows" in report
     assert results["summary"]["student"]["efficiency"]["throughput_per_s"] > 0
 
 

@@ -101,15 +101,25 @@ def test_budget_drops_oldest_history_first_then_cuts_lists() -> None:
     assert builder.stats.truncated == 1 and builder.stats.prompts == 1
 
 
-def test_budget_never_cuts_the_current_visit() -> None:
+def test_budget_cuts_the_current_visit_only_as_a_last_resort() -> None:
     sample, vocab = _long_sample(codes=30)
-    builder = PromptBuilder(vocab, PromptConfig(max_tokens=10))
+    fixed = PromptBuilder(vocab, PromptConfig(history_visits=0, profile=False))
+    whole = fixed.build(sample)
+    budget = whole.tokens - 10
+    builder = PromptBuilder(vocab, PromptConfig(max_tokens=budget))
     prompt = builder.build(sample)
-    for i in range(30):
-        assert f"c{i}," in prompt.text or f"c{i};" in prompt.text
-    assert prompt.over_budget and builder.stats.over_budget == 1
+    # History and profile went first; then the current visit's lists, from the end.
     assert "In visit" not in prompt.text and "profile" not in prompt.text
+    assert prompt.tokens <= budget and not prompt.over_budget
+    assert prompt.current_items_cut > 0 and builder.stats.current_cut == 1
+    assert "c0," in prompt.text and "c29" not in prompt.text and "more" in prompt.text
     assert prompt.text.endswith("The patient should be prescribed:")
+    # A budget below the fixed sentences: everything cut, still flagged as over budget.
+    tiny = PromptBuilder(vocab, PromptConfig(max_tokens=5)).build(sample)
+    assert tiny.over_budget and "c0" not in tiny.text
+    # A current visit that fits is never cut.
+    roomy = PromptBuilder(vocab, PromptConfig(max_tokens=whole.tokens)).build(sample)
+    assert roomy.current_items_cut == 0 and "c29;" in roomy.text
 
 
 def test_budget_uses_the_given_token_counter() -> None:

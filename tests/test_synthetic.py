@@ -221,3 +221,37 @@ def test_learned_model_beats_popularity(cohort: synthetic.SyntheticCohort) -> No
     best_popular_prauc = max(by_prob["prauc"], by_top_k["prauc"])
     assert ours["prauc"] >= best_popular_prauc + 0.10, (ours, by_prob, by_top_k)
     assert ours["jaccard"] >= best_popular_jaccard + 0.05, (ours, by_prob, by_top_k)
+
+
+def test_oracle_is_the_ceiling_and_leaves_the_cohort_unchanged(tmp_path: Path) -> None:
+    plain = generate(patients=200, seed=3)
+    known = generate(patients=200, seed=3, oracle_draws=64)
+    assert plain.oracle is None and known.oracle is not None
+    assert known.events.equals(plain.events)  # its own random stream
+    write(known, tmp_path / "k")
+    write(plain, tmp_path / "p")
+    assert _digest(tmp_path / "k") == _digest(tmp_path / "p")
+    assert (tmp_path / "k" / "oracle.csv").is_file() and not (
+        tmp_path / "p" / "oracle.csv"
+    ).exists()
+    oracle = known.oracle
+    assert oracle["probability"].between(0, 1).all()
+    # the oracle ranks each visit's drugs far better than popularity, and than a model could
+    meds = known.events[known.events["kind"] == "medication"]
+    visits = sorted(meds["visit_id"].unique())
+    drugs = sorted(meds["code"].unique())
+    col, row = {d: i for i, d in enumerate(drugs)}, {v: i for i, v in enumerate(visits)}
+    truth = np.zeros((len(visits), len(drugs)))
+    truth[meds["visit_id"].map(row), meds["code"].map(col)] = 1
+    prob = np.zeros_like(truth)
+    kept = oracle[oracle["code"].isin(col)]
+    prob[kept["visit_id"].map(row), kept["code"].map(col)] = kept["probability"]
+    popular = np.tile(truth.mean(axis=0), (len(visits), 1))
+    assert compute(truth, prob)["prauc"] >= compute(truth, popular)["prauc"] + 0.15
+    # read back from the file, rows and columns in the caller's order
+    read = synthetic.oracle_probabilities(
+        tmp_path / "k" / "oracle.csv", [str(v) for v in visits], drugs
+    )
+    np.testing.assert_allclose(read, prob, atol=1e-4)
+    with pytest.raises(LeaderError, match="another cohort"):
+        synthetic.oracle_probabilities(tmp_path / "k" / "oracle.csv", ["1"], drugs)

@@ -177,3 +177,97 @@ def test_shipped_teacher_configs_parse() -> None:
     assert configs
     for path in configs:
         TeacherConfig.from_yaml(path)
+
+
+def test_cached_lower_layers_give_the_full_forward(
+    tmp_path: Path, tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    teacher = _teacher(tiny_backbone, tiny_dataset, precision="fp32", lora_layers=1).eval()
+    assert teacher.frozen_layers == 1 and teacher.layers_total == 2
+    lora = [n for n, p in teacher.named_parameters() if "lora_" in n and p.requires_grad]
+    assert lora and all(".layers.1." in n for n in lora)  # the frozen layer 0 has none
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
+        for name, param in teacher.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    ids, _ = teacher.encode(tiny_dataset.samples(None, "all"))
+    states = teacher.lower_states(ids, batch_size=3)
+    assert [tuple(s.shape) for s in states] == [(len(i), 32) for i in ids]
+    with torch.no_grad():
+        full = teacher(**teacher.pad(ids))
+        cached = teacher(**teacher.pad_states(states))
+    torch.testing.assert_close(cached.hidden, full.hidden, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=1e-4)
+    assert len(teacher.body.layers) == 2  # the split is undone after each call
+    probabilities, _ = teacher.predict_states(states, batch_size=4)
+    np.testing.assert_allclose(probabilities, teacher.predict_ids(ids)[0], atol=1e-5)
+
+    assert tiny_dataset.path is not None
+    config = TeacherConfig(
+        model=str(tiny_backbone), max_steps=6, batch_size=2, eval_every=3, lr=5e-3,
+        lora_layers=1, head_lr=5e-2, precision="fp32", pooling="mean", head_init="prior",
+    )  # fmt: skip
+    cached_file = tmp_path / "cached.safetensors"
+    untrained = tmp_path / "untrained.safetensors"
+    run = train_teacher(
+        tiny_dataset.path,
+        tmp_path / "run",
+        config,
+        features_out=cached_file,
+        untrained_out=untrained,
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["lora_layers"] == 1 and metrics["steps"] == 6
+    # the features written from the cache are those `teacher predict` writes
+    predict_teacher(run, tiny_dataset.path, tmp_path / "full.safetensors")
+    (got, got_meta), (want, want_meta) = (
+        read_features(f) for f in (cached_file, tmp_path / "full.safetensors")
+    )
+    assert got_meta["sample_ids"] == want_meta["sample_ids"]
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(got["hidden"], want["hidden"], atol=1e-4, rtol=1e-4)
+    # the control before fine-tuning: the backbone's own states, as predict_untrained gives
+    from leader.teacher.predict import predict_untrained, random_features
+
+    predict_untrained(config, tiny_dataset.path, tmp_path / "fresh.safetensors")
+    (early, meta), (fresh, _) = (
+        read_features(f) for f in (untrained, tmp_path / "fresh.safetensors")
+    )
+    assert meta["fine_tuned"] == "false"
+    np.testing.assert_allclose(early["hidden"], fresh["hidden"], atol=1e-4, rtol=1e-4)
+    assert not np.allclose(early["hidden"], got["hidden"], atol=1e-3)  # training moved them
+    # random features: same shape, same per-dimension scale, no information
+    noise, _ = read_features(random_features(cached_file, tmp_path / "noise.safetensors"))
+    assert noise["hidden"].shape == got["hidden"].shape
+    assert not np.allclose(noise["hidden"], got["hidden"], atol=1e-2)
+    assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
+    log = (run / "train.log").read_text()
+    assert "cached the 1 frozen layers' output" in log and "log-odds" in log
+    head = load_file(run / "head.safetensors")
+    assert set(head) == {"weight", "bias", "mean", "scale"} and float(head["scale"].min()) > 0
+    with pytest.raises(LeaderError, match="lora_layers"):
+        TeacherConfig(max_layers=2, lora_layers=3)
+
+
+def test_fp16_is_loss_scaled_outside_deepspeed() -> None:
+    from leader.teacher.train import mixed_precision
+
+    assert mixed_precision(torch.float16, deepspeed=False) == "fp16"  # GradScaler on
+    assert mixed_precision(torch.float16, deepspeed=True) == "no"  # DeepSpeed scales itself
+    assert mixed_precision(torch.bfloat16, deepspeed=False) == "no"
+    assert mixed_precision(None, deepspeed=False) == "no"
+    with pytest.raises(LeaderError, match="fp16 needs a GPU"):
+        from leader.teacher.model import resolve_precision
+
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_a_prompt_never_exceeds_the_model_positions(
+    tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    teacher = _teacher(tiny_backbone, tiny_dataset, max_tokens=100_000)
+    teacher.max_positions = 12
+    assert teacher.prompt_budget() == 11
+    ids, stats = teacher.encode(tiny_dataset.samples(None, "all"))
+    assert max(len(i) for i in ids) <= 12 and stats.current_cut > 0
+    assert all(i[-1] == teacher.tokenizer.eos_token_id for i in ids)

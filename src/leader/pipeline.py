@@ -49,10 +49,17 @@ STEPS: tuple[str, ...] = (
     "predict",
     "student",
     "student_no_distill",
+    "student_untrained",
+    "student_random",
     "popularity",
     "evaluate",
     "report",
 )
+# Distillation controls: the student distilled from these instead of the teacher's features.
+CONTROLS: dict[str, str] = {
+    "student_untrained": "untrained.safetensors",  # the backbone before fine-tuning
+    "student_random": "random.safetensors",  # noise of the same shape and scale
+}
 # Which earlier steps each step reads (their keys enter its key).
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "prepare": (),
@@ -60,8 +67,18 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "predict": ("prepare", "teacher"),
     "student": ("prepare", "predict"),
     "student_no_distill": ("prepare",),
+    "student_untrained": ("prepare", "predict"),
+    "student_random": ("prepare", "predict"),
     "popularity": ("prepare",),
-    "evaluate": ("prepare", "predict", "student", "student_no_distill", "popularity"),
+    "evaluate": (
+        "prepare",
+        "predict",
+        "student",
+        "student_no_distill",
+        "student_untrained",
+        "student_random",
+        "popularity",
+    ),
     "report": ("evaluate",),
 }
 # The config sections each step depends on.
@@ -71,10 +88,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "predict": ("predict",),
     "student": ("student",),
     "student_no_distill": ("student",),
+    "student_untrained": ("student",),
+    "student_random": ("student",),
     "popularity": (),
     "evaluate": ("evaluate",),
     "report": ("name",),
 }
+ORACLE_DRAWS = 200  # re-draws per visit for the synthetic cohort's oracle row
 SOURCES = ("synthetic", "events", "mimic3", "mimic4", "dataset")
 # data-section keys that name input files or folders (fingerprinted into the key)
 INPUT_KEYS = (
@@ -291,7 +311,7 @@ class Pipeline:
             require("transformers", "teacher", "a pipeline with a teacher")
         forced = STEPS.index(from_step) if from_step else len(STEPS)
         for index, step in enumerate(STEPS):
-            if self.config.teacher is None and step in ("teacher", "predict"):
+            if self.config.teacher is None and step in ("teacher", "predict", *CONTROLS):
                 continue
             key = step_key(self.config, step, self.keys)
             self.keys[step] = key
@@ -348,9 +368,12 @@ class Pipeline:
             from leader.data.prepare import prepare_events
             from leader.data.synthetic import generate, write
 
-            raw = write(
-                generate(int(data.get("patients", 2000)), int(data.get("seed", 0))), folder / "raw"
+            # The oracle (each visit's true drug probabilities) rides along: the report's
+            # upper bound. Its own random stream: the cohort is the same without it.
+            cohort = generate(
+                int(data.get("patients", 2000)), int(data.get("seed", 0)), ORACLE_DRAWS
             )
+            raw = write(cohort, folder / "raw")
             dataset = prepare_events(
                 raw / "events.csv",
                 out,
@@ -418,25 +441,49 @@ class Pipeline:
 
         assert self.config.teacher is not None
         config = copy.deepcopy(self.config.teacher)
-        train_teacher(self.dataset_dir, folder / "run", config, resume=resume)
+        # The features (and the before-fine-tuning control) come from the frozen layers'
+        # cache when lora_layers is set: the predict step then only copies them.
+        cached = bool(config.lora_layers)
+        train_teacher(
+            self.dataset_dir,
+            folder / "run",
+            config,
+            resume=resume,
+            features_out=folder / "features.safetensors" if cached else None,
+            untrained_out=folder / "untrained.safetensors" if cached and not resume else None,
+        )
         metrics_file = folder / "run" / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return {"best_val_prauc": metrics.get("best_val_prauc")}
 
     def _step_predict(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.teacher import predict_teacher
+        from leader.teacher.features import read_features
+        from leader.teacher.predict import predict_untrained, random_features
 
+        assert self.config.teacher is not None
         out = folder / "features.safetensors"
         started = time.perf_counter()
-        predict_teacher(
-            self.folder("teacher") / "run",
-            self.dataset_dir,
-            out,
-            batch_size=self.config.predict.batch_size,
-        )
+        for name in ("features.safetensors", "features.metrics.json", "untrained.safetensors"):
+            done = self.folder("teacher") / name
+            if done.exists():
+                shutil.copyfile(done, folder / name)
+        if not out.exists():
+            predict_teacher(
+                self.folder("teacher") / "run",
+                self.dataset_dir,
+                out,
+                batch_size=self.config.predict.batch_size,
+            )
         seconds = time.perf_counter() - started
-        from leader.teacher.features import read_features
-
+        if not (folder / "untrained.safetensors").exists():
+            predict_untrained(
+                copy.deepcopy(self.config.teacher),
+                self.dataset_dir,
+                folder / "untrained.safetensors",
+                self.config.predict.batch_size,
+            )
+        random_features(out, folder / "random.safetensors", seed=0)
         tensors, _ = read_features(out)
         samples = int(tensors["hidden"].shape[0])
         return {
@@ -477,6 +524,23 @@ class Pipeline:
         )
         return {"alpha": 0.0}
 
+    def _step_student_untrained(self, folder: Path, resume: bool) -> dict[str, Any]:
+        return self._control_student("student_untrained", folder, resume)
+
+    def _step_student_random(self, folder: Path, resume: bool) -> dict[str, Any]:
+        return self._control_student("student_random", folder, resume)
+
+    def _control_student(self, step: str, folder: Path, resume: bool) -> dict[str, Any]:
+        """The student distilled from a control's features (same config as LEADER(S))."""
+        from leader.student import train_student
+
+        features = self.folder("predict") / CONTROLS[step]
+        config = self._student_config(None)
+        train_student(
+            self.dataset_dir, folder / "run", config, features, resume, self._progress(step)
+        )
+        return {"alpha": config.alpha, "features": CONTROLS[step]}
+
     def _step_popularity(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.baselines.floors import Popularity
         from leader.data.store import VisitDataset
@@ -493,6 +557,7 @@ class Pipeline:
         models = {
             "student": self.folder("student") / "run",
             "student_no_distill": self.folder("student_no_distill") / "run",
+            **{c: self.folder(c) / "run" for c in CONTROLS if self.config.teacher is not None},
             "popularity": self.folder("popularity") / "run",
         }
         for name, run_dir in models.items():
@@ -509,7 +574,41 @@ class Pipeline:
         if self.config.teacher is not None:
             self.log("[evaluate] teacher")
             write_json_atomic(folder / "teacher.json", self._evaluate_teacher(rounds))
+        oracle = self.folder("prepare") / "raw" / "oracle.csv"
+        if oracle.exists():
+            self.log("[evaluate] oracle (the generator's true probabilities)")
+            write_json_atomic(folder / "oracle.json", self._evaluate_oracle(oracle, rounds))
         return {}
+
+    def _evaluate_oracle(self, oracle: Path, rounds: int) -> dict[str, Any]:
+        """The synthetic cohort's ceiling: each test visit's true drug probabilities."""
+        from leader.data.store import VisitDataset
+        from leader.data.synthetic import oracle_probabilities
+        from leader.evaluate import evaluate_probabilities
+        from leader.metrics import best_threshold
+
+        dataset = VisitDataset.load(self.dataset_dir)
+        codes = list(dataset.vocab.codes["medication"])
+
+        def probs(samples: list[Any]) -> np.ndarray:
+            return oracle_probabilities(oracle, [s.current.visit_id for s in samples], codes)
+
+        test, val = dataset.samples("test"), dataset.samples("val")
+        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
+        return {
+            "model": "oracle (upper bound)",
+            "dataset": str(self.dataset_dir),
+            "split": "test",
+            "samples": len(test),
+            **evaluate_probabilities(
+                dataset.targets(test),
+                probs(test).astype(np.float64),
+                [s.is_single_visit for s in test],
+                dataset.ddi_matrix(),
+                threshold,
+                rounds,
+            ),
+        }
 
     def _evaluate_teacher(self, rounds: int) -> dict[str, Any]:
         """Teacher rows from its features file, speed from the predict step."""
@@ -570,7 +669,14 @@ class Pipeline:
         evaluation = self.folder("evaluate")
         results = {
             name: json.loads((evaluation / f"{name}.json").read_text(encoding="utf-8"))
-            for name in ("teacher", "student", "student_no_distill", "popularity")
+            for name in (
+                "teacher",
+                "student",
+                "student_no_distill",
+                *CONTROLS,
+                "popularity",
+                "oracle",
+            )
             if (evaluation / f"{name}.json").exists()
         }
         histories = {}

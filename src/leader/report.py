@@ -20,7 +20,10 @@ LABELS: dict[str, str] = {
     "teacher": "LEADER(T)",
     "student": "LEADER(S)",
     "student_no_distill": "LEADER(S) w/o distillation",
+    "student_untrained": "LEADER(S) from the backbone before fine-tuning (control)",
+    "student_random": "LEADER(S) from random features (control)",
     "popularity": "Popularity",
+    "oracle": "Oracle: the generator's true probabilities (upper bound)",
 }
 GROUPS: dict[str, str] = {
     "all": "all",
@@ -167,6 +170,8 @@ def _verdict(compact: dict[str, Any]) -> list[str]:
         return (entry["prauc"]["mean"], entry["prauc"]["std"]) if entry else None
 
     student, plain, popular = prauc("student"), prauc("student_no_distill"), prauc("popularity")
+    teacher, oracle = prauc("teacher"), prauc("oracle")
+    untrained, noise = prauc("student_untrained"), prauc("student_random")
     if student and popular:
         out.append(
             f"- LEADER(S) vs popularity: PRAUC {student[0]:.4f} vs {popular[0]:.4f} "
@@ -177,6 +182,33 @@ def _verdict(compact: dict[str, Any]) -> list[str]:
             f"- Distillation: PRAUC {student[0]:.4f} with vs {plain[0]:.4f} without "
             f"({student[0] - plain[0]:+.4f}; round std {student[1]:.4f} / {plain[1]:.4f})."
         )
+    if student and noise:
+        out.append(
+            f"- What the teacher knows (LEADER(S) minus the student distilled from random "
+            f"features of the same shape and scale): {student[0] - noise[0]:+.4f}."
+        )
+    if student and untrained:
+        out.append(
+            f"- What fine-tuning added (LEADER(S) minus the student distilled from the backbone "
+            f"before fine-tuning): {student[0] - untrained[0]:+.4f}."
+        )
+    if teacher and plain:
+        out.append(
+            f"- LEADER(T) vs LEADER(S) without distillation: PRAUC {teacher[0]:.4f} vs "
+            f"{plain[0]:.4f} ({teacher[0] - plain[0]:+.4f})."
+        )
+    if oracle:
+        models = [(prauc(k), k) for k in compact if k != "oracle"]
+        best = max((v[0], k) for v, k in models if v is not None)
+        out.append(
+            f"- The ceiling of this data (the generator's own probabilities): PRAUC "
+            f"{oracle[0]:.4f}; the best model ({LABELS.get(best[1], best[1])}) is "
+            f"{oracle[0] - best[0]:+.4f} below it."
+        )
+    out.append(
+        "- One training run per model: differences within a few round stds are not "
+        "evidence (benchmarks/teacher_curve.py runs 3 seeds)."
+    )
     return out
 
 

@@ -15,12 +15,14 @@ decoder (Llama, Qwen2, Mistral, Gemma...) or encoder model works.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,23 +169,66 @@ def load_backbone(spec: str | BackboneSource, dtype: Any = None) -> Any:
     return model
 
 
-def keep_layers(model: Any, layers: int) -> Any:
-    """Keep the first ``layers`` transformer blocks (0 = all): a cheaper, shallower teacher.
-
-    Finds the model's block list (the ``ModuleList`` as long as ``num_hidden_layers``).
-    """
+def layer_list(model: Any) -> tuple[Any, str, Any]:
+    """(owner, attribute, block list): the ``ModuleList`` as long as ``num_hidden_layers``."""
     from torch import nn
 
     total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-    if not layers or layers >= total:
-        return model
     for module in model.modules():
         for name, child in module.named_children():
             if isinstance(child, nn.ModuleList) and len(child) == total:
-                setattr(module, name, child[:layers])
-                model.config.num_hidden_layers = layers
-                if isinstance(getattr(model.config, "layer_types", None), list):
-                    model.config.layer_types = model.config.layer_types[:layers]
-                log.info("using the first %d of %d transformer layers", layers, total)
-                return model
-    raise LeaderError(f"max_layers={layers}: could not find this backbone's list of layers")
+                return module, name, child
+    raise LeaderError("could not find this backbone's list of transformer layers")
+
+
+def _set_layers(model: Any, owner: Any, name: str, layers: Any, types: Any) -> None:
+    setattr(owner, name, layers)
+    model.config.num_hidden_layers = len(layers)
+    if isinstance(types, list):
+        model.config.layer_types = types
+
+
+def keep_layers(model: Any, layers: int) -> Any:
+    """Keep the first ``layers`` transformer blocks (0 = all): a cheaper, shallower teacher."""
+    total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if not layers or layers >= total:
+        return model
+    try:
+        owner, name, blocks = layer_list(model)
+    except LeaderError as exc:
+        raise LeaderError(f"max_layers={layers}: {exc}") from exc
+    types = getattr(model.config, "layer_types", None)
+    _set_layers(
+        model, owner, name, blocks[:layers], types[:layers] if isinstance(types, list) else None
+    )
+    log.info("using the first %d of %d transformer layers", layers, total)
+    return model
+
+
+@contextlib.contextmanager
+def layer_span(model: Any, start: int, stop: int) -> Iterator[None]:
+    """Run only blocks ``start:stop`` of ``model`` inside the block (restored after).
+
+    Below ``stop`` < all blocks the final norm is skipped, so the output is the input of
+    block ``stop``; from ``start`` > 0 the model is called with ``inputs_embeds`` = the
+    input of block ``start``. Together they split one forward pass in two, which lets
+    frozen lower blocks run once and be cached (Llama-like bodies: ``layers`` + ``norm``).
+    """
+    from torch import nn
+
+    owner, name, blocks = layer_list(model)
+    types = getattr(model.config, "layer_types", None)
+    total = len(blocks)
+    norm = getattr(model, "norm", None)
+    if stop < total and not isinstance(norm, nn.Module):
+        raise LeaderError("lora_layers: this backbone has no final `norm` to skip; set 0")
+    _set_layers(model, owner, name, nn.ModuleList(list(blocks)[start:stop]),
+                types[start:stop] if isinstance(types, list) else None)  # fmt: skip
+    if stop < total:
+        model.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        _set_layers(model, owner, name, blocks, types)
+        if stop < total:
+            model.norm = norm

@@ -47,6 +47,21 @@ class TeacherConfig(Config):
     lora_targets: list[str] = option(
         factory=lambda: list(DEFAULT_TARGETS), help="module names that get LoRA adapters"
     )
+    lora_layers: int = option(
+        0,
+        "LoRA on the top N layers only; the frozen layers below run once per prompt and their "
+        "output is cached and reused every step (0 = LoRA on every layer, no cache)",
+    )
+    head_lr: float = option(0.0, "learning rate of the medication output layer (0 = lr)")
+    head_init: str = option(
+        "default",
+        '"prior": the output layer reads the pooled state standardised with the frozen '
+        "model's training-set statistics and starts at each drug's log-odds (a bias); "
+        '"default": nn.Linear\'s initialisation',
+    )
+    pooling: str = option(
+        "last", 'state fed to the output layer: "last" real token (the paper) or "mean"'
+    )
     # --- optimisation
     batch_size: int = option(8, "samples per process per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -99,6 +114,7 @@ class TeacherConfig(Config):
             "checkpoint_every",
             "max_eval_samples",
             "threads",
+            "lora_layers",
         )
         for name in nonnegative:
             if int(getattr(self, name)) < 0:
@@ -107,6 +123,16 @@ class TeacherConfig(Config):
             problems.append("set max_steps > 0 or epochs > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.head_init not in ("default", "prior"):
+            problems.append(f"head_init must be default or prior (got {self.head_init!r})")
+        if self.pooling not in ("last", "mean"):
+            problems.append(f"pooling must be last or mean (got {self.pooling!r})")
+        if self.head_lr < 0:
+            problems.append(f"head_lr must be >= 0 (got {self.head_lr})")
+        if self.max_layers and self.lora_layers > self.max_layers:
+            problems.append(
+                f"lora_layers ({self.lora_layers}) must be <= max_layers ({self.max_layers})"
+            )
         if not self.lora_targets:
             problems.append("lora_targets is empty")
         return problems

@@ -36,6 +36,8 @@ from leader.teacher.backbone import (
     BackboneSource,
     ensure_pad_token,
     keep_layers,
+    layer_list,
+    layer_span,
     load_backbone,
     load_tokenizer,
     resolve_backbone,
@@ -109,8 +111,15 @@ def linear_module_names(model: nn.Module) -> set[str]:
     }
 
 
+def frozen_layer_count(backbone: Any, config: TeacherConfig) -> int:
+    """Layers below the LoRA-adapted top ``lora_layers`` (0 when every layer is adapted)."""
+    total = int(backbone.config.num_hidden_layers)
+    return max(0, total - config.lora_layers) if config.lora_layers else 0
+
+
 def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
-    """Wrap the backbone with LoRA adapters on the configured targets that exist in it."""
+    """Wrap the backbone with LoRA adapters on the configured targets that exist in it
+    (on the top ``lora_layers`` layers only when set)."""
     from peft import LoraConfig, get_peft_model
 
     present = linear_module_names(backbone)
@@ -123,18 +132,27 @@ def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
         )
     if missing:
         log.warning("LoRA: %s not in this backbone; adapting %s", missing, targets)
+    frozen = frozen_layer_count(backbone, config)
+    layers: dict[str, Any] = {}
+    if frozen:
+        _, name, blocks = layer_list(backbone)
+        layers = {"layers_to_transform": list(range(frozen, len(blocks))), "layers_pattern": name}
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
         bias="none",
+        **layers,
     )
     return get_peft_model(backbone, lora)  # type: ignore[no-any-return]
 
 
 class LeaderTeacher(nn.Module):
     """Backbone (+ LoRA) -> last real token's hidden state -> one logit per drug."""
+
+    hidden_mean: torch.Tensor  # (H,) buffers: the standardisation before the head
+    hidden_scale: torch.Tensor
 
     def __init__(
         self,
@@ -154,18 +172,35 @@ class LeaderTeacher(nn.Module):
         if not self.medication_codes:
             raise LeaderError("the dataset's medication vocabulary is empty: nothing to predict")
         self.hidden_size = int(backbone.config.hidden_size)
-        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=False)
+        # The longest input the backbone's positions allow (None: no such limit known).
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        self.max_positions: int | None = int(positions) if positions else None
+        prior = config.head_init == "prior"
+        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=prior)
+        # Standardisation of the pooled state before the head (identity unless head_init is
+        # "prior"; set from the frozen model's training-set statistics by the trainer).
+        self.register_buffer("hidden_mean", torch.zeros(self.hidden_size))
+        self.register_buffer("hidden_scale", torch.ones(self.hidden_size))
         body = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        self.body = body  # the transformers model inside the peft wrapper
         self._takes_positions = "position_ids" in inspect.signature(body.forward).parameters
+        self.layers_total = int(body.config.num_hidden_layers)
+        self.frozen_layers = frozen_layer_count(body, config)  # run once and cached
 
     # ------------------------------------------------------------------ text -> ids
+    def prompt_budget(self) -> int:
+        """``max_tokens``, never beyond the backbone's positions (one left for EOS)."""
+        if self.max_positions is None:
+            return self.config.max_tokens
+        return max(1, min(self.config.max_tokens, self.max_positions - 1))
+
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(
             self.vocab,
             PromptConfig(
                 history_visits=self.config.history_visits,
                 profile=self.config.profile,
-                max_tokens=self.config.max_tokens,
+                max_tokens=self.prompt_budget(),
                 template=self.config.template,
             ),
             count_tokens=lambda text: len(self.token_ids(text)),
@@ -177,6 +212,8 @@ class LeaderTeacher(nn.Module):
         eos = self.tokenizer.eos_token_id
         if self.config.append_eos and eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
+        if self.max_positions is not None and len(ids) > self.max_positions:
+            ids = ids[-self.max_positions :]  # the question and EOS are at the end
         return ids
 
     def encode(self, samples: Sequence[Sample]) -> tuple[list[list[int]], PromptStats]:
@@ -199,22 +236,118 @@ class LeaderTeacher(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, T)
-        attention_mask: torch.Tensor,  # (B, T)
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
         labels: torch.Tensor | None = None,  # (B, drugs) multi-hot
+        lower_states: torch.Tensor | None = None,  # (B, T, H): cached frozen-layer output
     ) -> TeacherOutput:
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        """Logits from token ids, or from the cached output of the frozen lower layers
+        (``lower_states``, see :meth:`lower_states`): the same function either way."""
+        assert attention_mask is not None
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
         if self._takes_positions:
             # Positions count real tokens only, so left padding does not shift them.
             kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        states = self.backbone(**kwargs).last_hidden_state  # (B, T, H)
-        rows = torch.arange(states.shape[0], device=states.device)
-        hidden = states[rows, last_token_index(attention_mask)]  # (B, H)
-        logits = self.head(hidden.to(self.head.weight.dtype)).float()  # (B, drugs)
+        if lower_states is None:
+            states = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # (B, T, H)
+        else:
+            with layer_span(self.body, self.frozen_layers, self.layers_total):
+                states = self.backbone(inputs_embeds=lower_states, **kwargs).last_hidden_state
+        hidden = self.pool(states, attention_mask)  # (B, H)
+        scaled = (hidden.float() - self.hidden_mean) / self.hidden_scale
+        logits = self.head(scaled.to(self.head.weight.dtype)).float()  # (B, drugs)
         loss = None
         if labels is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float())
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, H): the last real token's state (the paper), or the mean over
+        real tokens (``pooling: mean``)."""
+        if self.config.pooling == "mean":
+            mask = attention_mask.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
+            return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        rows = torch.arange(states.shape[0], device=states.device)
+        return states[rows, last_token_index(attention_mask)]
+
+    @torch.no_grad()
+    def set_prior(self, hidden: np.ndarray, targets: np.ndarray) -> None:
+        """``head_init: prior``: standardise with ``hidden``'s statistics (N, H) and start
+        the bias at each drug's log-odds in ``targets`` (N, drugs); weights start at zero."""
+        mean, std = hidden.mean(axis=0), hidden.std(axis=0)
+        self.hidden_mean.copy_(torch.from_numpy(mean).float())
+        self.hidden_scale.copy_(torch.from_numpy(np.maximum(std, 1e-6)).float())
+        share = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
+        assert self.head.bias is not None
+        self.head.bias.copy_(torch.from_numpy(np.log(share / (1 - share))).float())
+        self.head.weight.zero_()
+
+    @torch.no_grad()
+    def lower_states(
+        self,
+        ids: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        autocast: torch.dtype | None = None,
+    ) -> list[torch.Tensor]:
+        """The frozen lower layers' output per prompt, (T_i, H) each, in input order.
+
+        Computed once; training then runs only the LoRA-adapted top layers on them.
+        Stored in bf16 under bf16 autocast (half the memory), else float32.
+        """
+        if not self.frozen_layers:
+            raise LeaderError("lower_states needs lora_layers > 0 in the teacher config")
+        self.eval()
+        device = self.head.weight.device
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        store = torch.bfloat16 if autocast == torch.bfloat16 else torch.float32
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.pad([ids[i] for i in chosen]).items()}
+            positions = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+            extra = {"position_ids": positions} if self._takes_positions else {}
+            with (
+                layer_span(self.body, 0, self.frozen_layers),
+                torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
+            ):
+                states = self.backbone(**batch, **extra, use_cache=False).last_hidden_state
+            for row, i in enumerate(chosen):
+                out[i] = states[row, : len(ids[i])].to("cpu", store).clone()  # (T_i, H)
+        return out
+
+    def pad_states(self, states: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Right-pad cached lower states into ``lower_states`` (B, T, H) + ``attention_mask``."""
+        width = max(int(s.shape[0]) for s in states)
+        batch = torch.zeros((len(states), width, self.hidden_size), dtype=torch.float32)
+        mask = torch.zeros((len(states), width), dtype=torch.long)
+        for row, state in enumerate(states):
+            batch[row, : state.shape[0]] = state.float()
+            mask[row, : state.shape[0]] = 1
+        return {"lower_states": batch, "attention_mask": mask}
+
+    @torch.no_grad()
+    def predict_states(
+        self,
+        states: Sequence[torch.Tensor],
+        batch_size: int = 16,
+        autocast: torch.dtype | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_ids` from cached lower states: probabilities and hidden states."""
+        self.eval()
+        device = self.head.weight.device
+        order = sorted(range(len(states)), key=lambda i: int(states[i].shape[0]))
+        probabilities = np.zeros((len(states), len(self.medication_codes)), dtype=np.float32)
+        hidden = np.zeros((len(states), self.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = {
+                k: v.to(device) for k, v in self.pad_states([states[i] for i in chosen]).items()
+            }
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                out = self(**batch)
+            probabilities[chosen] = torch.sigmoid(out.logits).float().cpu().numpy()
+            hidden[chosen] = out.hidden.float().cpu().numpy()
+        return probabilities, hidden
 
     @torch.no_grad()
     def predict_ids(
@@ -260,14 +393,19 @@ class LeaderTeacher(nn.Module):
     # ------------------------------------------------------------------ trainable state
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained tensors (LoRA + output layer), by parameter name, on CPU."""
-        return {
+        state = {
             name: param.detach().to("cpu", copy=True).contiguous()
             for name, param in self.named_parameters()
             if param.requires_grad
         }
+        # the standardisation is set once, from data: it belongs with the trained tensors
+        return state | {f"{n}": b.detach().cpu().clone() for n, b in self._head_buffers()}
+
+    def _head_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [("hidden_mean", self.hidden_mean), ("hidden_scale", self.hidden_scale)]
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
+        params = dict(self.named_parameters()) | dict(self._head_buffers())
         missing = [n for n, p in params.items() if p.requires_grad and n not in state]
         unknown = [n for n in state if n not in params]
         if missing or unknown:
@@ -308,10 +446,7 @@ class LeaderTeacher(nn.Module):
         try:
             if hasattr(self.backbone, "save_pretrained") and hasattr(self.backbone, "peft_config"):
                 self.backbone.save_pretrained(tmp / "adapter")
-            save_file(
-                {"weight": self.head.weight.detach().cpu().float().contiguous()},
-                tmp / "head.safetensors",
-            )
+            save_file(self.head_state(), tmp / "head.safetensors")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             write_json_atomic(tmp / "vocab.json", self.vocab.to_json())
             write_json_atomic(tmp / "medications.json", self.medication_codes)
@@ -344,6 +479,13 @@ class LeaderTeacher(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
         return root
 
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The output layer and the standardisation before it, as saved tensors."""
+        state = {"weight": self.head.weight, "mean": self.hidden_mean, "scale": self.hidden_scale}
+        if self.head.bias is not None:
+            state["bias"] = self.head.bias
+        return {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
@@ -370,7 +512,8 @@ class LeaderTeacher(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         vocab = Vocabulary.from_json(json.loads((root / "vocab.json").read_text(encoding="utf-8")))
         model = cls(backbone, tokenizer, vocab, config, backbone_location=location)
-        head = load_file(root / "head.safetensors")["weight"]
+        saved = load_file(root / "head.safetensors")
+        head = saved["weight"]
         if tuple(head.shape) != tuple(model.head.weight.shape):
             raise LeaderError(
                 f"{root}/head.safetensors: shape {tuple(head.shape)} does not "
@@ -378,6 +521,10 @@ class LeaderTeacher(nn.Module):
             )
         with torch.no_grad():
             model.head.weight.copy_(head)
+            if model.head.bias is not None:
+                model.head.bias.copy_(saved["bias"])
+            model.hidden_mean.copy_(saved.get("mean", model.hidden_mean))
+            model.hidden_scale.copy_(saved.get("scale", model.hidden_scale))
         model.to(device)
         model.eval()
         return model

@@ -7,6 +7,10 @@ strings) ``sample_ids``, ``splits``, ``medication_codes``, ``hidden_size``, ``mo
 (whole test set, single-visit, multi-visit, rounds; threshold 0.5) go to
 ``<stem>.metrics.json`` beside it.
 
+Two controls write the same format, so a distillation gain can be told apart from
+regularisation: :func:`predict_untrained` (the backbone before fine-tuning) and
+:func:`random_features` (noise of the same shape and scale).
+
 >>> metrics = predict_teacher(run_dir, data_dir, Path("features.safetensors"))  # doctest: +SKIP
 """
 
@@ -23,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from leader.data.store import SPLITS, VisitDataset, write_json_atomic
+from leader.data.store import SPLITS, Sample, SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.metrics import evaluate_groups
+from leader.teacher.config import TeacherConfig
+from leader.teacher.features import read_features
 from leader.teacher.model import LeaderTeacher
 
 log = logging.getLogger("leader.teacher")
@@ -35,55 +41,76 @@ def predict_teacher(
     run_dir: Path, dataset_dir: Path, out_file: Path, batch_size: int | None = None
 ) -> dict[str, Any]:
     """Write the features file for every sample of every split; return the test metrics."""
-    from safetensors.numpy import save_file
-
-    run_dir, out_file = Path(run_dir), Path(out_file)
+    run_dir = Path(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = LeaderTeacher.from_pretrained(run_dir, device=device)
+    return write_features(teacher, dataset_dir, out_file, batch_size, trained_on=str(run_dir))
+
+
+def predict_untrained(
+    config: TeacherConfig, dataset_dir: Path, out_file: Path, batch_size: int | None = None
+) -> dict[str, Any]:
+    """The control "before fine-tuning": the same backbone, prompts and pooled token, LoRA
+    at its initial value (a no-op: B starts at zero) and an untrained output layer. Its
+    ``hidden`` is what the backbone knows before it saw a label."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     dataset = VisitDataset.load(dataset_dir)
-    if teacher.medication_codes != dataset.vocab.codes["medication"]:
-        raise LeaderError(
-            f"{dataset_dir}: its drug vocabulary differs from the one {run_dir} was trained on; "
-            "predict on the dataset the teacher was trained on"
-        )
-    mode = teacher.config.resolved_sample_mode(dataset.default_sample_mode)
-    samples, splits = [], []
+    teacher = LeaderTeacher.build(config, dataset.vocab).to(device)
+    return write_features(teacher, dataset_dir, out_file, batch_size, trained_on="")
+
+
+def all_samples(dataset: VisitDataset, mode: SampleMode) -> tuple[list[Sample], list[str]]:
+    """Every sample of every split, in split order, and its split's name."""
+    samples: list[Sample] = []
+    splits: list[str] = []
     for split in SPLITS:
         if split in dataset.splits:
             part = dataset.samples(split, mode)
             samples.extend(part)
             splits.extend([split] * len(part))
-    autocast = teacher.autocast_dtype()
-    started = time.perf_counter()
-    ids, stats = teacher.encode(samples)
-    log.info("predicting %d samples (%s)", len(samples), stats.summary())
-    probabilities, hidden = teacher.predict_ids(
-        ids, batch_size or teacher.config.eval_batch_size, autocast
-    )
-    seconds = time.perf_counter() - started
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", dir=out_file.parent)
-    os.close(fd)
-    try:
-        save_file(
-            {
-                "hidden": hidden.astype(np.float32),
-                "probabilities": probabilities.astype(np.float32),
-            },
-            tmp,
-            metadata={
-                "sample_ids": json.dumps([s.sample_id for s in samples]),
-                "splits": json.dumps(splits),
-                "medication_codes": json.dumps(teacher.medication_codes),
-                "hidden_size": str(teacher.hidden_size),
-                "model": teacher.config.model,
-                "sample_mode": mode,
-            },
+    return samples, splits
+
+
+def write_features(
+    teacher: LeaderTeacher,
+    dataset_dir: Path,
+    out_file: Path,
+    batch_size: int | None = None,
+    trained_on: str = "",
+    predicted: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Predict every sample of every split with ``teacher`` (or take ``predicted``:
+    probabilities and hidden states in :func:`all_samples` order) and write the file."""
+    out_file = Path(out_file)
+    dataset = VisitDataset.load(dataset_dir)
+    if teacher.medication_codes != dataset.vocab.codes["medication"]:
+        raise LeaderError(
+            f"{dataset_dir}: its drug vocabulary differs from the one {trained_on or 'the teacher'}"
+            " was trained on; predict on the dataset the teacher was trained on"
         )
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    mode = teacher.config.resolved_sample_mode(dataset.default_sample_mode)
+    samples, splits = all_samples(dataset, mode)
+    started = time.perf_counter()
+    if predicted is None:
+        ids, stats = teacher.encode(samples)
+        log.info("predicting %d samples (%s)", len(samples), stats.summary())
+        predicted = teacher.predict_ids(
+            ids, batch_size or teacher.config.eval_batch_size, teacher.autocast_dtype()
+        )
+    probabilities, hidden = predicted
+    if probabilities.shape[0] != len(samples):
+        raise LeaderError(f"{out_file}: {probabilities.shape[0]} rows for {len(samples)} samples")
+    seconds = time.perf_counter() - started
+    metadata = {
+        "sample_ids": json.dumps([s.sample_id for s in samples]),
+        "splits": json.dumps(splits),
+        "medication_codes": json.dumps(teacher.medication_codes),
+        "hidden_size": str(teacher.hidden_size),
+        "model": teacher.config.model,
+        "sample_mode": mode,
+        "fine_tuned": "true" if trained_on else "false",
+    }
+    _save_atomic(out_file, {"hidden": hidden, "probabilities": probabilities}, metadata)
     test = [i for i, split in enumerate(splits) if split == "test"]
     test_samples = [samples[i] for i in test]
     metrics: dict[str, Any] = evaluate_groups(
@@ -101,3 +128,32 @@ def predict_teacher(
     )
     write_json_atomic(out_file.with_name(f"{out_file.stem}.metrics.json"), metrics)
     return metrics
+
+
+def _save_atomic(out_file: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", dir=out_file.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.astype(np.float32) for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, out_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def random_features(source: Path, out_file: Path, seed: int = 0) -> Path:
+    """The control "random features": a features file with the rows of ``source`` replaced
+    by Gaussian noise of the same shape and the same per-dimension mean and std. What a
+    student gains from it is regularisation, not knowledge."""
+    tensors, meta = read_features(source, require=("hidden",))
+    hidden = tensors["hidden"].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(hidden.shape) * hidden.std(axis=0) + hidden.mean(axis=0)
+    metadata = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in meta.items()}
+    metadata |= {"control": f"random features (seed {seed}) shaped like {Path(source).name}"}
+    tensors["hidden"] = noise
+    _save_atomic(Path(out_file), tensors, metadata)
+    return Path(out_file)

@@ -5,7 +5,8 @@ patient had diagnoses: ...; procedures: ...; was prescribed: .... In this visit,
 has diagnoses: ...; procedures: .... The patient should be prescribed:"), without their
 defects: every history visit shows its *own* codes, a code without a name appears as the
 code, the profile is a sentence of its own, and a token budget drops the oldest history
-first and never cuts the current visit.
+first, then the profile, and cuts the current visit's lists (from the end, marked "and N
+more", counted) only as a last resort, so a prompt never exceeds its budget.
 
 Templates are plain format strings (:class:`PromptTemplate`); a YAML or JSON file with any
 subset of its fields replaces them without code changes.
@@ -138,12 +139,13 @@ class Prompt:
     text: str
     tokens: int  # by the builder's counter
     dropped_visits: int = 0  # history visits dropped by the budget
-    truncated_items: int = 0  # list items dropped by the budget
-    over_budget: bool = False  # still over budget: the current visit alone does not fit
+    truncated_items: int = 0  # history list items dropped by the budget
+    current_items_cut: int = 0  # current-visit list items dropped (last resort)
+    over_budget: bool = False  # still over budget: even the fixed sentences do not fit
 
     @property
     def truncated(self) -> bool:
-        return self.dropped_visits > 0 or self.truncated_items > 0
+        return self.dropped_visits > 0 or self.truncated_items > 0 or self.current_items_cut > 0
 
 
 @dataclass
@@ -154,7 +156,9 @@ class PromptStats:
     truncated: int = 0  # prompts the budget shortened
     dropped_visits: int = 0
     truncated_items: int = 0
-    over_budget: int = 0  # prompts whose current visit alone exceeds the budget
+    current_cut: int = 0  # prompts whose current visit had to be cut to fit
+    current_items_cut: int = 0
+    over_budget: int = 0  # prompts still over budget (the fixed sentences alone exceed it)
     max_tokens_seen: int = 0
     total_tokens: int = 0
     per_prompt: list[int] = field(default_factory=list, repr=False)
@@ -164,6 +168,8 @@ class PromptStats:
         self.truncated += int(prompt.truncated)
         self.dropped_visits += prompt.dropped_visits
         self.truncated_items += prompt.truncated_items
+        self.current_cut += int(prompt.current_items_cut > 0)
+        self.current_items_cut += prompt.current_items_cut
         self.over_budget += int(prompt.over_budget)
         self.max_tokens_seen = max(self.max_tokens_seen, prompt.tokens)
         self.total_tokens += prompt.tokens
@@ -173,7 +179,8 @@ class PromptStats:
         return (
             f"{self.prompts} prompts, mean {mean:.0f} tokens, max {self.max_tokens_seen}; "
             f"{self.truncated} truncated by the budget ({self.dropped_visits} history visits "
-            f"dropped, {self.truncated_items} list items cut), {self.over_budget} over budget"
+            f"dropped, {self.truncated_items} list items cut), {self.current_cut} with the "
+            f"current visit cut ({self.current_items_cut} items), {self.over_budget} over budget"
         )
 
 
@@ -251,20 +258,29 @@ class PromptBuilder:
             medications=lists["medication"],
         )
 
-    def _current_sentence(self, visit: Visit) -> str:
+    def _current_sentence(self, current: _Part) -> str:
         return self.template.current_visit.format(
-            diagnoses=self._join(self._names("diagnosis", visit.diagnoses)),
-            procedures=self._join(self._names("procedure", visit.procedures)),
+            diagnoses=self._join(current.lists["diagnosis"], current.cut["diagnosis"]),
+            procedures=self._join(current.lists["procedure"], current.cut["procedure"]),
         )
 
-    def _assemble(self, sample: Sample, parts: list[_Part], profile: str | None) -> str:
+    def _current_part(self, visit: Visit) -> _Part:
+        return _Part(
+            k=0,
+            lists={kind: self._names(kind, visit.codes(kind)) for kind in KINDS[:2]},
+            cut={kind: 0 for kind in KINDS[:2]},
+        )
+
+    def _assemble(
+        self, sample: Sample, parts: list[_Part], profile: str | None, current: _Part | None = None
+    ) -> str:
         n = len(sample.history)
         t = self.template
         sentences = [t.header.format(n=n, visits="visit" if n == 1 else "visits")]
         if profile:
             sentences.append(profile)
         sentences.extend(self._history_sentence(p) for p in parts)
-        sentences.append(self._current_sentence(sample.current))
+        sentences.append(self._current_sentence(current or self._current_part(sample.current)))
         sentences.append(t.question)
         return t.joiner.join(s for s in sentences if s)
 
@@ -305,18 +321,10 @@ class PromptBuilder:
             tokens = self.count_tokens(text)
         # 2. Cut the remaining history visit's lists from the end, the longest list first.
         while parts and tokens > budget:
-            lists, counts = parts[0].lists, parts[0].cut
-            # Pop items worth about the excess (names counted alone), then count exactly.
-            excess, removed = tokens - budget, 0
-            while removed < excess:
-                longest = max(KINDS, key=lambda kind: len(lists[kind]))
-                if not lists[longest]:
-                    break
-                removed += max(1, self.count_tokens(lists[longest].pop()))
-                counts[longest] += 1
-                cut += 1
+            removed = self._cut_lists(parts[0], tokens - budget)
             if not removed:
                 break
+            cut += removed
             text = self._assemble(sample, parts, profile)
             tokens = self.count_tokens(text)
         # 3. Drop that visit too, then the profile; the current visit is never cut.
@@ -330,7 +338,30 @@ class PromptBuilder:
             profile = None
             text = self._assemble(sample, parts, profile)
             tokens = self.count_tokens(text)
-        return Prompt(text, tokens, dropped, cut, over_budget=tokens > budget)
+        # 4. Last resort: cut the current visit's lists from the end (the principal
+        # diagnosis comes first and stays longest), counted.
+        current, current_cut = self._current_part(sample.current), 0
+        while tokens > budget:
+            removed = self._cut_lists(current, tokens - budget)
+            if not removed:
+                break
+            current_cut += removed
+            text = self._assemble(sample, parts, profile, current)
+            tokens = self.count_tokens(text)
+        return Prompt(text, tokens, dropped, cut, current_cut, over_budget=tokens > budget)
+
+    def _cut_lists(self, part: _Part, excess: int) -> int:
+        """Pop items worth about ``excess`` tokens (names counted alone) from the end of the
+        longest lists; return how many items were popped."""
+        removed = items = 0
+        while removed < excess:
+            longest = max(part.lists, key=lambda kind: len(part.lists[kind]))
+            if not part.lists[longest]:
+                break
+            removed += max(1, self.count_tokens(part.lists[longest].pop()))
+            part.cut[longest] += 1
+            items += 1
+        return items
 
 
 def template_fields() -> dict[str, Any]:

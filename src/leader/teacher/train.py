@@ -4,8 +4,17 @@ One process by default; the same code runs under ``accelerate launch`` (DDP on C
 DeepSpeed through accelerate's config) and the main process writes the one artifact.
 
 The data order is a pure function of (seed, epoch), so a run killed at any point resumes
-from its last atomic checkpoint (trainable weights, optimizer, schedule, RNG, early-stopping
-state) and ends where an uninterrupted run would.
+from its last atomic checkpoint and ends where an uninterrupted run would. Checkpoints are
+accelerate's ``save_state``/``load_state`` (optimizer, RNG of every process, the transformers
+linear warm-up schedule registered with ``register_for_checkpointing``), with the frozen
+backbone left out: only the trained tensors are written, as safetensors. fp16 trains under
+accelerate's mixed precision (loss scaling) or DeepSpeed's; bf16 needs no scaling.
+
+With ``lora_layers`` set, the frozen lower layers run once per prompt before training and
+their output is cached (CPU memory, bf16 under bf16 autocast); every step then runs only the
+adapted top layers, which multiplies the steps a CPU budget affords. Training time is also
+counted in CPU-seconds (``time.process_time``, evaluation excluded): on a shared machine
+wall time says little.
 
 Run folder: ``config.yaml`` (resolved), ``train.log``, ``metrics.json``, ``adapter/`` (peft),
 ``head.safetensors``, ``tokenizer/``, ``vocab.json``, ``medications.json``, ``teacher.json``;
@@ -36,10 +45,12 @@ from leader.metrics import compute
 from leader.teacher.backbone import resolve_backbone
 from leader.teacher.config import TeacherConfig
 from leader.teacher.model import LeaderTeacher, resolve_precision
+from leader.teacher.prompts import PromptStats
 
 log = logging.getLogger("leader.teacher")
 
 MEGA_BATCH = 64  # length bucketing sorts windows of this many batches
+PRIOR_SAMPLES = 512  # training prompts for head_init "prior" without a frozen-layer cache
 
 
 # ---------------------------------------------------------------------- batches
@@ -84,23 +95,30 @@ class RunState:
     stopped_early: bool = False
     finished: bool = False
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # process CPU time in training steps (and the cache)
     train_tokens: int = 0  # real (non-pad) tokens seen by this process
     padded_tokens: int = 0  # tokens including padding
     history: list[dict[str, float]] = field(default_factory=list)
+    history_cpu_seconds: list[float] = field(default_factory=list)  # at each evaluation
 
 
-def _atomic_dir(target: Path, write: Any) -> None:
-    """Fill a temporary sibling with ``write(tmp)``, then swap it in with renames."""
-    tmp = target.with_name(f".{target.name}.tmp")
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Replace ``target`` by the finished folder ``tmp`` with two renames; a kill between
+    them leaves ``.<target>.old``, which :func:`_existing` still finds."""
     old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fresh(target: Path) -> Path:
+    """An empty temporary sibling of ``target`` to write into before :func:`_swap_in`."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _existing(target: Path) -> Path | None:
@@ -112,24 +130,31 @@ def _existing(target: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------- logging
-def _setup_logging(out_dir: Path, main: bool) -> None:
+def _attach_run_log(out_dir: Path) -> list[logging.Handler]:
+    """Add this run's ``train.log`` handler to ``leader.teacher`` (and a stderr one when
+    nothing above it prints); the caller removes them with :func:`_detach_run_log`."""
     log.setLevel(logging.INFO)
-    for handler in list(log.handlers):
-        if getattr(handler, "_leader", False):
-            log.removeHandler(handler)
-            handler.close()
-    if not main:
-        return
     formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [
-        logging.FileHandler(out_dir / "train.log", encoding="utf-8"),
-        logging.StreamHandler(sys.stderr),
-    ]
+    handlers: list[logging.Handler] = [logging.FileHandler(out_dir / "train.log", encoding="utf-8")]
+    if not log.hasHandlers():  # a library call with no logging configured: still show progress
+        handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(formatter)
-        handler._leader = True  # type: ignore[attr-defined]
         log.addHandler(handler)
-    log.propagate = False
+    return handlers
+
+
+def _detach_run_log(handlers: list[logging.Handler]) -> None:
+    for handler in handlers:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def mixed_precision(autocast: torch.dtype | None, deepspeed: bool) -> str:
+    """accelerate's ``mixed_precision`` for an autocast dtype: "fp16" (so gradients are
+    loss-scaled and cannot underflow) unless DeepSpeed scales them itself; bf16 and fp32
+    need no scaler."""
+    return "fp16" if autocast == torch.float16 and not deepspeed else "no"
 
 
 def _duration(seconds: float) -> str:
@@ -143,20 +168,36 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- the trainer
 class _Trainer:
-    def __init__(self, dataset_dir: Path, out_dir: Path, config: TeacherConfig) -> None:
+    def __init__(
+        self,
+        dataset_dir: Path,
+        out_dir: Path,
+        config: TeacherConfig,
+        features_out: Path | None = None,
+        untrained_out: Path | None = None,
+    ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
         self.config = config
         self.out = out_dir
+        self.dataset_dir = dataset_dir
+        self.features_out = features_out
+        self.untrained_out = untrained_out
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        autocast = None if deepspeed else resolve_precision(config.precision, device)
         # cpu=True without CUDA: a launch with several processes then uses gloo on the CPU.
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available()
+            gradient_accumulation_steps=config.grad_accum,
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=mixed_precision(autocast, deepspeed),
         )
         self.main = self.accelerator.is_main_process
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        self.autocast = None if self.deepspeed else autocast
         if config.threads:
             torch.set_num_threads(config.threads)
         self.dataset = VisitDataset.load(dataset_dir)
@@ -177,14 +218,13 @@ class _Trainer:
 
     # ------------------------------------------------------------------ build
     def build(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
         config = self.config
         with self.accelerator.main_process_first():  # one GGUF conversion, not one per rank
             source = resolve_backbone(config.model)
         self.model = LeaderTeacher.build(config, self.dataset.vocab, source)
         self.model.to(self.accelerator.device)
-        self.autocast = (
-            None if self.deepspeed else resolve_precision(config.precision, self.accelerator.device)
-        )
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
         log.info(
@@ -204,25 +244,45 @@ class _Trainer:
         log.info("train prompts: %s", stats.summary())
         self.val_ids, stats = self.model.encode(self.val_samples)
         log.info("validation prompts: %s", stats.summary())
-        self.prompt_stats = stats
+        self.prompt_stats: PromptStats = stats
         self.train_targets = torch.from_numpy(self.dataset.targets(self.train_samples))
         self.val_targets = self.dataset.targets(self.val_samples)
         self.lengths = [len(ids) for ids in self.train_ids]
+        self.train_states: list[torch.Tensor] = []
+        self.val_states: list[torch.Tensor] = []
+        self.cache_cpu_seconds = 0.0
+        if self.model.frozen_layers:
+            started, cpu = time.perf_counter(), time.process_time()
+            size = config.eval_batch_size
+            self.train_states = self.model.lower_states(self.train_ids, size, self.autocast)
+            self.val_states = self.model.lower_states(self.val_ids, size, self.autocast)
+            if self.features_out or self.untrained_out:
+                self.all_states()  # the other splits too, while the CPU-seconds are counted
+            self.cache_cpu_seconds = time.process_time() - cpu
+            log.info(
+                "cached the %d frozen layers' output for %d prompts in %.0fs (%.0f CPU-s); "
+                "training runs the top %d layers",
+                self.model.frozen_layers,
+                len(self.train_ids) + len(self.val_ids),
+                time.perf_counter() - started,
+                self.cache_cpu_seconds,
+                self.model.layers_total - self.model.frozen_layers,
+            )
 
+        if self.untrained_out is not None and self.main:
+            self.write_features(self.untrained_out, fine_tuned=False)  # LoRA B is still zero
+        if config.head_init == "prior":
+            self.set_prior()
         global_batch = config.batch_size * self.world
         self.micro_per_epoch = len(self._epoch(0))
         steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-        warmup = int(config.warmup_ratio * self.total_steps)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer = torch.optim.AdamW(
+            self.param_groups(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps
+        )
         if self.deepspeed:  # no dataloader is prepared, so DeepSpeed cannot infer these
             plugin = self.accelerator.state.deepspeed_plugin
             if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
@@ -230,6 +290,11 @@ class _Trainer:
             if plugin.deepspeed_config.get("train_batch_size", "auto") == "auto":
                 plugin.deepspeed_config["train_batch_size"] = global_batch * config.grad_accum
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        # The schedule is stepped here once per optimizer step (not prepared: accelerate
+        # would step it once per process) and saved with the checkpoints.
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.accelerator.register_save_state_pre_hook(self._save_trainable_only)
+        self.accelerator.register_load_state_pre_hook(self._load_trainable_only)
         log.info(
             "%d train samples, %d validation; %d steps (%d per epoch), global batch %d x "
             "%d accumulation",
@@ -240,6 +305,33 @@ class _Trainer:
             global_batch,
             config.grad_accum,
         )
+
+    def set_prior(self) -> None:
+        """``head_init: prior`` from the frozen model's pooled states on training prompts
+        (all of them from the cache, else up to ``PRIOR_SAMPLES``)."""
+        size = self.config.eval_batch_size
+        if self.train_states:
+            _, hidden = self.model.predict_states(self.train_states, size, self.autocast)
+        else:
+            ids = self.train_ids[:PRIOR_SAMPLES]
+            _, hidden = self.model.predict_ids(ids, size, self.autocast)
+        self.model.set_prior(hidden, self.train_targets.numpy())
+        self.model.train()
+        log.info("output layer: standardised pooled state, bias at the drugs' log-odds")
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """LoRA adapters at ``lr``; the new output layer at ``head_lr`` when set."""
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        rest = [
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not n.startswith("head.")
+        ]
+        groups: list[dict[str, Any]] = [{"params": rest}] if rest else []
+        head_group: dict[str, Any] = {"params": head}
+        if self.config.head_lr:
+            head_group["lr"] = self.config.head_lr
+        return groups + [head_group]
 
     # ------------------------------------------------------------------ batches
     def micro_batch(self, index: int) -> list[int]:
@@ -271,9 +363,13 @@ class _Trainer:
         if not self.val_ids:
             return float("nan")
         mine = list(range(self.rank, len(self.val_ids), self.world))
-        probabilities, _ = self.model.predict_ids(
-            [self.val_ids[i] for i in mine], self.config.eval_batch_size, self.autocast
-        )
+        size = self.config.eval_batch_size
+        if self.val_states:
+            states = [self.val_states[i] for i in mine]
+            probabilities, _ = self.model.predict_states(states, size, self.autocast)
+        else:
+            ids = [self.val_ids[i] for i in mine]
+            probabilities, _ = self.model.predict_ids(ids, size, self.autocast)
         self.model.train()
         gathered = (
             gather_object([(mine, probabilities)]) if self.world > 1 else [(mine, probabilities)]
@@ -284,41 +380,39 @@ class _Trainer:
         return compute(self.val_targets, full, self.config.threshold)["prauc"]
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, state: RunState) -> None:
+    def _save_trainable_only(self, models: list[Any], weights: list[Any], folder: str) -> None:
+        """save_state hook: the trained tensors instead of the whole (frozen) backbone."""
         from safetensors.torch import save_file
 
+        if weights:  # empty under DeepSpeed, which writes its own model checkpoint
+            weights.clear()
+            if self.main:
+                save_file(self.model.trainable_state(), Path(folder) / "trainable.safetensors")
+
+    def _load_trainable_only(self, models: list[Any], folder: str) -> None:
+        """load_state hook: the trained tensors back into the model (see the save hook)."""
+        from safetensors.torch import load_file
+
+        if not self.deepspeed:
+            models.clear()
+            self.model.load_trainable_state(load_file(Path(folder) / "trainable.safetensors"))
+
+    def save_checkpoint(self, state: RunState) -> None:
+        """accelerate's save_state into a fresh folder, state.json last, then swapped in."""
         target = self.out / "checkpoint"
         tmp = target.with_name(f".{target.name}.tmp")
         self.accelerator.wait_for_everyone()
         if self.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            _fresh(target)
         self.accelerator.wait_for_everyone()
-        # Every process keeps its own RNG and optimizer shard (ZeRO partitions the latter).
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            tmp / f"process-{self.rank}.pt",
-        )
+        self.accelerator.save_state(str(tmp))
         self.accelerator.wait_for_everyone()
         if self.main:
-            save_file(self.model.trainable_state(), tmp / "trainable.safetensors")
             write_json_atomic(tmp / "state.json", state.__dict__ | {"world": self.world})
-            old = target.with_name(f".{target.name}.old")
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_in(tmp, target)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self) -> RunState | None:
-        from safetensors.torch import load_file
-
         found = _existing(self.out / "checkpoint")
         if found is None:
             return None
@@ -329,13 +423,7 @@ class _Trainer:
                 "resume with the same `accelerate launch --num_processes`"
             )
         state = RunState(**data)
-        self.model.load_trainable_state(load_file(found / "trainable.safetensors"))
-        extra = torch.load(found / f"process-{self.rank}.pt", weights_only=True)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng"])
-        if extra["cuda_rng"]:
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        self.accelerator.load_state(str(found))
         log.info("resumed from %s at step %d", found, state.step)
         return state
 
@@ -344,15 +432,11 @@ class _Trainer:
 
         if not self.main:
             return
-        trainable = self.model.trainable_state()
-
-        def write(folder: Path) -> None:
-            save_file(trainable, folder / "trainable.safetensors")
-            write_json_atomic(
-                folder / "state.json", {"step": state.step, "prauc": state.best_prauc}
-            )
-
-        _atomic_dir(self.out / "best", write)
+        target = self.out / "best"
+        tmp = _fresh(target)
+        save_file(self.model.trainable_state(), tmp / "trainable.safetensors")
+        write_json_atomic(tmp / "state.json", {"step": state.step, "prauc": state.best_prauc})
+        _swap_in(tmp, target)
 
     # ------------------------------------------------------------------ loop
     def run(self, resume: bool) -> RunState:
@@ -367,16 +451,21 @@ class _Trainer:
         self.wrapped.train()
         every = config.checkpoint_every or config.eval_every or max(1, self.total_steps // 10)
         started = time.perf_counter() - state.train_seconds
+        cpu_started = time.process_time() - state.train_cpu_seconds
+        if not state.step:
+            cpu_started -= self.cache_cpu_seconds  # the cache is part of the training cost
         window_tokens, window_loss, window_batches = 0, 0.0, 0
         window_start = time.perf_counter()
         micro = state.step * config.grad_accum
         while state.step < self.total_steps and not state.stopped_early:
             rows = self.micro_batch(micro)
             micro += 1
-            batch = {
-                k: v.to(self.accelerator.device)
-                for k, v in self.model.pad([self.train_ids[i] for i in rows]).items()
-            }
+            padded = (
+                self.model.pad_states([self.train_states[i] for i in rows])
+                if self.train_states
+                else self.model.pad([self.train_ids[i] for i in rows])
+            )
+            batch = {k: v.to(self.accelerator.device) for k, v in padded.items()}
             labels = self.train_targets[rows].to(self.accelerator.device)
             with self.accelerator.accumulate(self.wrapped):
                 with torch.autocast(
@@ -422,19 +511,25 @@ class _Trainer:
                 state.step == self.total_steps
             )
             if evaluate:
+                state.train_cpu_seconds = time.process_time() - cpu_started
+                evaluation_started = time.process_time()
                 self.after_evaluation(state, self.evaluate())
+                cpu_started += time.process_time() - evaluation_started  # not training time
             if state.step == self.total_steps or state.stopped_early:
                 break
             if every and state.step % every == 0:
                 state.train_seconds = time.perf_counter() - started
+                state.train_cpu_seconds = time.process_time() - cpu_started
                 self.save_checkpoint(state)
             if evaluate or (every and state.step % every == 0):
                 window_start, window_tokens = time.perf_counter(), 0  # tokens/s: training only
         state.train_seconds = time.perf_counter() - started
+        state.train_cpu_seconds = time.process_time() - cpu_started
         return state
 
     def after_evaluation(self, state: RunState, prauc: float) -> None:
         state.history.append({"step": state.step, "val_prauc": prauc})
+        state.history_cpu_seconds.append(state.train_cpu_seconds)
         if math.isnan(prauc) or prauc > state.best_prauc:
             state.best_prauc = -1.0 if math.isnan(prauc) else prauc
             state.best_step = state.step
@@ -450,6 +545,42 @@ class _Trainer:
         log.info("step %d: validation PRAUC %.4f%s", state.step, prauc, mark)
 
     # ------------------------------------------------------------------ artifact
+    def all_states(self) -> list[torch.Tensor]:
+        """Cached lower states of every sample of every split (:func:`all_samples` order);
+        the frozen layers run only for samples not cached for training."""
+        from leader.teacher.predict import all_samples
+
+        if getattr(self, "_all_states", None) is None:
+            mode = self.config.resolved_sample_mode(self.dataset.default_sample_mode)
+            samples, _ = all_samples(self.dataset, mode)
+            cached = dict(
+                zip((s.sample_id for s in self.train_samples), self.train_states, strict=True)
+            )
+            cached |= dict(
+                zip((s.sample_id for s in self.val_samples), self.val_states, strict=True)
+            )
+            missing = [s for s in samples if s.sample_id not in cached]
+            if missing:
+                ids, _ = self.model.encode(missing)
+                fresh = self.model.lower_states(ids, self.config.eval_batch_size, self.autocast)
+                cached |= dict(zip((s.sample_id for s in missing), fresh, strict=True))
+            self._all_states = [cached[s.sample_id] for s in samples]
+        return self._all_states
+
+    def write_features(self, out_file: Path, fine_tuned: bool = True) -> None:
+        """The features file for every sample of every split with the current weights
+        (``fine_tuned=False``: the control before fine-tuning), from the cache when set."""
+        from leader.teacher.predict import write_features
+
+        size = self.config.eval_batch_size
+        trained_on = str(self.out) if fine_tuned else ""
+        if not self.model.frozen_layers:
+            write_features(self.model, self.dataset_dir, out_file, size, trained_on)
+        else:
+            predicted = self.model.predict_states(self.all_states(), size, self.autocast)
+            write_features(self.model, self.dataset_dir, out_file, size, trained_on, predicted)
+        self.model.train()
+
     def finish(self, state: RunState) -> None:
         from safetensors.torch import load_file
 
@@ -472,11 +603,17 @@ class _Trainer:
                 "processes": self.world,
                 "precision": str(self.autocast or "fp32"),
                 "train_seconds": state.train_seconds,
+                "train_cpu_seconds": state.train_cpu_seconds,
+                "cache_cpu_seconds": self.cache_cpu_seconds,
+                "lora_layers": self.model.layers_total - self.model.frozen_layers,
                 "train_tokens_per_second": tokens / seconds,
                 "padding_share": 1 - state.train_tokens / max(1, state.padded_tokens),
                 "history": state.history,
+                "history_cpu_seconds": state.history_cpu_seconds,
             }
             write_json_atomic(self.out / "metrics.json", metrics)
+            if self.features_out is not None:
+                self.write_features(self.features_out)
             state.finished = True
             write_json_atomic(self.out / "state.json", state.__dict__)
             shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
@@ -490,11 +627,20 @@ class _Trainer:
 
 
 def train_teacher(
-    dataset_dir: Path, out_dir: Path, config: TeacherConfig, resume: bool = False
+    dataset_dir: Path,
+    out_dir: Path,
+    config: TeacherConfig,
+    resume: bool = False,
+    features_out: Path | None = None,
+    untrained_out: Path | None = None,
 ) -> Path:
     """Fine-tune the teacher on ``dataset_dir``'s train split into the run folder ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/checkpoint`` (after a kill, at any point).
+    ``features_out``: also write the features file (as ``leader teacher predict`` does),
+    from the frozen layers' cache when ``lora_layers`` is set (only the top layers run).
+    ``untrained_out``: the same file before the first step (the "before fine-tuning"
+    control for distillation).
     Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
@@ -510,8 +656,8 @@ def train_teacher(
         if done.get("finished"):
             return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(Path(dataset_dir), out_dir, config)
-    _setup_logging(out_dir, trainer.main)
+    trainer = _Trainer(Path(dataset_dir), out_dir, config, features_out, untrained_out)
+    handlers = _attach_run_log(out_dir) if trainer.main else []
     if trainer.main:
         if resume and (out_dir / "config.yaml").is_file():
             saved = TeacherConfig.from_yaml(out_dir / "config.yaml")
@@ -523,6 +669,5 @@ def train_teacher(
         state = trainer.run(resume)
         trainer.finish(state)
     finally:
-        _setup_logging(out_dir, main=False)  # detach the run's handlers
-        log.propagate = True
+        _detach_run_log(handlers)
     return out_dir
