@@ -584,8 +584,6 @@ class Pipeline:
         """The synthetic cohort's ceiling: each test visit's true drug probabilities."""
         from leader.data.store import VisitDataset
         from leader.data.synthetic import oracle_probabilities
-        from leader.evaluate import evaluate_probabilities
-        from leader.metrics import best_threshold
 
         dataset = VisitDataset.load(self.dataset_dir)
         codes = list(dataset.vocab.codes["medication"])
@@ -594,27 +592,18 @@ class Pipeline:
             return oracle_probabilities(oracle, [s.current.visit_id for s in samples], codes)
 
         test, val = dataset.samples("test"), dataset.samples("val")
-        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
         return {
             "model": "oracle (upper bound)",
             "dataset": str(self.dataset_dir),
             "split": "test",
             "samples": len(test),
-            **evaluate_probabilities(
-                dataset.targets(test),
-                probs(test).astype(np.float64),
-                [s.is_single_visit for s in test],
-                dataset.ddi_matrix(),
-                threshold,
-                rounds,
-            ),
+            **_score_probabilities(dataset, test, val, probs, rounds),
         }
 
     def _evaluate_teacher(self, rounds: int) -> dict[str, Any]:
         """Teacher rows from its features file, speed from the predict step."""
         from leader.data.store import VisitDataset
-        from leader.evaluate import evaluate_probabilities, measure_efficiency
-        from leader.metrics import best_threshold
+        from leader.evaluate import measure_efficiency
         from leader.protocol import PAPER_TEACHER_THRESHOLD
         from leader.teacher import LeaderTeacher
         from leader.teacher.features import read_features
@@ -630,10 +619,8 @@ class Pipeline:
             return tensors["probabilities"][[position[s.sample_id] for s in samples]]
 
         test, val = split_samples["test"], split_samples["val"]
-        if self.config.protocol == "paper":
-            threshold = PAPER_TEACHER_THRESHOLD  # the authors score their teacher at 0.5
-        else:
-            threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
+        # The paper protocol scores the teacher at the authors' fixed 0.5.
+        fixed = PAPER_TEACHER_THRESHOLD if self.config.protocol == "paper" else None
         report: dict[str, Any] = {
             "model": "leader-teacher",
             "run": str(self.folder("teacher") / "run"),
@@ -641,15 +628,7 @@ class Pipeline:
             "split": "test",
             "sample_mode": mode,
             "samples": len(test),
-            **evaluate_probabilities(
-                dataset.targets(test),
-                probs(test).astype(np.float64),
-                [s.is_single_visit for s in test],
-                dataset.ddi_matrix(),
-                threshold,
-                rounds,
-                threshold_rule="fixed" if self.config.protocol == "paper" else "validation",
-            ),
+            **_score_probabilities(dataset, test, val, probs, rounds, fixed),
         }
         n = self.config.evaluate.teacher_samples
         if self.config.evaluate.efficiency and n > 0 and test:
@@ -693,6 +672,34 @@ class Pipeline:
 
     def _config_dict(self) -> dict[str, Any]:
         return to_dict(self.config)
+
+
+def _score_probabilities(
+    dataset: Any,
+    test: list[Any],
+    val: list[Any],
+    probs: Callable[[list[Any]], np.ndarray],
+    rounds: int,
+    fixed: float | None = None,
+) -> dict[str, Any]:
+    """DESIGN.md metrics of a probability source on ``test``: at a ``fixed`` threshold, or
+    the one chosen on ``val`` (0.5 without validation samples)."""
+    from leader.evaluate import evaluate_probabilities
+    from leader.metrics import best_threshold
+
+    if fixed is not None:
+        threshold = fixed
+    else:
+        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
+    return evaluate_probabilities(
+        dataset.targets(test),
+        probs(test).astype(np.float64),
+        [s.is_single_visit for s in test],
+        dataset.ddi_matrix(),
+        threshold,
+        rounds,
+        threshold_rule="fixed" if fixed is not None else "validation",
+    )
 
 
 def _headline(root: Path) -> dict[str, float] | None:
