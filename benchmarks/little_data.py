@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--teacher-seeds", type=int, default=0, help="0 = one per seed")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="keep the frozen layers' output here: every subset reuses the same prompts' states",
+    )  # fmt: skip
     args = parser.parse_args()
     import torch
 
@@ -79,6 +83,7 @@ def main() -> None:
                 dataset=data,
                 student_config=args.student_config,
                 threads=args.threads,
+                cache_dir=args.cache_dir,
                 controls=False,
             )
             row: dict[str, Any] = {"fraction": fraction, "seed": seed}

@@ -62,6 +62,8 @@ def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) ->
     config = TeacherConfig.from_dict(_section(config_file, "teacher"), str(config_file))
     if args.threads:
         config.threads = args.threads
+    if args.cache_dir:
+        config.cache_dir = str(args.cache_dir)
     features = folder / "features.safetensors"
     untrained = folder / "untrained.safetensors"
     cpu = time.process_time()
@@ -197,6 +199,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--no-controls", dest="controls", action="store_false")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="keep the frozen layers' output here between teacher runs (cache_dir)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch

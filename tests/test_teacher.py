@@ -271,3 +271,95 @@ def test_a_prompt_never_exceeds_the_model_positions(
     ids, stats = teacher.encode(tiny_dataset.samples(None, "all"))
     assert max(len(i) for i in ids) <= 12 and stats.current_cut > 0
     assert all(i[-1] == teacher.tokenizer.eos_token_id for i in ids)
+
+
+def test_label_attention_on_a_frozen_backbone_trains_saves_and_reloads(
+    tmp_path: Path, tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    """``lora_r: 0`` caches the whole backbone's output once and trains the output layer
+    alone; ``pooling: labels`` reads every token per drug and hands its logits to
+    distillation; the control before fine-tuning is the backbone's pooled state."""
+    from leader.teacher.model import LabelAttentionHead
+    from leader.teacher.predict import predict_untrained
+
+    assert tiny_dataset.path is not None
+    config = TeacherConfig(
+        model=str(tiny_backbone), max_steps=6, batch_size=2, eval_every=3, lr=5e-2,
+        lora_r=0, pooling="labels", label_width=8, head_init="prior", precision="fp32",
+    )  # fmt: skip
+    teacher = LeaderTeacher.build(config, tiny_dataset.vocab).eval()
+    assert teacher.frozen_layers == teacher.layers_total == 2
+    assert isinstance(teacher.head, LabelAttentionHead)
+    assert all(n.startswith("head.") for n, p in teacher.named_parameters() if p.requires_grad)
+    # the cached path is the full forward (the cache includes the final norm, applied once)
+    with torch.no_grad():
+        for param in teacher.head.parameters():
+            param.normal_(0, 0.3)
+    ids, _ = teacher.encode(tiny_dataset.samples(None, "all"))
+    with torch.no_grad():
+        full = teacher(**teacher.pad(ids))
+        cached = teacher(**teacher.pad_states(teacher.lower_states(ids, batch_size=4)))
+    torch.testing.assert_close(cached.logits, full.logits, atol=1e-5, rtol=1e-4)
+    assert full.hidden.shape == (len(ids), 5) and full.pooled.shape == (len(ids), 32)
+    torch.testing.assert_close(full.hidden, full.logits)
+    # a padded token never changes a drug's attention
+    one = teacher.pad(ids[:1])
+    wide = teacher.pad([ids[0], ids[0] + ids[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher(**one).logits[0], teacher(**wide).logits[0], atol=1e-5, rtol=1e-4
+        )
+
+    features, untrained = tmp_path / "features.safetensors", tmp_path / "untrained.safetensors"
+    run = train_teacher(tiny_dataset.path, tmp_path / "run", config, features_out=features,
+                        untrained_out=untrained)  # fmt: skip
+    assert not (run / "adapter").exists()
+    assert "cached the 2 frozen layers' output" in (run / "train.log").read_text()
+    reloaded = LeaderTeacher.from_pretrained(run)
+    got, meta = read_features(features)
+    samples = [s for split in ("train", "val", "test") for s in tiny_dataset.samples(split, "all")]
+    np.testing.assert_allclose(reloaded.predict_proba(samples), got["probabilities"], atol=1e-5)
+    assert meta["hidden_size"] == 5 and got["hidden"].shape == (9, 5)
+    np.testing.assert_allclose(1 / (1 + np.exp(-got["hidden"])), got["probabilities"], atol=1e-5)
+    # the control: the frozen backbone's mean-pooled states (what it knows before labels)
+    predict_untrained(config, tiny_dataset.path, tmp_path / "fresh.safetensors")
+    (early, early_meta), (fresh, _) = (
+        read_features(f) for f in (untrained, tmp_path / "fresh.safetensors")
+    )
+    assert early_meta["fine_tuned"] == "false" and early["hidden"].shape == (9, 32)
+    np.testing.assert_allclose(early["hidden"], fresh["hidden"], atol=1e-4, rtol=1e-4)
+    # a head saved for another pooling is refused with the file named
+    head = load_file(run / "head.safetensors")
+    assert {"queries", "weight", "bias", "key.weight"} <= set(head)
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(5, 32), "mean": head["mean"], "scale": head["scale"]},
+              run / "head.safetensors")  # fmt: skip
+    with pytest.raises(LeaderError, match="head.safetensors does not match"):
+        LeaderTeacher.from_pretrained(run)
+    with pytest.raises(LeaderError, match="pooling"):
+        TeacherConfig(pooling="attention")
+
+
+def test_frozen_states_are_kept_between_runs(
+    tmp_path: Path, tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    """``cache_dir``: a second run reads the frozen states the first computed, per prompt,
+    and trains to the same weights."""
+    assert tiny_dataset.path is not None
+    settings = dict(model=str(tiny_backbone), max_steps=4, batch_size=2, eval_every=2,
+                    lora_layers=1, precision="fp32", cache_dir=str(tmp_path / "states"))  # fmt: skip
+    first = train_teacher(tiny_dataset.path, tmp_path / "a", TeacherConfig(**settings))  # type: ignore[arg-type]
+    assert "0 read from" in (first / "train.log").read_text()
+    second = train_teacher(tiny_dataset.path, tmp_path / "b", TeacherConfig(**settings))  # type: ignore[arg-type]
+    log = (second / "train.log").read_text()
+    assert "6 read from" in log and "1 read from" in log  # train, then validation prompts
+    assert "computed" in log and " 1 computed" not in log and " 6 computed" not in log
+    a, b = (load_file(run / "head.safetensors") for run in (first, second))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    # another layer split is another setting: nothing is reused across it
+    other = TeacherConfig(**(settings | {"lora_r": 0}))  # type: ignore[arg-type]
+    third = train_teacher(tiny_dataset.path, tmp_path / "c", other)
+    assert "0 read from" in (third / "train.log").read_text()
+    assert len(list((tmp_path / "states").glob("states-*.safetensors"))) == 2

@@ -41,7 +41,11 @@ class TeacherConfig(Config):
         True, "end the prompt with EOS, whose hidden state feeds the output layer"
     )
     # --- LoRA (peft) and the medication output layer
-    lora_r: int = option(8, "LoRA rank")
+    lora_r: int = option(
+        8,
+        "LoRA rank; 0 = no adapters: the backbone stays frozen, its output is computed once "
+        "per prompt and cached, and only the output layer trains",
+    )
     lora_alpha: int = option(32, "LoRA scaling numerator")
     lora_dropout: float = option(0.1, "dropout on the LoRA input")
     lora_targets: list[str] = option(
@@ -52,6 +56,11 @@ class TeacherConfig(Config):
         "LoRA on the top N layers only; the frozen layers below run once per prompt and their "
         "output is cached and reused every step (0 = LoRA on every layer, no cache)",
     )
+    cache_dir: str | None = option(
+        None,
+        "folder that keeps the frozen layers' output between runs (seeds, learning curves, "
+        "subsets reuse it; keyed by backbone, layers and prompt tokens); None = memory only",
+    )
     head_lr: float = option(0.0, "learning rate of the medication output layer (0 = lr)")
     head_init: str = option(
         "default",
@@ -60,8 +69,13 @@ class TeacherConfig(Config):
         '"default": nn.Linear\'s initialisation',
     )
     pooling: str = option(
-        "last", 'state fed to the output layer: "last" real token (the paper) or "mean"'
+        "last",
+        'what the output layer reads: the "last" real token\'s state (the paper), the "mean" '
+        'over tokens, or "labels": per-drug attention over every token (the logits are then '
+        "the features handed to distillation)",
     )
+    label_width: int = option(128, "pooling: labels: width of the per-drug keys and values")
+    head_dropout: float = option(0.2, "pooling: labels: dropout inside the output layer")
     # --- optimisation
     batch_size: int = option(8, "samples per process per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -101,7 +115,7 @@ class TeacherConfig(Config):
             problems.append(f"precision must be one of {PRECISIONS} (got {self.precision!r})")
         if self.sample_mode not in (None, "all", "last"):
             problems.append(f"sample_mode must be all, last or null (got {self.sample_mode!r})")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "lora_r", "max_tokens"):
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_tokens", "label_width"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
         nonnegative = (
@@ -115,6 +129,7 @@ class TeacherConfig(Config):
             "max_eval_samples",
             "threads",
             "lora_layers",
+            "lora_r",
         )
         for name in nonnegative:
             if int(getattr(self, name)) < 0:
@@ -125,8 +140,10 @@ class TeacherConfig(Config):
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.head_init not in ("default", "prior"):
             problems.append(f"head_init must be default or prior (got {self.head_init!r})")
-        if self.pooling not in ("last", "mean"):
-            problems.append(f"pooling must be last or mean (got {self.pooling!r})")
+        if self.pooling not in ("last", "mean", "labels"):
+            problems.append(f"pooling must be last, mean or labels (got {self.pooling!r})")
+        if not 0.0 <= self.head_dropout < 1.0:
+            problems.append(f"head_dropout must be in [0, 1) (got {self.head_dropout})")
         if self.head_lr < 0:
             problems.append(f"head_lr must be >= 0 (got {self.head_lr})")
         if self.max_layers and self.lora_layers > self.max_layers:

@@ -8,6 +8,12 @@ outside the vocabulary. Only the LoRA adapters (peft) and the output layer are t
 Pooling finds the last position whose attention mask is 1, and position ids are derived from
 the mask, so left and right padding give the same hidden state.
 
+``pooling: labels`` replaces the one pooled vector by per-drug attention over the prompt's
+token states (:class:`LabelAttentionHead`): each drug finds the words that bear on it (a
+diagnosis, an earlier prescription of the same class) wherever they sit in a long record.
+``lora_r: 0`` keeps the whole backbone frozen: its output is computed once per prompt and
+cached, and only the output layer trains, for many epochs at the cost of a few.
+
 >>> teacher = LeaderTeacher.from_pretrained("runs/teacher")        # doctest: +SKIP
 >>> probabilities = teacher.predict_proba(dataset.samples("test"))  # doctest: +SKIP
 """
@@ -91,7 +97,44 @@ def _frozen_dtype(config: TeacherConfig) -> torch.dtype | None:
 class TeacherOutput:
     loss: torch.Tensor | None  # BCE-with-logits, mean over samples and drugs
     logits: torch.Tensor  # (B, drugs)
-    hidden: torch.Tensor  # (B, H): the last real token's hidden state
+    hidden: torch.Tensor  # (B, F): the features for distillation (see LeaderTeacher.forward)
+    pooled: torch.Tensor  # (B, H): the pooled token state (last, or mean for mean/labels)
+
+
+class LabelAttentionHead(nn.Module):
+    """The medication output layer with per-drug attention over the prompt's tokens.
+
+    ``states`` (B, T, H) are layer-normed; keys and values are projections to ``width``;
+    drug d attends with its query q_d (softmax over the prompt's real tokens), and its logit
+    is w_d . tanh-pooled value + a linear read of the mean state + b_d. One logit per drug of
+    the vocabulary, as the paper's layer; what differs is that a drug need not share one
+    pooled vector with 150 others (label-wise attention, as in CAML/LAAT for clinical
+    coding). The logit vector is what the teacher knows about this visit: it is the
+    ``hidden`` handed to distillation.
+    """
+
+    def __init__(self, hidden_size: int, drugs: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.key = nn.Linear(hidden_size, width)
+        self.value = nn.Linear(hidden_size, width)
+        self.queries = nn.Parameter(torch.randn(drugs, width) * 0.02)
+        self.weight = nn.Parameter(torch.zeros(drugs, width))  # zero: starts at the bias
+        self.bias = nn.Parameter(torch.zeros(drugs))
+        self.mean = nn.Linear(hidden_size, drugs, bias=False)
+        nn.init.zeros_(self.mean.weight)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token states, (B, T) mask -> (B, drugs) logits."""
+        x = self.norm(states.float())
+        mask = attention_mask.to(x.dtype)  # (B, T)
+        keys, values = self.key(x), torch.tanh(self.value(x))  # (B, T, k)
+        scores = torch.einsum("btk,dk->bdt", keys, self.queries) * keys.shape[-1] ** -0.5
+        scores = scores.masked_fill(mask[:, None, :] == 0, torch.finfo(scores.dtype).min)
+        pooled = torch.einsum("bdt,btk->bdk", scores.softmax(-1), values)  # (B, drugs, k)
+        mean = (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return (self.drop(pooled) * self.weight).sum(-1) + self.mean(self.drop(mean)) + self.bias
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -112,15 +155,21 @@ def linear_module_names(model: nn.Module) -> set[str]:
 
 
 def frozen_layer_count(backbone: Any, config: TeacherConfig) -> int:
-    """Layers below the LoRA-adapted top ``lora_layers`` (0 when every layer is adapted)."""
+    """Layers below the LoRA-adapted top ``lora_layers`` (0 when every layer is adapted;
+    all of them with ``lora_r: 0``, no adapters)."""
     total = int(backbone.config.num_hidden_layers)
+    if config.lora_r == 0:
+        return total
     return max(0, total - config.lora_layers) if config.lora_layers else 0
 
 
 def add_lora(backbone: nn.Module, config: TeacherConfig) -> nn.Module:
     """Wrap the backbone with LoRA adapters on the configured targets that exist in it
-    (on the top ``lora_layers`` layers only when set)."""
+    (on the top ``lora_layers`` layers only when set; none with ``lora_r: 0``)."""
     from peft import LoraConfig, get_peft_model
+
+    if config.lora_r == 0:
+        return backbone
 
     present = linear_module_names(backbone)
     targets = [t for t in config.lora_targets if t in present]
@@ -176,7 +225,14 @@ class LeaderTeacher(nn.Module):
         positions = getattr(backbone.config, "max_position_embeddings", None)
         self.max_positions: int | None = int(positions) if positions else None
         prior = config.head_init == "prior"
-        self.head = nn.Linear(self.hidden_size, len(self.medication_codes), bias=prior)
+        drugs = len(self.medication_codes)
+        self.head: nn.Module = (
+            LabelAttentionHead(self.hidden_size, drugs, config.label_width, config.head_dropout)
+            if config.pooling == "labels"
+            else nn.Linear(self.hidden_size, drugs, bias=prior)
+        )
+        # The width of ``hidden``, the features handed to distillation.
+        self.feature_size = drugs if config.pooling == "labels" else self.hidden_size
         # Standardisation of the pooled state before the head (identity unless head_init is
         # "prior"; set from the frozen model's training-set statistics by the trainer).
         self.register_buffer("hidden_mean", torch.zeros(self.hidden_size))
@@ -250,21 +306,28 @@ class LeaderTeacher(nn.Module):
             kwargs["position_ids"] = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         if lower_states is None:
             states = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state  # (B, T, H)
+        elif self.frozen_layers == self.layers_total:
+            states = lower_states  # no LoRA: the cache is the whole backbone's output
         else:
             with layer_span(self.body, self.frozen_layers, self.layers_total):
                 states = self.backbone(inputs_embeds=lower_states, **kwargs).last_hidden_state
-        hidden = self.pool(states, attention_mask)  # (B, H)
-        scaled = (hidden.float() - self.hidden_mean) / self.hidden_scale
-        logits = self.head(scaled.to(self.head.weight.dtype)).float()  # (B, drugs)
+        pooled = self.pool(states, attention_mask)  # (B, H)
+        if isinstance(self.head, LabelAttentionHead):
+            logits = self.head(states, attention_mask).float()  # (B, drugs)
+            hidden = logits  # no single vector feeds this layer: its logits are the features
+        else:
+            hidden = pooled
+            scaled = (hidden.float() - self.hidden_mean) / self.hidden_scale
+            logits = self.head(scaled.to(self.head.weight.dtype)).float()  # (B, drugs)
         loss = None
         if labels is not None:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-        return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float())
+        return TeacherOutput(loss=loss, logits=logits, hidden=hidden.float(), pooled=pooled.float())
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> (B, H): the last real token's state (the paper), or the mean over
-        real tokens (``pooling: mean``)."""
-        if self.config.pooling == "mean":
+        real tokens (``pooling: mean`` or ``labels``)."""
+        if self.config.pooling in ("mean", "labels"):
             mask = attention_mask.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
             return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         rows = torch.arange(states.shape[0], device=states.device)
@@ -273,13 +336,18 @@ class LeaderTeacher(nn.Module):
     @torch.no_grad()
     def set_prior(self, hidden: np.ndarray, targets: np.ndarray) -> None:
         """``head_init: prior``: standardise with ``hidden``'s statistics (N, H) and start
-        the bias at each drug's log-odds in ``targets`` (N, drugs); weights start at zero."""
+        the bias at each drug's log-odds in ``targets`` (N, drugs); weights start at zero.
+        The label-attention head normalises its input itself: only its bias is set."""
+        share = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
+        log_odds = torch.from_numpy(np.log(share / (1 - share))).float()
+        if isinstance(self.head, LabelAttentionHead):
+            self.head.bias.copy_(log_odds)
+            return
         mean, std = hidden.mean(axis=0), hidden.std(axis=0)
         self.hidden_mean.copy_(torch.from_numpy(mean).float())
         self.hidden_scale.copy_(torch.from_numpy(np.maximum(std, 1e-6)).float())
-        share = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
         assert self.head.bias is not None
-        self.head.bias.copy_(torch.from_numpy(np.log(share / (1 - share))).float())
+        self.head.bias.copy_(log_odds)
         self.head.weight.zero_()
 
     @torch.no_grad()
@@ -331,13 +399,14 @@ class LeaderTeacher(nn.Module):
         states: Sequence[torch.Tensor],
         batch_size: int = 16,
         autocast: torch.dtype | None = None,
+        features: str = "hidden",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict_ids` from cached lower states: probabilities and hidden states."""
+        """:meth:`predict_ids` from cached lower states: probabilities and features."""
         self.eval()
         device = self.head.weight.device
         order = sorted(range(len(states)), key=lambda i: int(states[i].shape[0]))
         probabilities = np.zeros((len(states), len(self.medication_codes)), dtype=np.float32)
-        hidden = np.zeros((len(states), self.hidden_size), dtype=np.float32)
+        hidden = np.zeros((len(states), self.features_width(features)), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             batch = {
@@ -346,7 +415,7 @@ class LeaderTeacher(nn.Module):
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 out = self(**batch)
             probabilities[chosen] = torch.sigmoid(out.logits).float().cpu().numpy()
-            hidden[chosen] = out.hidden.float().cpu().numpy()
+            hidden[chosen] = getattr(out, features).float().cpu().numpy()
         return probabilities, hidden
 
     @torch.no_grad()
@@ -355,8 +424,11 @@ class LeaderTeacher(nn.Module):
         ids: Sequence[Sequence[int]],
         batch_size: int = 16,
         autocast: torch.dtype | None = None,
+        features: str = "hidden",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, drugs) and hidden states (N, H) for tokenised prompts, in order.
+        """Probabilities (N, drugs) and features (N, F) for tokenised prompts, in order:
+        ``features="hidden"`` what distillation reads (:meth:`forward`), ``"pooled"`` the
+        pooled token state (the "before fine-tuning" control).
 
         Batches are formed by length (less padding); results come back in input order.
         """
@@ -364,7 +436,7 @@ class LeaderTeacher(nn.Module):
         device = self.head.weight.device
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         probabilities = np.zeros((len(ids), len(self.medication_codes)), dtype=np.float32)
-        hidden = np.zeros((len(ids), self.hidden_size), dtype=np.float32)
+        hidden = np.zeros((len(ids), self.features_width(features)), dtype=np.float32)
         started = last = time.perf_counter()
         for start in range(0, len(order), batch_size):
             if time.perf_counter() - last > 30:  # a progress line every 30 s on long runs
@@ -377,8 +449,13 @@ class LeaderTeacher(nn.Module):
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 out = self(**batch)
             probabilities[chosen] = torch.sigmoid(out.logits).float().cpu().numpy()
-            hidden[chosen] = out.hidden.float().cpu().numpy()
+            hidden[chosen] = getattr(out, features).float().cpu().numpy()
         return probabilities, hidden
+
+    def features_width(self, features: str) -> int:
+        if features not in ("hidden", "pooled"):
+            raise ValueError(f"features must be hidden or pooled (got {features!r})")
+        return self.feature_size if features == "hidden" else self.hidden_size
 
     def autocast_dtype(self) -> torch.dtype | None:
         """The configured precision on this model's device (None = fp32)."""
@@ -480,10 +557,9 @@ class LeaderTeacher(nn.Module):
         return root
 
     def head_state(self) -> dict[str, torch.Tensor]:
-        """The output layer and the standardisation before it, as saved tensors."""
-        state = {"weight": self.head.weight, "mean": self.hidden_mean, "scale": self.hidden_scale}
-        if self.head.bias is not None:
-            state["bias"] = self.head.bias
+        """The output layer (its own tensor names: ``weight``, ``bias`` for the linear one)
+        and the standardisation before it, as saved tensors."""
+        state = dict(self.head.state_dict()) | {"mean": self.hidden_mean, "scale": self.hidden_scale}
         return {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
 
     @classmethod
@@ -513,16 +589,20 @@ class LeaderTeacher(nn.Module):
         vocab = Vocabulary.from_json(json.loads((root / "vocab.json").read_text(encoding="utf-8")))
         model = cls(backbone, tokenizer, vocab, config, backbone_location=location)
         saved = load_file(root / "head.safetensors")
-        head = saved["weight"]
-        if tuple(head.shape) != tuple(model.head.weight.shape):
+        expected = model.head.state_dict()
+        wrong = [
+            f"{name} {tuple(saved[name].shape) if name in saved else 'missing'} "
+            f"(expected {tuple(tensor.shape)})"
+            for name, tensor in expected.items()
+            if name not in saved or saved[name].shape != tensor.shape
+        ]
+        if wrong:
             raise LeaderError(
-                f"{root}/head.safetensors: shape {tuple(head.shape)} does not "
-                f"match the backbone and vocabulary {tuple(model.head.weight.shape)}"
+                f"{root}/head.safetensors does not match the backbone, vocabulary and "
+                f"pooling of its teacher.json: {'; '.join(wrong[:3])}"
             )
         with torch.no_grad():
-            model.head.weight.copy_(head)
-            if model.head.bias is not None:
-                model.head.bias.copy_(saved["bias"])
+            model.head.load_state_dict({name: saved[name] for name in expected})
             model.hidden_mean.copy_(saved.get("mean", model.hidden_mean))
             model.hidden_scale.copy_(saved.get("scale", model.hidden_scale))
         model.to(device)

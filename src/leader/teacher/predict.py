@@ -56,7 +56,7 @@ def predict_untrained(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dataset = VisitDataset.load(dataset_dir)
     teacher = LeaderTeacher.build(config, dataset.vocab).to(device)
-    return write_features(teacher, dataset_dir, out_file, batch_size, trained_on="")
+    return write_features(teacher, dataset_dir, out_file, batch_size, trained_on="")  # pooled
 
 
 def all_samples(dataset: VisitDataset, mode: SampleMode) -> tuple[list[Sample], list[str]]:
@@ -80,7 +80,11 @@ def write_features(
     predicted: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Predict every sample of every split with ``teacher`` (or take ``predicted``:
-    probabilities and hidden states in :func:`all_samples` order) and write the file."""
+    probabilities and features in :func:`all_samples` order) and write the file.
+
+    A fine-tuned teacher (``trained_on`` set) writes its distillation features (``hidden``
+    of :meth:`LeaderTeacher.forward`); the control before fine-tuning (``trained_on`` empty)
+    writes the backbone's pooled token state: what it knows before it saw a label."""
     out_file = Path(out_file)
     dataset = VisitDataset.load(dataset_dir)
     if teacher.medication_codes != dataset.vocab.codes["medication"]:
@@ -91,11 +95,15 @@ def write_features(
     mode = teacher.config.resolved_sample_mode(dataset.default_sample_mode)
     samples, splits = all_samples(dataset, mode)
     started = time.perf_counter()
+    computed_here = predicted is None
     if predicted is None:
         ids, stats = teacher.encode(samples)
         log.info("predicting %d samples (%s)", len(samples), stats.summary())
         predicted = teacher.predict_ids(
-            ids, batch_size or teacher.config.eval_batch_size, teacher.autocast_dtype()
+            ids,
+            batch_size or teacher.config.eval_batch_size,
+            teacher.autocast_dtype(),
+            "hidden" if trained_on else "pooled",
         )
     probabilities, hidden = predicted
     if probabilities.shape[0] != len(samples):
@@ -105,7 +113,7 @@ def write_features(
         "sample_ids": json.dumps([s.sample_id for s in samples]),
         "splits": json.dumps(splits),
         "medication_codes": json.dumps(teacher.medication_codes),
-        "hidden_size": str(teacher.hidden_size),
+        "hidden_size": str(hidden.shape[1]),
         "model": teacher.config.model,
         "sample_mode": mode,
         "fine_tuned": "true" if trained_on else "false",
@@ -120,12 +128,8 @@ def write_features(
         threshold=teacher.config.threshold,
         ddi=dataset.ddi_matrix(),
     )
-    log.info(
-        "wrote %s: %d samples, %.1f samples/s",
-        out_file,
-        len(samples),
-        len(samples) / max(seconds, 1e-9),
-    )
+    rate = f", {len(samples) / max(seconds, 1e-9):.1f} samples/s" if computed_here else ""
+    log.info("wrote %s: %d samples%s", out_file, len(samples), rate)
     write_json_atomic(out_file.with_name(f"{out_file.stem}.metrics.json"), metrics)
     return metrics
 

@@ -46,6 +46,7 @@ from leader.teacher.backbone import resolve_backbone
 from leader.teacher.config import TeacherConfig
 from leader.teacher.model import LeaderTeacher, resolve_precision
 from leader.teacher.prompts import PromptStats
+from leader.teacher.state_cache import StateCache
 
 log = logging.getLogger("leader.teacher")
 
@@ -251,11 +252,13 @@ class _Trainer:
         self.train_states: list[torch.Tensor] = []
         self.val_states: list[torch.Tensor] = []
         self.cache_cpu_seconds = 0.0
+        self.state_cache: StateCache | None = None
         if self.model.frozen_layers:
             started, cpu = time.perf_counter(), time.process_time()
             size = config.eval_batch_size
-            self.train_states = self.model.lower_states(self.train_ids, size, self.autocast)
-            self.val_states = self.model.lower_states(self.val_ids, size, self.autocast)
+            self.state_cache = self._state_cache()
+            self.train_states = self.lower_states(self.train_ids)
+            self.val_states = self.lower_states(self.val_ids)
             if self.features_out or self.untrained_out:
                 self.all_states()  # the other splits too, while the CPU-seconds are counted
             self.cache_cpu_seconds = time.process_time() - cpu
@@ -306,11 +309,44 @@ class _Trainer:
             config.grad_accum,
         )
 
+    def _state_cache(self) -> StateCache | None:
+        """The on-disk cache of frozen states (``cache_dir``), for this exact backbone setting."""
+        if not self.config.cache_dir:
+            return None
+        location = Path(self.model.backbone_location)
+        weights = sorted(location.glob("*.safetensors")) if location.is_dir() else []
+        setting = {
+            "backbone": str(location),
+            "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights],
+            "max_layers": self.config.max_layers,
+            "frozen_layers": self.model.frozen_layers,
+            "autocast": str(self.autocast),
+        }
+        return StateCache(Path(self.config.cache_dir), setting)
+
+    def lower_states(self, ids: list[list[int]]) -> list[torch.Tensor]:
+        """The frozen layers' output per prompt: read from ``cache_dir`` where held, computed
+        (and added to it) where not."""
+        size = self.config.eval_batch_size
+        if self.state_cache is None:
+            return self.model.lower_states(ids, size, self.autocast)
+        found, missing = self.state_cache.lookup(ids)
+        fresh = self.model.lower_states([ids[i] for i in missing], size, self.autocast)
+        if self.main:
+            self.state_cache.add([ids[i] for i in missing], fresh)
+        for i, state in zip(missing, fresh, strict=True):
+            found[i] = state
+        log.info("frozen states: %d read from %s, %d computed", len(ids) - len(missing),
+                 self.state_cache.file, len(missing))  # fmt: skip
+        return [state for state in found if state is not None]
+
     def set_prior(self) -> None:
         """``head_init: prior`` from the frozen model's pooled states on training prompts
         (all of them from the cache, else up to ``PRIOR_SAMPLES``)."""
         size = self.config.eval_batch_size
-        if self.train_states:
+        if self.config.pooling == "labels":  # normalises its own input: only the bias is set
+            hidden = np.zeros((0, self.model.hidden_size), dtype=np.float32)
+        elif self.train_states:
             _, hidden = self.model.predict_states(self.train_states, size, self.autocast)
         else:
             ids = self.train_ids[:PRIOR_SAMPLES]
@@ -562,7 +598,7 @@ class _Trainer:
             missing = [s for s in samples if s.sample_id not in cached]
             if missing:
                 ids, _ = self.model.encode(missing)
-                fresh = self.model.lower_states(ids, self.config.eval_batch_size, self.autocast)
+                fresh = self.lower_states(ids)
                 cached |= dict(zip((s.sample_id for s in missing), fresh, strict=True))
             self._all_states = [cached[s.sample_id] for s in samples]
         return self._all_states
@@ -577,7 +613,8 @@ class _Trainer:
         if not self.model.frozen_layers:
             write_features(self.model, self.dataset_dir, out_file, size, trained_on)
         else:
-            predicted = self.model.predict_states(self.all_states(), size, self.autocast)
+            features = "hidden" if fine_tuned else "pooled"
+            predicted = self.model.predict_states(self.all_states(), size, self.autocast, features)
             write_features(self.model, self.dataset_dir, out_file, size, trained_on, predicted)
         self.model.train()
 
