@@ -213,3 +213,26 @@ def test_input_paths_from_environment_follow_the_shell(
     monkeypatch.delenv("LEADER_DATA")
     with pytest.raises(LeaderError, match="not set"):
         _input_path("${LEADER_DATA}/x.csv", base, "w")
+
+
+def test_students_in_parallel_processes_match_a_sequential_run(tmp_path: Path) -> None:
+    """``workers: 2`` trains the students two at a time, each in its own process: the same
+    models, records in step order, and reuse as before."""
+    make_tiny_dataset().save(tmp_path / "tiny")
+    config_file = _write_config(tmp_path / "run.yaml", {"source": "dataset", "path": "tiny"})
+    sequential = run_pipeline(load_config(config_file), out=tmp_path / "seq", log=print)
+    raw = yaml.safe_load(config_file.read_text()) | {"workers": 2}
+    config_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    logs: list[str] = []
+    parallel = run_pipeline(load_config(config_file), out=tmp_path / "par", log=logs.append)
+    assert any("2 at a time" in line for line in logs)
+    assert list(_reused(parallel)) == list(_reused(sequential))
+    for step in ("student", "student_no_distill"):
+        a, b = (
+            json.loads((root / step / "run" / "metrics.json").read_text())
+            for root in (sequential, parallel)
+        )
+        losses = [[row["loss"], row["val"]] for row in a["history"]]
+        assert losses == [pytest.approx([r["loss"], r["val"]], rel=1e-4) for r in b["history"]]
+    run_pipeline(load_config(config_file), out=parallel, log=logs.append)
+    assert all(_reused(parallel).values())

@@ -55,6 +55,13 @@ STEPS: tuple[str, ...] = (
     "evaluate",
     "report",
 )
+# Steps that read only earlier steps' output and not each other's: they may run at once.
+STUDENT_STEPS: tuple[str, ...] = (
+    "student",
+    "student_no_distill",
+    "student_untrained",
+    "student_random",
+)
 # Distillation controls: the student distilled from these instead of the teacher's features.
 CONTROLS: dict[str, str] = {
     "student_untrained": "untrained.safetensors",  # the backbone before fine-tuning
@@ -151,10 +158,17 @@ class PipelineConfig(Config):
     predict: PredictSection = nested(PredictSection, "the teacher's feature export")
     student: StudentConfig = nested(StudentConfig, "LEADER(S) (also trained with alpha 0)")
     evaluate: EvaluateSection = nested(EvaluateSection, "evaluation rounds and timing")
+    workers: int = option(
+        1,
+        "student trainings run at once, each in its own process (the student with and "
+        "without distillation and the two controls); 2 on 2 cores with student threads 1",
+    )
 
     def check(self) -> list[str]:
         if self.data.get("source") not in SOURCES:
             return [f"data.source must be one of {', '.join(SOURCES)}"]
+        if self.workers < 1:
+            return [f"workers must be >= 1 (got {self.workers})"]
         return []
 
 
@@ -310,12 +324,50 @@ class Pipeline:
 
             require("transformers", "teacher", "a pipeline with a teacher")
         forced = STEPS.index(from_step) if from_step else len(STEPS)
+        group: list[tuple[str, str, bool]] = []  # student steps, run together
         for index, step in enumerate(STEPS):
             if self.config.teacher is None and step in ("teacher", "predict", *CONTROLS):
                 continue
             key = step_key(self.config, step, self.keys)
             self.keys[step] = key
+            if step in STUDENT_STEPS and self.config.workers > 1:
+                group.append((step, key, index >= forced))
+                continue
+            self._run_group(group)
+            group = []
             self._run_step(step, key, force=index >= forced)
+        self._run_group(group)
+
+    def _run_group(self, group: list[tuple[str, str, bool]]) -> None:
+        """Independent student steps, ``workers`` at a time, each in a fresh process (its
+        own torch threads); a step whose marker matches its key is reused as usual."""
+        pending = [(s, k, f) for s, k, f in group if f or not self._reusable(s, k)]
+        for step, key, force in group:
+            if (step, key, force) not in pending:
+                self._run_step(step, key, force=False)  # reused: logs and records it
+        if not pending:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.log(f"[{', '.join(s for s, _, _ in pending)}] {self.config.workers} at a time")
+        context = multiprocessing.get_context("spawn")  # no torch state inherited
+        with ProcessPoolExecutor(self.config.workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(_run_step_in_process, self.config, self.root, step, key, force)
+                for step, key, force in pending
+            ]
+            for future in futures:
+                record = future.result()  # a failed step raises here, with its traceback
+                self.records[record.step] = record
+        for step, _, _ in group:  # records in step order, as a sequential run leaves them
+            self.records[step] = self.records.pop(step)
+
+    def _reusable(self, step: str, key: str) -> bool:
+        marker = self.folder(step) / "step.json"
+        if not marker.exists():
+            return False
+        return json.loads(marker.read_text(encoding="utf-8")).get("key") == key
 
     def _run_step(self, step: str, key: str, force: bool) -> None:
         folder = self.folder(step)
@@ -672,6 +724,16 @@ class Pipeline:
 
     def _config_dict(self) -> dict[str, Any]:
         return to_dict(self.config)
+
+
+def _run_step_in_process(
+    config: PipelineConfig, root: Path, step: str, key: str, force: bool
+) -> StepRecord:
+    """One step in a worker process (``workers`` > 1); its log lines go to this process's
+    output, prefixed with the step."""
+    pipeline = Pipeline(config, root, print)
+    pipeline._run_step(step, key, force)
+    return pipeline.records[step]
 
 
 def _score_probabilities(
