@@ -151,10 +151,12 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
             "eval_every": 3,
             "max_tokens": 256,
             "precision": "fp32",
-            "lora_layers": 1,  # the features come from the frozen layer's cache
-            "pooling": "mean",
+            "lora_r": 0,  # the demo's teacher: frozen backbone, cached, label attention
+            "pooling": "labels",
+            "label_width": 8,
             "head_init": "prior",
         },
+        "workers": 2,
         "predict": {"batch_size": 32},
         "student": {**FAST_STUDENT, "train": {**FAST_TRAIN, "epochs": 3}},
         "evaluate": {
@@ -188,7 +190,8 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
     for control, features in (("untrained", "untrained"), ("random", "random")):
         run = json.loads((out / f"student_{control}" / "run" / "metrics.json").read_text())
         assert run["distillation"] and run["teacher_features"].endswith(f"{features}.safetensors")
-    assert (out / "teacher" / "features.safetensors").exists()  # written from the cache
+    for name in ("features", "untrained"):  # written from the cache, not predicted again
+        assert (out / "teacher" / f"{name}.safetensors").exists()
     student = json.loads((out / "student" / "run" / "metrics.json").read_text())
     assert student["distillation"] and student["teacher_features"].endswith("features.safetensors")
     plain = json.loads((out / "student_no_distill" / "run" / "metrics.json").read_text())

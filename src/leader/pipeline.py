@@ -494,8 +494,8 @@ class Pipeline:
         assert self.config.teacher is not None
         config = copy.deepcopy(self.config.teacher)
         # The features (and the before-fine-tuning control) come from the frozen layers'
-        # cache when lora_layers is set: the predict step then only copies them.
-        cached = bool(config.lora_layers)
+        # cache when there is one: the predict step then only copies them.
+        cached = config.caches_frozen_states
         train_teacher(
             self.dataset_dir,
             folder / "run",

@@ -154,6 +154,11 @@ class TeacherConfig(Config):
             problems.append("lora_targets is empty")
         return problems
 
+    @property
+    def caches_frozen_states(self) -> bool:
+        """Frozen layers run once per prompt and are cached (``lora_layers`` or ``lora_r: 0``)."""
+        return self.lora_r == 0 or self.lora_layers > 0
+
     def resolved_sample_mode(self, dataset_default: str) -> SampleMode:
         """``sample_mode``, or the dataset's default when unset."""
         return "last" if (self.sample_mode or dataset_default) == "last" else "all"
