@@ -1,12 +1,14 @@
 """Where the LLM should win: little data (issue 10, the paper's argument).
 
-Trains the teacher, the student without distillation and the student distilled from that
-teacher on 10%, 25%, 50% and 100% of the training patients (a seeded subset per seed; the
-same validation and test patients), over ``--seeds``, and reports test PRAUC for the whole
-test set, single-visit (first-time) and multi-visit samples apart, as a table and a plot.
+Trains the teacher, the student without distillation, the student distilled from that
+teacher and the two control students (distilled from the backbone before fine-tuning and
+from random features of the same shape and scale; ``--no-controls`` leaves them out) on
+10%, 25%, 50% and 100% of the training patients (a seeded subset per seed; the same
+validation and test patients), over ``--seeds``, and reports test PRAUC for the whole test
+set, single-visit (first-time) and multi-visit samples apart, as a table and a plot.
 
     .venv/bin/python benchmarks/little_data.py --dataset leader-demo/prepare/dataset \\
-        --teacher configs/teacher-demo.yaml --out runs/little --seeds 42 43 44
+        --teacher configs/teacher-demo-labels.yaml --out runs/little --seeds 42 43 44
 
 ``--teacher`` takes a teacher config (or a pipeline config's ``teacher:`` section); the
 students use ``--student-config`` (default: the demo's ``student:`` section). Finished runs
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--student-config", type=Path, default=teacher_curve.DEMO)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--teacher-seeds", type=int, default=0, help="0 = one per seed")
+    parser.add_argument("--no-controls", dest="controls", action="store_false")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -72,7 +75,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from leader.data.store import VisitDataset
+    from leader.teacher.predict import random_features
 
+    # Before fine-tuning the teacher has seen no label, so one file of the backbone's states
+    # for every sample of the whole dataset serves every subset (students align by sample id).
+    untrained = args.out / "untrained.safetensors"
+    if args.controls and not untrained.exists():
+        untrained_control(args, untrained)
     rows: list[dict[str, Any]] = []
     for fraction in args.fractions:
         for index, seed in enumerate(args.seeds):
@@ -84,7 +93,7 @@ def main() -> None:
                 student_config=args.student_config,
                 threads=args.threads,
                 cache_dir=args.cache_dir,
-                controls=False,
+                controls=False,  # the controls' features are made below
             )
             row: dict[str, Any] = {"fraction": fraction, "seed": seed}
             row["plain"] = teacher_curve.student_run("plain", None, seed, local)
@@ -93,6 +102,12 @@ def main() -> None:
                 features = Path(teacher["features"])
                 row["teacher"] = teacher_curve.teacher_test(features, VisitDataset.load(data))
                 row["distilled"] = teacher_curve.student_run("distilled", features, seed, local)
+                if args.controls:
+                    noise = features.with_name("random.safetensors")
+                    if not noise.exists():
+                        random_features(features, noise, seed=0)
+                    for control, source in (("untrained", untrained), ("random", noise)):
+                        row[control] = teacher_curve.student_run(control, source, seed, local)
             rows.append(row)
             print(json.dumps(row))
     result = {"seeds": args.seeds, "rows": rows, "table": table(rows)}
@@ -103,10 +118,24 @@ def main() -> None:
     print(markdown(result["table"]))
 
 
+def untrained_control(args: argparse.Namespace, out: Path) -> None:
+    """The "before fine-tuning" features of ``--teacher``'s backbone on the whole dataset."""
+    from leader.teacher import TeacherConfig
+    from leader.teacher.predict import predict_untrained
+
+    config = TeacherConfig.from_dict(
+        teacher_curve._section(args.teacher, "teacher"), str(args.teacher)
+    )
+    if args.threads:
+        config.threads = args.threads
+    args.out.mkdir(parents=True, exist_ok=True)
+    predict_untrained(config, args.dataset, out)
+
+
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for fraction in sorted({r["fraction"] for r in rows}):
-        for model in ("teacher", "plain", "distilled"):
+        for model in NAMES:
             runs = [r[model] for r in rows if r["fraction"] == fraction and model in r]
             if not runs:
                 continue
@@ -123,6 +152,8 @@ NAMES = {
     "teacher": "LEADER(T)",
     "plain": "LEADER(S) without distillation",
     "distilled": "LEADER(S)",
+    "untrained": "LEADER(S) from the backbone before fine-tuning (control)",
+    "random": "LEADER(S) from random features (control)",
 }
 
 
@@ -150,7 +181,8 @@ def plot(cells: list[dict[str, Any]], out: Path) -> None:
             if mine:
                 xs, ys = [c["fraction"] for c in mine], [c[group][0] for c in mine]
                 errors = [c[group][1] for c in mine]
-                ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=name)
+                style = ":" if model in ("untrained", "random") else "-"
+                ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=name, linestyle=style)
         ax.set_xscale("log")
         ax.set_xlabel("share of training patients")
         ax.set_title(

@@ -11,7 +11,7 @@ CPU-seconds, not wall time: on a shared machine wall time measures the neighbour
 
     .venv/bin/python benchmarks/teacher_curve.py --dataset leader-demo/prepare/dataset \\
         --out runs/curve --teacher demo=src/leader/configs/demo.yaml \\
-        --teacher cached=configs/teacher-demo-cached.yaml --seeds 42 43 44
+        --teacher labels8=configs/teacher-demo-labels.yaml --seeds 42 43 44
 
 ``--teacher NAME=FILE`` takes a teacher config (a pipeline config's ``teacher:`` section is
 used when present); ``--student-config`` a pipeline config whose ``student:`` section trains

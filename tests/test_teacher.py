@@ -348,7 +348,8 @@ def test_frozen_states_are_kept_between_runs(
     and trains to the same weights."""
     assert tiny_dataset.path is not None
     settings = dict(model=str(tiny_backbone), max_steps=4, batch_size=2, eval_every=2,
-                    lora_layers=1, precision="fp32", cache_dir=str(tmp_path / "states"))  # fmt: skip
+                    lora_layers=1, precision="fp32",
+                    cache_dir=str(tmp_path / "states"))  # fmt: skip
     first = train_teacher(tiny_dataset.path, tmp_path / "a", TeacherConfig(**settings))  # type: ignore[arg-type]
     assert "0 read from" in (first / "train.log").read_text()
     second = train_teacher(tiny_dataset.path, tmp_path / "b", TeacherConfig(**settings))  # type: ignore[arg-type]

@@ -226,7 +226,7 @@ class LeaderTeacher(nn.Module):
         self.max_positions: int | None = int(positions) if positions else None
         prior = config.head_init == "prior"
         drugs = len(self.medication_codes)
-        self.head: nn.Module = (
+        self.head: LabelAttentionHead | nn.Linear = (
             LabelAttentionHead(self.hidden_size, drugs, config.label_width, config.head_dropout)
             if config.pooling == "labels"
             else nn.Linear(self.hidden_size, drugs, bias=prior)
@@ -559,7 +559,8 @@ class LeaderTeacher(nn.Module):
     def head_state(self) -> dict[str, torch.Tensor]:
         """The output layer (its own tensor names: ``weight``, ``bias`` for the linear one)
         and the standardisation before it, as saved tensors."""
-        state = dict(self.head.state_dict()) | {"mean": self.hidden_mean, "scale": self.hidden_scale}
+        standardise = {"mean": self.hidden_mean, "scale": self.hidden_scale}
+        state = dict(self.head.state_dict()) | standardise
         return {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
 
     @classmethod

@@ -8,7 +8,7 @@ in); inside it one tensor per *prompt*, named by a hash of its token ids, so any
 split or subset that produces the same prompt reuses its state, and nothing else can.
 Files are written atomically (a killed run leaves the previous file whole).
 
->>> cache = StateCache(Path("~/.cache/leader/states"), {"model": "m", "layers": 8})  # doctest: +SKIP
+>>> cache = StateCache(Path("states"), {"model": "m", "layers": 8})  # doctest: +SKIP
 >>> found, missing = cache.lookup(ids)  # doctest: +SKIP
 """
 
@@ -43,7 +43,8 @@ class StateCache:
         self.folder = Path(folder).expanduser()
         text = json.dumps(setting, sort_keys=True)
         self.setting = setting
-        self.file = self.folder / f"states-{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.file = self.folder / f"states-{digest}.safetensors"
         self._states: dict[str, torch.Tensor] | None = None
 
     def states(self) -> dict[str, torch.Tensor]:

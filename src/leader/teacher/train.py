@@ -255,7 +255,6 @@ class _Trainer:
         self.state_cache: StateCache | None = None
         if self.model.frozen_layers:
             started, cpu = time.perf_counter(), time.process_time()
-            size = config.eval_batch_size
             self.state_cache = self._state_cache()
             self.train_states = self.lower_states(self.train_ids)
             self.val_states = self.lower_states(self.val_ids)
