@@ -75,7 +75,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from leader.data.store import VisitDataset
-    from leader.teacher.predict import random_features
 
     # Before fine-tuning the teacher has seen no label, so one file of the backbone's states
     # for every sample of the whole dataset serves every subset (students align by sample id).
@@ -103,9 +102,7 @@ def main() -> None:
                 row["teacher"] = teacher_curve.teacher_test(features, VisitDataset.load(data))
                 row["distilled"] = teacher_curve.student_run("distilled", features, seed, local)
                 if args.controls:
-                    noise = features.with_name("random.safetensors")
-                    if not noise.exists():
-                        random_features(features, noise, seed=0)
+                    noise = teacher_curve.random_control(features)
                     for control, source in (("untrained", untrained), ("random", noise)):
                         row[control] = teacher_curve.student_run(control, source, seed, local)
             rows.append(row)
@@ -120,14 +117,9 @@ def main() -> None:
 
 def untrained_control(args: argparse.Namespace, out: Path) -> None:
     """The "before fine-tuning" features of ``--teacher``'s backbone on the whole dataset."""
-    from leader.teacher import TeacherConfig
     from leader.teacher.predict import predict_untrained
 
-    config = TeacherConfig.from_dict(
-        teacher_curve._section(args.teacher, "teacher"), str(args.teacher)
-    )
-    if args.threads:
-        config.threads = args.threads
+    config = teacher_curve.teacher_config(args.teacher, args)
     args.out.mkdir(parents=True, exist_ok=True)
     predict_untrained(config, args.dataset, out)
 

@@ -53,17 +53,35 @@ def _groups(dataset: Any, probabilities: np.ndarray, samples: list[Any]) -> dict
     }
 
 
-def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or reuse) one teacher, write its features and the untrained control's."""
-    from leader.teacher import TeacherConfig, predict_teacher, train_teacher
-    from leader.teacher.predict import predict_untrained, random_features
+def teacher_config(config_file: Path, args: argparse.Namespace) -> Any:
+    """The TeacherConfig of ``config_file`` with ``--threads`` and ``--cache-dir`` applied."""
+    from leader.teacher import TeacherConfig
 
-    folder = args.out / "teachers" / name
     config = TeacherConfig.from_dict(_section(config_file, "teacher"), str(config_file))
     if args.threads:
         config.threads = args.threads
     if args.cache_dir:
         config.cache_dir = str(args.cache_dir)
+    return config
+
+
+def random_control(features: Path) -> Path:
+    """Random features of the shape and scale of ``features``, beside it (made once)."""
+    from leader.teacher.predict import random_features
+
+    noise = features.with_name("random.safetensors")
+    if not noise.exists():
+        random_features(features, noise, seed=0)
+    return noise
+
+
+def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or reuse) one teacher, write its features and the untrained control's."""
+    from leader.teacher import predict_teacher, train_teacher
+    from leader.teacher.predict import predict_untrained
+
+    folder = args.out / "teachers" / name
+    config = teacher_config(config_file, args)
     features = folder / "features.safetensors"
     untrained = folder / "untrained.safetensors"
     cpu = time.process_time()
@@ -76,9 +94,7 @@ def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) ->
     total_cpu = time.process_time() - cpu
     if args.controls and not untrained.exists():
         predict_untrained(config, args.dataset, untrained)
-    noise = folder / "random.safetensors"
-    if args.controls and not noise.exists():
-        random_features(features, noise, seed=0)
+    noise = random_control(features) if args.controls else None
     return {
         "name": name,
         "config": str(config_file),
@@ -93,7 +109,7 @@ def train_teacher_run(name: str, config_file: Path, args: argparse.Namespace) ->
         ],
         "features": str(features),
         "untrained": str(untrained) if args.controls else None,
-        "random": str(noise) if args.controls else None,
+        "random": str(noise) if noise else None,
     }
 
 
