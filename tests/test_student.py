@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from leader.config import replace
 from leader.data.store import Sample, Visit, VisitDataset
@@ -25,7 +26,7 @@ from leader.student.data import (
     kept_visits,
     make_batch,
 )
-from leader.student.losses import bce_loss, distillation_loss, info_nce
+from leader.student.losses import bce_loss, distillation_loss, info_nce, soft_label_loss
 
 
 def _visit(i: int, meds: tuple[str, ...] = ("m1",)) -> Visit:
@@ -175,6 +176,19 @@ def test_distillation_is_mse_and_leaves_the_teacher_alone() -> None:
         distillation_loss(projected, torch.zeros(2, 3))
 
 
+def test_soft_labels_are_bce_to_the_teacher_probabilities() -> None:
+    logits = torch.tensor([[0.0, 2.0]], requires_grad=True)
+    teacher = torch.tensor([[0.25, 1.0]], requires_grad=True)
+    # BCE with a soft target p: -(p log s + (1 - p) log(1 - s)), s = sigmoid(logit)
+    expected = (math.log(2) + math.log(1 + math.exp(-2))) / 2
+    loss = soft_label_loss(logits, teacher)
+    assert float(loss.detach()) == pytest.approx(expected)
+    loss.backward()
+    assert teacher.grad is None and logits.grad is not None
+    with pytest.raises(ValueError):
+        soft_label_loss(logits, torch.zeros(1, 3))
+
+
 def test_info_nce_by_hand() -> None:
     eye = torch.eye(2)
     # logits [[1, 0], [0, 1]]: each direction -log(e / (e + 1)) = log(1 + e^-1)
@@ -201,7 +215,14 @@ def test_loss_parts_follow_the_switches(tiny_dataset: VisitDataset) -> None:
     assert set(out.parts) == {"bce", "distill", "align"}
     expected = out.parts["bce"] + 0.5 * out.parts["distill"] + 0.1 * out.parts["align"]
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)  # type: ignore[arg-type]
-    model.config.alpha = 0.0
+    model.config.kd = 0.3
+    encoded.teacher_probabilities = np.full((len(samples), 5), 0.5, dtype=np.float32)
+    out = model(make_batch(encoded, np.arange(len(samples))))
+    assert set(out.parts) == {"bce", "distill", "align", "soft"}
+    parts = out.parts
+    expected = parts["bce"] + 0.5 * parts["distill"] + 0.1 * parts["align"] + 0.3 * parts["soft"]
+    assert float(out.loss) == pytest.approx(expected, rel=1e-5)  # type: ignore[arg-type]
+    model.config.alpha = model.config.kd = 0.0
     model.config.align = False
     assert set(model(batch).parts) == {"bce"}
 
@@ -262,6 +283,30 @@ def test_train_save_load_equality_with_distillation(
     again = LeaderStudent.from_pretrained(run).predict_proba(test)
     assert first.shape == (len(test), 5)
     np.testing.assert_array_equal(first, again)
+
+
+def test_soft_labels_alone_need_no_projector_and_the_same_drugs(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    assert tiny_dataset.path is not None
+    ids = [s.sample_id for s in tiny_dataset.samples()]
+    features = _features(tmp_path / "features.safetensors", ids)
+    config = replace(StudentConfig(alpha=0.0, kd=1.0), epochs=2, batch_size=4)
+    run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["distillation"] and metrics["teacher_features"] == str(features)
+    assert LeaderStudent.from_pretrained(run).projector is None
+    assert "soft" in (run / "train.log").read_text()
+    # drug columns in another order: refused, not silently misaligned
+    with safe_open(str(features), framework="np") as handle:
+        meta = dict(handle.metadata())
+    tensors = load_file(str(features))
+    meta["medication_codes"] = json.dumps(["m2", "m1", "m3", "m4", "m5"])
+    save_file(tensors, str(tmp_path / "swapped.safetensors"), metadata=meta)
+    with pytest.raises(LeaderError, match="medication_codes"):
+        train_student(
+            tiny_dataset.path, tmp_path / "run2", config, tmp_path / "swapped.safetensors"
+        )
 
 
 def test_missing_teacher_features_are_named(tiny_dataset: VisitDataset, tmp_path: Path) -> None:

@@ -240,6 +240,11 @@ def test_cached_lower_layers_give_the_full_forward(
     noise, _ = read_features(random_features(cached_file, tmp_path / "noise.safetensors"))
     assert noise["hidden"].shape == got["hidden"].shape
     assert not np.allclose(noise["hidden"], got["hidden"], atol=1e-2)
+    # ... and the teacher's soft labels, each given to another sample
+    assert not np.array_equal(noise["probabilities"], got["probabilities"])
+    np.testing.assert_array_equal(
+        np.sort(noise["probabilities"], axis=0), np.sort(got["probabilities"], axis=0)
+    )
     assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
     log = (run / "train.log").read_text()
     assert "cached the 1 frozen layers' output" in log and "log-odds" in log

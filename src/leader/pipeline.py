@@ -5,8 +5,9 @@ Steps, in order (each in its own folder under the output folder):
 ``prepare``            raw data (synthetic, events, MIMIC-III/IV, or a ready dataset) -> dataset
 ``teacher``            LoRA fine-tuning of the LLM teacher LEADER(T)
 ``predict``            teacher probabilities + hidden states of every sample (features file)
-``student``            LEADER(S), distilled from the teacher's hidden states
-``student_no_distill`` the same student with alpha = 0 (the ablation)
+``student``            LEADER(S), distilled from the teacher's hidden states (and, with
+                       ``kd``, its drug probabilities)
+``student_no_distill`` the same student with alpha = kd = 0 (the ablation)
 ``popularity``         the popularity floor (most frequent training drugs)
 ``evaluate``           DESIGN.md metrics of every model, efficiency
 ``report``             report.md, results.json, PNG plots
@@ -268,7 +269,7 @@ def step_key(config: PipelineConfig, step: str, keys: dict[str, str]) -> str:
 
     sections = {s: _plain(getattr(config, s)) for s in SECTIONS[step]}
     if step == "student_no_distill":
-        sections["student"] = {**to_dict(config.student), "alpha": 0.0}
+        sections["student"] = {**to_dict(config.student), "alpha": 0.0, "kd": 0.0}
     payload = {
         "step": step,
         "version": __version__,
@@ -544,15 +545,15 @@ class Pipeline:
             "throughput_per_s": round(samples / max(seconds, 1e-9), 3),
         }
 
-    def _student_config(self, alpha: float | None) -> StudentConfig:
-        if alpha is None:
+    def _student_config(self, distil: bool = True) -> StudentConfig:
+        if distil:
             return copy.deepcopy(self.config.student)
-        return replace(self.config.student, alpha=alpha)
+        return replace(self.config.student, alpha=0.0, kd=0.0)
 
     def _step_student(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.student import train_student
 
-        config = self._student_config(None)
+        config = self._student_config()
         train_student(
             self.dataset_dir,
             folder / "run",
@@ -561,7 +562,7 @@ class Pipeline:
             resume=resume,
             log=self._progress("student"),
         )
-        return {"alpha": config.alpha}
+        return {"alpha": config.alpha, "kd": config.kd}
 
     def _step_student_no_distill(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.student import train_student
@@ -569,12 +570,12 @@ class Pipeline:
         train_student(
             self.dataset_dir,
             folder / "run",
-            self._student_config(0.0),
+            self._student_config(distil=False),
             None,
             resume=resume,
             log=self._progress("student_no_distill"),
         )
-        return {"alpha": 0.0}
+        return {"alpha": 0.0, "kd": 0.0}
 
     def _step_student_untrained(self, folder: Path, resume: bool) -> dict[str, Any]:
         return self._control_student("student_untrained", folder, resume)
@@ -587,11 +588,11 @@ class Pipeline:
         from leader.student import train_student
 
         features = self.folder("predict") / CONTROLS[step]
-        config = self._student_config(None)
+        config = self._student_config()
         train_student(
             self.dataset_dir, folder / "run", config, features, resume, self._progress(step)
         )
-        return {"alpha": config.alpha, "features": CONTROLS[step]}
+        return {"alpha": config.alpha, "kd": config.kd, "features": CONTROLS[step]}
 
     def _step_popularity(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.baselines.floors import Popularity

@@ -185,7 +185,8 @@ def _verdict(compact: dict[str, Any]) -> list[str]:
     if student and noise:
         out.append(
             f"- What the teacher knows (LEADER(S) minus the student distilled from random "
-            f"features of the same shape and scale): {student[0] - noise[0]:+.4f}."
+            f"features of the same shape and scale, the teacher's drug probabilities "
+            f"shuffled across samples): {student[0] - noise[0]:+.4f}."
         )
     if student and untrained:
         out.append(

@@ -29,6 +29,11 @@ class StudentConfig(Config):
     visit_positions: bool = option(True, "learned recency embedding per visit (not in the paper)")
     # --- objective
     alpha: float = option(0.4, "weight of the feature-distillation MSE (0 = no distillation)")
+    kd: float = option(
+        0.0,
+        "weight of a soft-label BCE to the teacher's drug probabilities (0 = off; not in "
+        "the paper, which distils hidden states only)",
+    )
     beta: float = option(0.005, "weight of the profile-alignment InfoNCE")
     align: bool = option(True, "use the profile-alignment term at all")
     temperature: float = option(1.0, "InfoNCE temperature on cosine similarities")
@@ -52,8 +57,8 @@ class StudentConfig(Config):
             problems.append(f"dim {self.dim} must be divisible by heads {self.heads}")
         if self.max_visits < 1 or self.max_codes < 1:
             problems.append("max_visits and max_codes must be at least 1")
-        if self.alpha < 0 or self.beta < 0:
-            problems.append("alpha and beta must be >= 0")
+        if self.alpha < 0 or self.beta < 0 or self.kd < 0:
+            problems.append("alpha, beta and kd must be >= 0")
         if self.temperature <= 0:
             problems.append("temperature must be > 0")
         if not 0 < self.threshold < 1:

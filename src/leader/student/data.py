@@ -155,6 +155,7 @@ class EncodedSamples:
     targets: np.ndarray  # (N, drugs) float32 multi-hot of the current medications
     single_visit: np.ndarray  # (N,) bool, no earlier visit at all
     teacher: np.ndarray | None = None  # (N, H) float32 teacher hidden states
+    teacher_probabilities: np.ndarray | None = None  # (N, drugs) float32 soft labels
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -237,9 +238,14 @@ def encode_samples(
 
 
 def attach_teacher(
-    encoded: EncodedSamples, hidden: np.ndarray, sample_ids: Sequence[str], source: str
+    encoded: EncodedSamples,
+    hidden: np.ndarray | None,
+    sample_ids: Sequence[str],
+    source: str,
+    probabilities: np.ndarray | None = None,
 ) -> None:
-    """Align teacher hidden states to ``encoded`` by sample id; error naming missing ids."""
+    """Align teacher hidden states (and drug probabilities) to ``encoded`` by sample id;
+    error naming missing ids."""
     position = {sid: i for i, sid in enumerate(sample_ids)}
     missing = [sid for sid in encoded.sample_ids if sid not in position]
     if missing:
@@ -249,7 +255,12 @@ def attach_teacher(
             f"samples (e.g. {shown}); run `leader teacher predict` on this dataset again"
         )
     order = np.fromiter((position[sid] for sid in encoded.sample_ids), dtype=np.int64)
-    encoded.teacher = np.ascontiguousarray(hidden[order], dtype=np.float32)
+    if hidden is not None:
+        encoded.teacher = np.ascontiguousarray(hidden[order], dtype=np.float32)
+    if probabilities is not None:
+        encoded.teacher_probabilities = np.ascontiguousarray(
+            probabilities[order], dtype=np.float32
+        )
 
 
 @dataclass
@@ -264,6 +275,7 @@ class StudentBatch:
     targets: torch.Tensor | None = None  # (B, drugs) multi-hot
     target_tokens: torch.Tensor | None = None  # (B, Lm) current medications as tokens
     teacher: torch.Tensor | None = None  # (B, H) teacher hidden states
+    teacher_probabilities: torch.Tensor | None = None  # (B, drugs) soft labels
 
     @property
     def size(self) -> int:
@@ -293,4 +305,6 @@ def make_batch(
         batch.target_tokens = torch.from_numpy(encoded.target_sets.pad(index))
         if encoded.teacher is not None:
             batch.teacher = torch.from_numpy(encoded.teacher[index])
+        if encoded.teacher_probabilities is not None:
+            batch.teacher_probabilities = torch.from_numpy(encoded.teacher_probabilities[index])
     return batch

@@ -3,6 +3,7 @@
 loss = BCE(logits, targets)
      + alpha * MSE(projector(student patient vector), teacher hidden state)   # distillation
      + beta  * symmetric InfoNCE(profile vector, encoded true medication set)  # alignment
+     + kd    * BCE(logits, teacher's drug probabilities)    # soft labels (not in the paper)
 
 Pure functions on tensors, tested on hand-made inputs.
 
@@ -30,6 +31,17 @@ def distillation_loss(projected: torch.Tensor, teacher: torch.Tensor) -> torch.T
             f"{tuple(teacher.shape)} differ"
         )
     return F.mse_loss(projected, teacher.detach())
+
+
+def soft_label_loss(logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """BCE of the student's logits against the teacher's drug probabilities (soft labels);
+    the teacher gets no gradient."""
+    if logits.shape != probabilities.shape:
+        raise ValueError(
+            f"student logits {tuple(logits.shape)} and teacher probabilities "
+            f"{tuple(probabilities.shape)} differ"
+        )
+    return F.binary_cross_entropy_with_logits(logits, probabilities.detach())
 
 
 def info_nce(

@@ -37,7 +37,7 @@ from leader.student.data import (
     encode_samples,
     make_batch,
 )
-from leader.student.losses import bce_loss, distillation_loss, info_nce
+from leader.student.losses import bce_loss, distillation_loss, info_nce, soft_label_loss
 from leader.training import Output
 
 ARCHITECTURE = (
@@ -290,6 +290,10 @@ class LeaderStudent(nn.Module):
             distill = distillation_loss(self.projector(patient), batch.teacher)
             loss = loss + self.config.alpha * distill
             parts["distill"] = float(distill.detach())
+        if self.config.kd > 0 and batch.teacher_probabilities is not None:
+            soft = soft_label_loss(logits, batch.teacher_probabilities)
+            loss = loss + self.config.kd * soft
+            parts["soft"] = float(soft.detach())
         if self.config.align and self.config.beta > 0 and batch.target_tokens is not None:
             truth = self.encode_set(STREAMS.index("medication"), batch.target_tokens)
             align = info_nce(profile, truth, self.config.temperature)

@@ -50,6 +50,23 @@ def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, 
     return tensors["hidden"].astype(np.float32, copy=False), list(meta["sample_ids"]), meta
 
 
+def teacher_probabilities(path: Path, drug_codes: tuple[str, ...]) -> np.ndarray:
+    """The features file's ``probabilities`` (N, drugs), refused unless its columns are the
+    dataset's drugs in the dataset's order (soft labels on the wrong drug are worse than none)."""
+    from leader.teacher.features import read_features
+
+    tensors, meta = read_features(path, require=("probabilities",))
+    codes = meta.get("medication_codes")
+    if codes is None or list(codes) != list(drug_codes):
+        raise LeaderError(
+            f"{path}: its medication_codes "
+            + ("are missing" if codes is None else f"({len(codes)}) differ from")
+            + f" the dataset's {len(drug_codes)} drugs; soft labels need the teacher "
+            "predicted on this dataset (`leader teacher predict`), or set kd: 0"
+        )
+    return tensors["probabilities"].astype(np.float32, copy=False)
+
+
 def epoch_batches(
     encoded: EncodedSamples, batch_size: int
 ) -> Callable[[np.random.Generator], Iterator[StudentBatch]]:
@@ -108,19 +125,29 @@ def _train(
     profile_vocab = ProfileVocab.build(samples["train"], fields_)
 
     teacher_hidden: np.ndarray | None = None
+    teacher_soft: np.ndarray | None = None
     teacher_ids: list[str] = []
-    if teacher_features is not None and config.alpha > 0:
+    if teacher_features is not None and (config.alpha > 0 or config.kd > 0):
         teacher_hidden, teacher_ids, _ = load_teacher_features(Path(teacher_features))
-    elif config.alpha > 0:
-        say("no teacher features given: training without distillation (alpha = 0)")
-        config = replace(config, alpha=0.0)
+        if config.kd > 0:
+            teacher_soft = teacher_probabilities(
+                Path(teacher_features), tuple(dataset.vocab.codes["medication"])
+            )
+        if config.alpha == 0:
+            teacher_hidden = None
+    elif config.alpha > 0 or config.kd > 0:
+        say("no teacher features given: training without distillation (alpha = kd = 0)")
+        config = replace(config, alpha=0.0, kd=0.0)
 
     seed_everything(config.train.seed)
     teacher_width = int(teacher_hidden.shape[1]) if teacher_hidden is not None else 0
     model = LeaderStudent(config, dataset.vocab, profile_vocab, teacher_width)
     encoded = {split: model.encode(s) for split, s in samples.items()}
+    if teacher_hidden is not None or teacher_soft is not None:
+        attach_teacher(
+            encoded["train"], teacher_hidden, teacher_ids, str(teacher_features), teacher_soft
+        )
     if teacher_hidden is not None:
-        attach_teacher(encoded["train"], teacher_hidden, teacher_ids, str(teacher_features))
         if config.standardize_teacher:
             # LLM hidden states have a few huge dimensions; z-scores keep the MSE on the
             # scale of the BCE and let every dimension count (the projector is affine,
@@ -138,7 +165,8 @@ def _train(
         f"({model.num_parameters(inference=False):,} with the projector); "
         f"samples train {len(encoded['train'])} val {len(encoded['val'])} "
         f"test {len(encoded['test'])}; alpha {config.alpha} beta "
-        f"{config.beta if config.align else 0.0}"
+        f"{config.beta if config.align else 0.0} kd {config.kd}"
+        + (" (soft labels: the teacher's drug probabilities)" if teacher_soft is not None else "")
     )
     _write_resolved(out_dir, config, dataset_dir, teacher_features, mode)
 
@@ -188,12 +216,14 @@ def _train(
         "parameters_with_projector": model.num_parameters(inference=False),
         "seed": config.train.seed,
         "sample_mode": mode,
-        "distillation": teacher_width > 0,
-        "teacher_features": str(teacher_features) if teacher_width else None,
+        "distillation": teacher_width > 0 or teacher_soft is not None,
+        "teacher_features": (
+            str(teacher_features) if teacher_width or teacher_soft is not None else None
+        ),
     }
     model.save_pretrained(out_dir)
     write_decision(out_dir, Decision(threshold, list(dataset.ddi_pairs), dataset.ddi_source))
-    _write_card(out_dir, dataset_dir, metrics, teacher_width > 0)
+    _write_card(out_dir, dataset_dir, metrics, teacher_width > 0, teacher_soft is not None)
     write_json_atomic(out_dir / "splits.json", dataset.splits)
     write_json_atomic(out_dir / "metrics.json", metrics)
     test = metrics["test"]["at_threshold"]
@@ -231,15 +261,21 @@ def _write_resolved(
     )
 
 
-def _write_card(out_dir: Path, dataset_dir: Path, metrics: dict[str, Any], distilled: bool) -> None:
+def _write_card(
+    out_dir: Path, dataset_dir: Path, metrics: dict[str, Any], hidden: bool, soft: bool
+) -> None:
     test = metrics["test"]["at_threshold"] or {}
+    distilled = hidden or soft
+    sources = " and ".join(
+        [*(["hidden states"] if hidden else []), *(["drug probabilities"] if soft else [])]
+    )
     write_model_card(
         out_dir,
         "LEADER(S) student" + ("" if distilled else " (no distillation)"),
         "The compact ID-based student of LEADER (Liu et al., arXiv 2402.02803): code "
         "embeddings, set encoders per visit, a visit-level encoder and an MLP head, "
         + (
-            "distilled from an LLM teacher's hidden states."
+            f"distilled from an LLM teacher's {sources}."
             if distilled
             else "trained on the labels alone."
         ),

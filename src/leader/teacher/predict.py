@@ -150,14 +150,20 @@ def _save_atomic(out_file: Path, tensors: dict[str, np.ndarray], metadata: dict[
 
 def random_features(source: Path, out_file: Path, seed: int = 0) -> Path:
     """The control "random features": a features file with the rows of ``source`` replaced
-    by Gaussian noise of the same shape and the same per-dimension mean and std. What a
-    student gains from it is regularisation, not knowledge."""
+    by Gaussian noise of the same shape and the same per-dimension mean and std, and its
+    drug probabilities shuffled across samples (the same soft labels, each given to another
+    sample). What a student gains from it is regularisation, not knowledge."""
     tensors, meta = read_features(source, require=("hidden",))
     hidden = tensors["hidden"].astype(np.float64)
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(hidden.shape) * hidden.std(axis=0) + hidden.mean(axis=0)
     metadata = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in meta.items()}
-    metadata |= {"control": f"random features (seed {seed}) shaped like {Path(source).name}"}
+    metadata |= {
+        "control": f"random features (seed {seed}) shaped like {Path(source).name}, "
+        "probabilities shuffled across samples"
+    }
     tensors["hidden"] = noise
+    if "probabilities" in tensors:
+        tensors["probabilities"] = tensors["probabilities"][rng.permutation(len(hidden))]
     _save_atomic(Path(out_file), tensors, metadata)
     return Path(out_file)
