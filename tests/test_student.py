@@ -381,3 +381,16 @@ def test_fast_dropout_rate_and_scale() -> None:
         assert float(y.mean()) == pytest.approx(1.0, abs=0.01)  # inverted: expectation kept
     assert fast_dropout(x, 0.4, training=False) is x
     assert float(fast_dropout(x, 1.0, training=True).abs().sum()) == 0.0
+
+
+def test_float_dropout_mask_is_the_bool_comparison() -> None:
+    from leader.student.model import dropout_mask
+
+    for p in (0.1, 0.4):
+        torch.manual_seed(1)
+        mask = dropout_mask(torch.Size([1001, 3]), p, torch.float32)
+        torch.manual_seed(1)  # the same draw, compared the plain way
+        words = torch.randint(-(2**63), 2**63 - 1, ((3003 + 3) // 4,), dtype=torch.int64)
+        cut = round(p * 65536)
+        keep = words.view(torch.int16)[:3003].view(1001, 3) >= cut - 32768
+        assert torch.equal(mask, keep.float() * (65536 / (65536 - cut)))
