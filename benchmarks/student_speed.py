@@ -29,7 +29,9 @@ from leader.student.model import LeaderStudent, StudentConfig
 from leader.student.train import epoch_batches
 
 
-def measure(dataset: VisitDataset, batch: int, samples: int, warmup: int, seed: int) -> float:
+def measure(
+    dataset: VisitDataset, batch: int, samples: int, warmup: int, seed: int, group: bool
+) -> float:
     """Training samples per CPU-second over about ``samples`` samples at batch size ``batch``."""
     torch.manual_seed(seed)
     train = dataset.samples("train", "all")
@@ -40,7 +42,7 @@ def measure(dataset: VisitDataset, batch: int, samples: int, warmup: int, seed: 
     # per-parameter default, FOREACH=0 to time that).
     foreach = os.environ.get("FOREACH", "1") == "1"
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0, foreach=foreach)
-    batches = epoch_batches(encoded, batch)(np.random.default_rng(seed))
+    batches = epoch_batches(encoded, batch, group)(np.random.default_rng(seed))
     model.train()
 
     def step() -> int:
@@ -67,12 +69,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6144, help="samples timed per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="batches run before timing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--group", action="store_true", help="batches keep a patient's samples together"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     dataset = VisitDataset.load(args.dataset)
     print(f"{len(dataset.samples('train', 'all')):,} training samples, 1 torch thread")
     for batch in args.batch:
-        rate = measure(dataset, batch, args.samples, args.warmup, args.seed)
+        rate = measure(dataset, batch, args.samples, args.warmup, args.seed, args.group)
         print(f"batch {batch:>4}: {rate:,.0f} training samples per CPU-second")
 
 

@@ -67,9 +67,10 @@ def test_alignment_targets_are_the_current_drugs_at_the_drug_offset(
     samples = tiny_dataset.samples("train")
     model = _model(tiny_dataset)
     batch = make_batch(model.encode(samples), np.arange(len(samples)))
-    assert batch.target_tokens is not None and batch.targets is not None
+    assert batch.target_index is not None and batch.targets is not None
     for row, sample in enumerate(samples):
-        tokens = [int(t) for t in batch.target_tokens[row] if t != PAD]
+        target = batch.tokens["medication"][batch.target_index[row]]
+        tokens = [int(t) for t in target if t != PAD]
         decoded = [model.space.decode(t) for t in tokens]
         assert decoded == [("medication", c) for c in sample.current.medications]
         hot = [model.vocab.codes["medication"][i] for i in np.flatnonzero(batch.targets[row])]
@@ -95,21 +96,19 @@ def test_visit_streams_pair_codes_with_previous_medications(tiny_dataset: VisitD
     encoded = encode_samples([sample], space, profile, max_visits=10)
     assert encoded.n_visits.tolist() == [10]
     assert not encoded.profile_slot[0]  # the window starts after the first visit
-    meds = encoded.sets["medication"]
-    rows = [meds.flat[meds.offsets[r] : meds.offsets[r + 1]].tolist() for r in range(10)]
+    rows = [encoded.visit_set("medication", r) for r in range(10)]
     # slot of kept visit v2 holds v1's drug (m2); the current visit's slot holds v10's (m3)
     assert rows[0] == space.encode("medication", ["m2"])
     assert rows[-1] == space.encode("medication", ["m3"])
     # the current visit's own drugs (m5) never enter the inputs
     m5 = space.encode("medication", ["m5"])[0]
-    assert m5 not in meds.flat.tolist()
+    assert all(m5 not in encoded.visit_set("medication", r) for r in range(10))
     # empty procedure set of the current visit -> one EMPTY token
-    procedures = encoded.sets["procedure"]
-    assert procedures.flat[procedures.offsets[9] : procedures.offsets[10]].tolist() == [EMPTY]
+    assert encoded.visit_set("procedure", 9) == [EMPTY]
 
     first = encode_samples([_long_sample(3)], space, profile, max_visits=10)
     assert first.profile_slot[0]  # whole history kept: first visit's slot is the profile
-    assert first.sets["medication"].flat[0] == EMPTY
+    assert first.visit_set("medication", 0) == [EMPTY]
 
 
 def test_codes_per_set_are_capped(tiny_dataset: VisitDataset) -> None:
@@ -132,8 +131,14 @@ def test_batch_shapes_and_masks(tiny_dataset: VisitDataset) -> None:
     assert batch.visit_mask.sum(1).tolist() == counts
     assert batch.visit_index.shape == (sum(counts),)
     for kind in ("diagnosis", "procedure", "medication"):
-        assert batch.tokens[kind].shape[0] == sum(counts)
-        assert (batch.tokens[kind] != PAD).any(1).all()  # every set has a real token
+        assert batch.set_index[kind].shape == (sum(counts),)
+        # each distinct set once, every one with a real token
+        assert len(set(map(tuple, batch.tokens[kind].tolist()))) == batch.tokens[kind].shape[0]
+        assert (batch.tokens[kind] != PAD).any(1).all()
+        rows = np.concatenate([encoded.row_start[i] + np.arange(c) for i, c in enumerate(counts)])
+        for visit, row in enumerate(rows):
+            held = [int(t) for t in batch.tokens[kind][batch.set_index[kind][visit]] if t != PAD]
+            assert held == encoded.visit_set(kind, int(row))
     assert batch.profile.shape == (len(samples), 3)
     output = model(batch)
     assert output.logits.shape == (len(samples), 5)
@@ -394,3 +399,46 @@ def test_float_dropout_mask_is_the_bool_comparison() -> None:
         cut = round(p * 65536)
         keep = words.view(torch.int16)[:3003].view(1001, 3) >= cut - 32768
         assert torch.equal(mask, keep.float() * (65536 / (65536 - cut)))
+
+
+def test_distinct_sets_encoded_once_equal_the_per_visit_encoding(
+    tiny_dataset: VisitDataset,
+) -> None:
+    from leader.student.data import STREAMS, Ragged
+
+    model = _model(tiny_dataset).eval()
+    samples = tiny_dataset.samples("train")  # p1's visits recur in its later samples
+    encoded = model.encode(samples)
+    batch = make_batch(encoded, np.arange(len(samples)))
+    counts = encoded.n_visits
+    rows = np.concatenate([encoded.row_start[i] + np.arange(c) for i, c in enumerate(counts)])
+    assert batch.tokens["diagnosis"].shape[0] < len(rows)  # some visits were shared
+    with torch.no_grad():
+        sets = model.encode_sets(batch)
+        for i, kind in enumerate(STREAMS):
+            per_visit = Ragged.from_rows([encoded.visit_set(kind, int(r)) for r in rows])
+            plain = model.encode_set(i, torch.from_numpy(per_visit.pad(np.arange(len(rows)))))
+            gathered = sets[i].index_select(0, batch.set_index[kind])
+            assert torch.allclose(gathered, plain, atol=1e-6)
+        targets = Ragged.from_rows(
+            [model.space.encode("medication", s.current.medications) for s in samples]
+        )
+        plain = model.encode_set(2, torch.from_numpy(targets.pad(np.arange(len(samples)))))
+        assert batch.target_index is not None
+        assert torch.allclose(sets[2].index_select(0, batch.target_index), plain, atol=1e-6)
+
+
+def test_patient_order_keeps_patients_together_and_shuffles_them() -> None:
+    from leader.student.train import patient_order
+
+    patient = np.array([0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 5])
+    orders = [patient_order(patient, np.random.default_rng(seed)) for seed in range(5)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(len(patient)))  # every sample once
+        runs = patient[order]
+        changes = int((runs[1:] != runs[:-1]).sum())
+        assert changes == len(set(patient.tolist())) - 1  # each patient in one run
+        for p in set(patient.tolist()):  # a patient's samples keep their order
+            mine = order[runs == p]
+            assert (np.diff(mine) > 0).all()
+    assert len({tuple(o) for o in orders}) > 1

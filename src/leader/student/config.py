@@ -48,6 +48,11 @@ class StudentConfig(Config):
         True, "pick the decision threshold maximising validation Jaccard (else `threshold`)"
     )
     threshold: float = option(0.5, "the fixed decision threshold when choose_threshold is off")
+    group_patients: bool = option(
+        True,
+        "batches keep each patient's samples together (patients shuffled): their shared "
+        "visits are encoded once per batch",
+    )
     # --- optimisation (the loop every ID-based model shares)
     train: TrainConfig = nested(TrainConfig, "optimisation: epochs, batch, lr, patience, seed")
 

@@ -12,7 +12,11 @@ profile vector. Only the most recent ``max_visits`` visits are kept, the current
 always (the authors kept the first ten and lost the current visit of long histories).
 
 Encoding happens once per split (Python loop, ragged arrays); a batch is then a few
-NumPy gathers, so an epoch costs no Python per code.
+NumPy gathers, so an epoch costs no Python per code. Each stream keeps every distinct
+code set once and a set id per visit; a batch holds each distinct set once (the model
+encodes it once and gathers), whether it recurs across the samples of one patient (a
+patient's visit is in the history of all their later samples), across patients (a
+common set of two procedures) or as an alignment target.
 
 >>> space = TokenSpace(dataset.vocab)                        # doctest: +SKIP
 >>> encoded = encode_samples(train, space, profile_vocab)     # doctest: +SKIP
@@ -141,17 +145,39 @@ class Ragged:
         return np.where(mask, self.flat[gather] if len(self.flat) else 0, PAD)
 
 
+class SetInterner:
+    """One id per distinct code set, in order of first sight; the sets as a :class:`Ragged`."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[int, ...], int] = {}
+        self.sets: list[list[int]] = []
+
+    def __call__(self, tokens: list[int]) -> int:
+        """The id of ``tokens`` (a new one the first time the set is seen)."""
+        key = tuple(tokens)
+        found = self.ids.get(key)
+        if found is None:
+            found = self.ids[key] = len(self.sets)
+            self.sets.append(tokens)
+        return found
+
+    def ragged(self) -> Ragged:
+        return Ragged.from_rows(self.sets)
+
+
 @dataclass
 class EncodedSamples:
     """A list of samples as arrays. One 'row' per kept visit of each sample."""
 
     sample_ids: list[str]
+    patient: np.ndarray  # (N,) int64 patient of each sample (0, 1, ... in order of first sight)
     n_visits: np.ndarray  # (N,) kept visits per sample, current included, >= 1
-    row_start: np.ndarray  # (N,) first row of the sample in ``sets``
+    row_start: np.ndarray  # (N,) first row of the sample in ``set_ids``
     profile_slot: np.ndarray  # (N,) bool: first kept visit is the patient's first visit
     profile: np.ndarray  # (N, F) profile value ids (0 = unseen)
-    sets: dict[str, Ragged]  # per stream, one row per kept visit (EMPTY if the set is empty)
-    target_sets: Ragged  # (N rows) current medications as tokens, for the alignment loss
+    sets: dict[str, Ragged]  # per stream, the distinct sets (EMPTY if a set is empty)
+    set_ids: dict[str, np.ndarray]  # per stream, (rows,) the set of each kept visit in ``sets``
+    target_ids: np.ndarray  # (N,) current medications (alignment loss), in sets["medication"]
     targets: np.ndarray  # (N, drugs) float32 multi-hot of the current medications
     single_visit: np.ndarray  # (N,) bool, no earlier visit at all
     teacher: np.ndarray | None = None  # (N, H) float32 teacher hidden states
@@ -160,14 +186,20 @@ class EncodedSamples:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    def visit_set(self, kind: str, row: int) -> list[int]:
+        """The tokens of stream ``kind`` of kept-visit row ``row``."""
+        ragged, set_id = self.sets[kind], int(self.set_ids[kind][row])
+        return ragged.flat[ragged.offsets[set_id] : ragged.offsets[set_id + 1]].tolist()
+
     def cost(self) -> np.ndarray:
         """Tokens per sample: used to group samples of similar size into a batch."""
         rows = self.row_start[:, None] + np.arange(int(self.n_visits.max()))[None, :]
         valid = np.arange(int(self.n_visits.max()))[None, :] < self.n_visits[:, None]
         rows = np.where(valid, rows, 0)
         total = np.zeros(len(self), dtype=np.int64)
-        for ragged in self.sets.values():
-            total += np.where(valid, ragged.lengths(rows), 0).sum(axis=1)
+        for kind, ragged in self.sets.items():
+            lengths = ragged.lengths(self.set_ids[kind][rows])
+            total += np.where(valid, lengths, 0).sum(axis=1)
         return total
 
 
@@ -193,45 +225,46 @@ def encode_samples(
     max_codes: int = 100,
 ) -> EncodedSamples:
     """Encode samples once: token ids per visit and stream, profile ids, targets."""
-    streams: dict[str, list[list[int]]] = {kind: [] for kind in STREAMS}
-    targets: list[list[int]] = []
+    interners = {kind: SetInterner() for kind in STREAMS}
+    streams: dict[str, list[int]] = {kind: [] for kind in STREAMS}  # set id per kept visit
+    target_ids: list[int] = []
+    patients: dict[str, int] = {}
     n_visits, row_start, profile_slot, profiles, single = [], [], [], [], []
     drug_offset = space.offsets["medication"]
-    drugs = space.vocab.size("medication")
-    for sample in samples:
+    multi_hot = np.zeros((len(samples), space.vocab.size("medication")), dtype=np.float32)
+    for i, sample in enumerate(samples):
         kept, before = kept_visits(sample, max_visits)
         row_start.append(len(streams["diagnosis"]))
         n_visits.append(len(kept))
         profile_slot.append(before is None)
         single.append(sample.is_single_visit)
         profiles.append(profile_vocab.encode(sample.profile))
+        patients.setdefault(sample.patient_id, len(patients))
         previous = before
         for visit in kept:
-            streams["diagnosis"].append(
-                space.encode("diagnosis", visit.diagnoses, max_codes) or [EMPTY]
-            )
-            streams["procedure"].append(
-                space.encode("procedure", visit.procedures, max_codes) or [EMPTY]
-            )
             prior = previous.medications if previous is not None else ()
-            streams["medication"].append(space.encode("medication", prior, max_codes) or [EMPTY])
+            for kind, codes in zip(
+                STREAMS, (visit.diagnoses, visit.procedures, prior), strict=True
+            ):
+                streams[kind].append(
+                    interners[kind](space.encode(kind, codes, max_codes) or [EMPTY])
+                )
             previous = visit
-        targets.append(space.encode("medication", sample.current.medications) or [EMPTY])
-    target_sets = Ragged.from_rows(targets)
-    multi_hot = np.zeros((len(samples), drugs), dtype=np.float32)
-    rows = np.repeat(np.arange(len(samples)), np.diff(target_sets.offsets))
-    real = target_sets.flat >= drug_offset
-    multi_hot[rows[real], target_sets.flat[real] - drug_offset] = 1.0
+        drugs = space.encode("medication", sample.current.medications)
+        target_ids.append(interners["medication"](drugs or [EMPTY]))
+        multi_hot[i, np.asarray(drugs, dtype=np.int64) - drug_offset] = 1.0
     return EncodedSamples(
         sample_ids=[s.sample_id for s in samples],
+        patient=np.fromiter((patients[s.patient_id] for s in samples), np.int64, len(samples)),
         n_visits=np.asarray(n_visits, dtype=np.int64),
         row_start=np.asarray(row_start, dtype=np.int64),
         profile_slot=np.asarray(profile_slot, dtype=bool),
         profile=np.asarray(profiles, dtype=np.int64).reshape(
             len(samples), len(profile_vocab.fields)
         ),
-        sets={kind: Ragged.from_rows(rows_) for kind, rows_ in streams.items()},
-        target_sets=target_sets,
+        sets={kind: interner.ragged() for kind, interner in interners.items()},
+        set_ids={kind: np.asarray(ids, dtype=np.int64) for kind, ids in streams.items()},
+        target_ids=np.asarray(target_ids, dtype=np.int64),
         targets=multi_hot,
         single_visit=np.asarray(single, dtype=bool),
     )
@@ -265,15 +298,21 @@ def attach_teacher(
 
 @dataclass
 class StudentBatch:
-    """Tensors of one batch. S = real visits in the batch, V = longest kept history."""
+    """Tensors of one batch. S = real visits in the batch, V = longest kept history.
 
-    tokens: dict[str, torch.Tensor]  # per stream (S, L_stream) token ids, PAD = 0
+    Each stream's distinct sets are there once (U_stream of them); ``set_index`` says
+    which one each visit holds, ``target_index`` which medication set is each sample's
+    alignment target.
+    """
+
+    tokens: dict[str, torch.Tensor]  # per stream (U_stream, L_stream) token ids, PAD = 0
+    set_index: dict[str, torch.Tensor]  # per stream (S,) row of ``tokens`` of each visit
     visit_index: torch.Tensor  # (S,) position of each real visit in the flattened (B, V)
     visit_mask: torch.Tensor  # (B, V) True for real visits (left-aligned, current last)
     profile_slot: torch.Tensor  # (B,) True: the first visit's medication slot is the profile
     profile: torch.Tensor  # (B, F) profile value ids
     targets: torch.Tensor | None = None  # (B, drugs) multi-hot
-    target_tokens: torch.Tensor | None = None  # (B, Lm) current medications as tokens
+    target_index: torch.Tensor | None = None  # (B,) current medications: row of tokens[med]
     teacher: torch.Tensor | None = None  # (B, H) teacher hidden states
     teacher_probabilities: torch.Tensor | None = None  # (B, drugs) soft labels
 
@@ -293,8 +332,17 @@ def make_batch(
     position = np.arange(int(counts.sum())) - first  # (S,) visit position inside the sample
     rows = np.repeat(encoded.row_start[index], counts) + position
     owner = np.repeat(np.arange(len(index)), counts)
+    tokens, set_index = {}, {}
+    for kind in STREAMS:
+        ids = encoded.set_ids[kind][rows]
+        if kind == "medication" and with_targets:
+            ids = np.concatenate([ids, encoded.target_ids[index]])  # targets after the visits
+        distinct, where = np.unique(ids, return_inverse=True)
+        tokens[kind] = torch.from_numpy(encoded.sets[kind].pad(distinct))
+        set_index[kind] = torch.from_numpy(where.reshape(-1))
     batch = StudentBatch(
-        tokens={kind: torch.from_numpy(encoded.sets[kind].pad(rows)) for kind in STREAMS},
+        tokens=tokens,
+        set_index={kind: where[: len(rows)] for kind, where in set_index.items()},
         visit_index=torch.from_numpy(owner * width + position),
         visit_mask=torch.from_numpy(np.arange(width)[None, :] < counts[:, None]),
         profile_slot=torch.from_numpy(encoded.profile_slot[index]),
@@ -302,7 +350,7 @@ def make_batch(
     )
     if with_targets:
         batch.targets = torch.from_numpy(encoded.targets[index])
-        batch.target_tokens = torch.from_numpy(encoded.target_sets.pad(index))
+        batch.target_index = set_index["medication"][len(rows) :]
         if encoded.teacher is not None:
             batch.teacher = torch.from_numpy(encoded.teacher[index])
         if encoded.teacher_probabilities is not None:

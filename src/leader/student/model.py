@@ -269,15 +269,25 @@ class LeaderStudent(nn.Module):
         assert isinstance(encoder, SetEncoderLayer)
         return encoder.forward_packed(packed, layout)
 
-    def patient_vector(self, batch: StudentBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(patient vector (B, hidden), profile vector (B, d))."""
+    def encode_sets(self, batch: StudentBatch) -> list[torch.Tensor]:
+        """Per stream, the batch's distinct sets encoded once: (U_stream, d) each."""
+        return [self.encode_set(i, batch.tokens[kind]) for i, kind in enumerate(STREAMS)]
+
+    def patient_vector(
+        self, batch: StudentBatch, sets: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patient vector (B, hidden), profile vector (B, d)); ``sets``: :meth:`encode_sets`."""
         b, width = batch.visit_mask.shape
         d = self.config.dim
         profile = self.encode_profile(batch.profile)  # (B, d)
         # The S real visits, sample by sample, oldest first (make_batch's order).
         owner = torch.div(batch.visit_index, width, rounding_mode="floor")  # (S,)
         position = batch.visit_index - owner * width  # (S,) 0 = the sample's first kept visit
-        streams = [self.encode_set(i, batch.tokens[kind]) for i, kind in enumerate(STREAMS)]
+        sets = self.encode_sets(batch) if sets is None else sets
+        streams = [
+            encoded.index_select(0, batch.set_index[kind])  # (S, d)
+            for encoded, kind in zip(sets, STREAMS, strict=True)
+        ]
         first = (position == 0) & batch.profile_slot.index_select(0, owner)  # (S,)
         streams[-1] = torch.where(first[:, None], profile.index_select(0, owner), streams[-1])
         packed = torch.cat(streams)  # (3S, d): the streams one after the other
@@ -293,7 +303,8 @@ class LeaderStudent(nn.Module):
 
     # ------------------------------------------------------------------ contract
     def forward(self, batch: StudentBatch) -> Output:
-        patient, profile = self.patient_vector(batch)
+        sets = self.encode_sets(batch)
+        patient, profile = self.patient_vector(batch, sets)
         logits = self.fc2(F.relu(patient))  # (B, drugs)
         if batch.targets is None:
             return Output(None, logits)
@@ -307,8 +318,8 @@ class LeaderStudent(nn.Module):
             soft = soft_label_loss(logits, batch.teacher_probabilities)
             loss = loss + self.config.kd * soft
             parts["soft"] = float(soft.detach())
-        if self.config.align and self.config.beta > 0 and batch.target_tokens is not None:
-            truth = self.encode_set(STREAMS.index("medication"), batch.target_tokens)
+        if self.config.align and self.config.beta > 0 and batch.target_index is not None:
+            truth = sets[STREAMS.index("medication")].index_select(0, batch.target_index)
             align = info_nce(profile, truth, self.config.temperature)
             loss = loss + self.config.beta * align
             parts["align"] = float(align.detach())

@@ -68,12 +68,21 @@ def teacher_probabilities(path: Path, drug_codes: tuple[str, ...]) -> np.ndarray
 
 
 def epoch_batches(
-    encoded: EncodedSamples, batch_size: int
+    encoded: EncodedSamples, batch_size: int, group_patients: bool = False
 ) -> Callable[[np.random.Generator], Iterator[StudentBatch]]:
-    """Shuffled batches of one epoch; a trailing batch of one sample is merged (InfoNCE)."""
+    """Shuffled batches of one epoch; a trailing batch of one sample is merged (InfoNCE).
+
+    ``group_patients``: shuffle the patients rather than the samples and keep each
+    patient's samples next to each other (a batch boundary may still split them). Every
+    sample is still seen once an epoch, in a new order, but a batch then holds about
+    ``batch_size / (samples per patient)`` patients: their earlier visits, which recur in
+    all their later samples, are encoded once per batch (``make_batch``), a third to a
+    half less work on MIMIC-like cohorts.
+    """
 
     def batches(rng: np.random.Generator) -> Iterator[StudentBatch]:
-        order = rng.permutation(len(encoded))
+        order = patient_order(encoded.patient, rng) if group_patients else None
+        order = rng.permutation(len(encoded)) if order is None else order
         starts = list(range(0, len(order), batch_size))
         if len(starts) > 1 and len(order) - starts[-1] < 2:
             starts.pop()
@@ -82,6 +91,12 @@ def epoch_batches(
             yield make_batch(encoded, order[start:end])
 
     return batches
+
+
+def patient_order(patient: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sample indices, patients in random order, each patient's samples together (in order)."""
+    rank = rng.permutation(int(patient.max()) + 1 if len(patient) else 0)
+    return np.argsort(rank[patient], kind="stable")
 
 
 def train_student(
@@ -178,7 +193,7 @@ def _train(
 
     result = fit(
         model,
-        epoch_batches(encoded["train"], config.train.batch_size),
+        epoch_batches(encoded["train"], config.train.batch_size, config.group_patients),
         validate,
         config.train,
         out_dir,
