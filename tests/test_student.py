@@ -373,6 +373,16 @@ def test_bucketed_set_layer_equals_the_padded_layer() -> None:
     x2 = torch.where(mask[..., None], x, torch.randn_like(x))
     with torch.no_grad():
         assert torch.allclose(layer(x2, mask), got, atol=1e-6)
+    # The gradients are the padded layer's too.
+    weight = torch.randn(len(lengths), 16)
+    grads = []
+    for forward in (layer, lambda x_, m_: _padded_reference(layer, x_, m_)):
+        layer.zero_grad()
+        x_grad = x.clone().requires_grad_(True)
+        (forward(x_grad, mask) * weight).sum().backward()
+        grads.append([x_grad.grad, *(p.grad for p in layer.parameters())])
+    for got_grad, expected_grad in zip(*grads, strict=True):
+        assert torch.allclose(got_grad, expected_grad, atol=1e-4)
 
 
 def test_fast_dropout_rate_and_scale() -> None:

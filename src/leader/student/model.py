@@ -109,8 +109,10 @@ class SetLayout:
     real: torch.Tensor  # (T,) flat positions of real elements in the padded (N, L) layout
     owner: torch.Tensor  # (T,) set of each real element
     count: torch.Tensor  # (N, 1) real elements per set (>= 1), float
-    # per bucket: gather (n_b, W_b) into the packed elements (T = padding row),
-    # key mask (n_b, 1, 1, W_b) or None when every set fills the width,
+    # per bucket: gather (n_b, W_b) into the packed elements (padding reads element 0:
+    # masked as a key, dropped as a query, so it adds nothing, not even to gradients),
+    # key bias (n_b, 1, 1, W_b): 0 for real keys, -inf for padding; None when every
+    # set fills the width (a float to add: bool kernels are slow, see dropout_mask),
     # positions of the real elements in the flattened (n_b * W_b) bucket or None
     buckets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
     inverse: torch.Tensor  # (T,) where each packed element is in the buckets' output
@@ -143,13 +145,14 @@ class SetLayout:
             width = int(member_lengths.max())
             columns = torch.arange(width)
             valid = columns[None, :] < member_lengths[:, None]  # (n_b, W_b)
-            gather = torch.where(valid, start.index_select(0, members)[:, None] + columns, total)
+            gather = torch.where(valid, start.index_select(0, members)[:, None] + columns, 0)
             if bool(valid.all()):
                 buckets.append((gather, None, None))
                 covered.append(gather.reshape(-1))
             else:
                 positions = valid.reshape(-1).nonzero().squeeze(1)
-                buckets.append((gather, valid[:, None, None, :], positions))
+                bias = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))
+                buckets.append((gather, bias[:, None, None, :], positions))
                 covered.append(gather.reshape(-1).index_select(0, positions))
         order = torch.cat(covered)  # packed index of each element of the buckets' output
         inverse = torch.empty_like(order)
@@ -202,15 +205,14 @@ class SetEncoderLayer(nn.Module):
         """Multi-head attention within each set: qkv (T, 3d) -> (T, d)."""
         dim = qkv.shape[1] // 3
         head_dim = dim // self.heads
-        source = torch.cat([qkv, qkv.new_zeros(1, 3 * dim)])  # (T + 1, 3d): row T pads
         outputs = []
-        for gather, key_mask, positions in layout.buckets:
+        for gather, key_bias, positions in layout.buckets:
             n, width = gather.shape
-            block = source.index_select(0, gather.reshape(-1))  # (n * W, 3d)
+            block = qkv.index_select(0, gather.reshape(-1))  # (n * W, 3d)
             q, k, v = block.view(n, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            scores = torch.matmul(q, k.transpose(-1, -2)) * head_dim**-0.5  # (n, h, W, W)
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask, float("-inf"))
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(head_dim**-0.5)  # (n, h, W, W)
+            if key_bias is not None:
+                scores = scores.add_(key_bias.to(scores.dtype))
             weights = fast_dropout(scores.softmax(-1), self.attn_dropout, self.training)
             out = torch.matmul(weights, v).transpose(1, 2).reshape(n * width, dim)
             outputs.append(out if positions is None else out.index_select(0, positions))
