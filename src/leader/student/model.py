@@ -184,7 +184,7 @@ class SetEncoderLayer(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
-            nn.Linear(dim, ffn), nn.ReLU(), FastDropout(dropout), nn.Linear(ffn, dim)
+            nn.Linear(dim, ffn), nn.ReLU(inplace=True), FastDropout(dropout), nn.Linear(ffn, dim)
         )
         self.drop = FastDropout(dropout)
 
@@ -204,19 +204,30 @@ class SetEncoderLayer(nn.Module):
     def attend(self, qkv: torch.Tensor, layout: SetLayout) -> torch.Tensor:
         """Multi-head attention within each set: qkv (T, 3d) -> (T, d)."""
         dim = qkv.shape[1] // 3
-        head_dim = dim // self.heads
         outputs = []
         for gather, key_bias, positions in layout.buckets:
             n, width = gather.shape
             block = qkv.index_select(0, gather.reshape(-1))  # (n * W, 3d)
-            q, k, v = block.view(n, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(head_dim**-0.5)  # (n, h, W, W)
-            if key_bias is not None:
-                scores = scores.add_(key_bias.to(scores.dtype))
-            weights = fast_dropout(scores.softmax(-1), self.attn_dropout, self.training)
-            out = torch.matmul(weights, v).transpose(1, 2).reshape(n * width, dim)
+            q, k, v = block.view(n, width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            out = self.attend_bucket(q, k, v, key_bias).transpose(1, 2).reshape(n * width, dim)
             outputs.append(out if positions is None else out.index_select(0, positions))
         return torch.cat(outputs).index_select(0, layout.inverse)
+
+    def attend_bucket(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """q, k, v (n, h, W, d_h), key bias (n, 1, 1, W) or None -> (n, h, W, d_h)."""
+        n, heads, width, head_dim = q.shape
+        if width == 1:
+            # A set of one: the weight is 1 (then dropout, drawn as for any width); CPU
+            # matmuls run one small matrix at a time, so skipping them pays for these sets.
+            weights = v.new_ones(n, heads, 1, 1)
+            return v * fast_dropout(weights, self.attn_dropout, self.training)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(head_dim**-0.5)  # (n, h, W, W)
+        if key_bias is not None:
+            scores = scores.add_(key_bias.to(scores.dtype))
+        weights = fast_dropout(scores.softmax(-1), self.attn_dropout, self.training)
+        return torch.matmul(weights, v)
 
 
 class LeaderStudent(nn.Module):
