@@ -1,17 +1,19 @@
-"""Training speed of the student LEADER(S): samples per CPU-second of its training steps.
+"""Training speed of the student LEADER(S): samples per second of its training steps.
 
     .venv/bin/python benchmarks/student_speed.py --dataset data/synth-94k --batch 16 256
+    .venv/bin/python benchmarks/student_speed.py --dataset data/synth-94k --batch 256 --threads 2
     # before/after a change: the same script against another source tree
     PYTHONPATH=/path/to/other/src .venv/bin/python benchmarks/student_speed.py --dataset ...
 
-What `leader student train` spends an epoch on: shuffled batches of the training samples
-(``student.train.epoch_batches``), forward, backward and an AdamW step (the shared loop's
-optimizer), one torch thread. Encoding the samples (once per run) and validation are left
-out. ``--steps`` batches are timed after ``--warmup`` ones, in CPU-seconds
-(``time.process_time``): the machine this was written on is shared, and CPU-seconds depend
-much less on the neighbours than wall time (with two free cores and two threads, wall-clock
-speed is at most twice the figure). Target (issue 13): 3,000 training samples/s at
-full-MIMIC-IV scale (126 k training samples, `benchmarks/scale.py --make-cohort 94000`).
+What `leader student train` spends an epoch on: batches of the training samples as
+``student.train.epoch_batches`` makes them (each patient's samples together, as training
+does by default; ``--no-group`` shuffles samples one by one), forward, backward and an AdamW
+step (the shared loop's optimizer), ``--threads`` torch threads (default 1, as the demo
+trains). Encoding the samples (once per run) and validation are left out. About
+``--samples`` samples are timed after ``--warmup`` batches, both in wall-clock seconds and
+in CPU-seconds (``time.process_time``, all threads): on a shared machine CPU-seconds depend
+less on the neighbours. Target (issue 13): 3,000 training samples/s at full-MIMIC-IV scale
+(126 k training samples, `benchmarks/scale.py --make-cohort 94000`) on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from leader.student.train import epoch_batches
 
 def measure(
     dataset: VisitDataset, batch: int, samples: int, warmup: int, seed: int, group: bool
-) -> float:
-    """Training samples per CPU-second over about ``samples`` samples at batch size ``batch``."""
+) -> tuple[float, float]:
+    """(samples per wall-second, per CPU-second) over about ``samples`` samples at batch
+    size ``batch``."""
     torch.manual_seed(seed)
     train = dataset.samples("train", "all")
     fields = [c for c in dataset.profiles.columns if c != "patient_id"]
@@ -56,10 +59,10 @@ def measure(
 
     for _ in range(warmup):
         step()
-    done, start = 0, time.process_time()
+    done, wall, cpu = 0, time.perf_counter(), time.process_time()
     while done < samples:
         done += step()
-    return done / (time.process_time() - start)
+    return done / (time.perf_counter() - wall), done / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -69,16 +72,21 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6144, help="samples timed per batch size")
     parser.add_argument("--warmup", type=int, default=5, help="batches run before timing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
-        "--group", action="store_true", help="batches keep a patient's samples together"
-    )
+        "--no-group", dest="group", action="store_false",
+        help="shuffle samples one by one (group_patients: false)",
+    )  # fmt: skip
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     dataset = VisitDataset.load(args.dataset)
-    print(f"{len(dataset.samples('train', 'all')):,} training samples, 1 torch thread")
+    print(
+        f"{len(dataset.samples('train', 'all')):,} training samples, {args.threads} torch "
+        f"thread(s), patients {'grouped' if args.group else 'not grouped'}"
+    )
     for batch in args.batch:
-        rate = measure(dataset, batch, args.samples, args.warmup, args.seed, args.group)
-        print(f"batch {batch:>4}: {rate:,.0f} training samples per CPU-second")
+        wall, cpu = measure(dataset, batch, args.samples, args.warmup, args.seed, args.group)
+        print(f"batch {batch:>4}: {wall:,.0f} training samples/s, {cpu:,.0f} per CPU-second")
 
 
 if __name__ == "__main__":
