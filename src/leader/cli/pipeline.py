@@ -91,7 +91,7 @@ def demo(
 ) -> None:
     """The whole pipeline on the synthetic demo cohort with the real SmolLM2 teacher.
 
-    Sized for a laptop CPU (about 11 minutes on 2 cores); writes ./leader-demo.
+    Sized for a laptop CPU (about 9 minutes on 2 cores); writes ./leader-demo.
     """
     from leader.pipeline import demo_config, run_pipeline
 
