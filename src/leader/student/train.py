@@ -50,12 +50,11 @@ def load_teacher_features(path: Path) -> tuple[np.ndarray, list[str], dict[str, 
     return tensors["hidden"].astype(np.float32, copy=False), list(meta["sample_ids"]), meta
 
 
-def teacher_probabilities(path: Path, drug_codes: tuple[str, ...]) -> np.ndarray:
-    """The features file's ``probabilities`` (N, drugs), refused unless its columns are the
+def soft_labels(
+    tensors: dict[str, np.ndarray], meta: dict[str, Any], path: Path, drug_codes: list[str]
+) -> np.ndarray:
+    """A features file's ``probabilities`` (N, drugs), refused unless its columns are the
     dataset's drugs in the dataset's order (soft labels on the wrong drug are worse than none)."""
-    from leader.teacher.features import read_features
-
-    tensors, meta = read_features(path, require=("probabilities",))
     codes = meta.get("medication_codes")
     if codes is None or list(codes) != list(drug_codes):
         raise LeaderError(
@@ -143,13 +142,16 @@ def _train(
     teacher_soft: np.ndarray | None = None
     teacher_ids: list[str] = []
     if teacher_features is not None and (config.alpha > 0 or config.kd > 0):
-        teacher_hidden, teacher_ids, _ = load_teacher_features(Path(teacher_features))
+        from leader.teacher.features import read_features
+
+        path = Path(teacher_features)
+        need = ("hidden",) * (config.alpha > 0) + ("probabilities",) * (config.kd > 0)
+        tensors, meta = read_features(path, require=need)  # one read for both terms
+        teacher_ids = list(meta["sample_ids"])
+        if config.alpha > 0:
+            teacher_hidden = tensors["hidden"].astype(np.float32, copy=False)
         if config.kd > 0:
-            teacher_soft = teacher_probabilities(
-                Path(teacher_features), tuple(dataset.vocab.codes["medication"])
-            )
-        if config.alpha == 0:
-            teacher_hidden = None
+            teacher_soft = soft_labels(tensors, meta, path, dataset.vocab.codes["medication"])
     elif config.alpha > 0 or config.kd > 0:
         say("no teacher features given: training without distillation (alpha = kd = 0)")
         config = replace(config, alpha=0.0, kd=0.0)
