@@ -44,8 +44,8 @@ def test_step_cache_reuses_and_redoes_what_changed(tmp_path: Path) -> None:
     first = _reused(out)
     assert list(first) == [
         "prepare",
-        "student",
         "student_no_distill",
+        "student",
         "popularity",
         "evaluate",
         "report",
@@ -158,7 +158,11 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
         },
         "workers": 2,
         "predict": {"batch_size": 32},
-        "student": {**FAST_STUDENT, "train": {**FAST_TRAIN, "epochs": 3}},
+        "student": {
+            **FAST_STUDENT,
+            "distill_grid": ["0.5:2"],
+            "train": {**FAST_TRAIN, "epochs": 3},
+        },
         "evaluate": {
             "rounds": 3,
             "efficiency": True,
@@ -183,23 +187,33 @@ def test_leader_run_end_to_end_with_a_tiny_teacher(tmp_path: Path) -> None:
         "teacher",
         "student",
         "student_no_distill",
-        "student_untrained",
-        "student_random",
+        "student_self",
+        "student_prior",
+        "student_noise",
         "popularity",
     }
-    for control, features in (("untrained", "untrained"), ("random", "random")):
-        run = json.loads((out / f"student_{control}" / "run" / "metrics.json").read_text())
-        assert run["distillation"] and run["teacher_features"].endswith(f"{features}.safetensors")
-    for name in ("features", "untrained"):  # written from the cache, not predicted again
-        assert (out / "teacher" / f"{name}.safetensors").exists()
+    plain_run = out / "student_no_distill" / "run"
+    for step, features in (("self", "self"), ("prior", "prior"), ("noise", "noise")):
+        run = out / f"student_{step}" / "run"
+        search = json.loads((run / "search.json").read_text())
+        # the search tried no distillation (the plain student itself) and alpha 0.5, kd 2
+        assert [(c["alpha"], c["kd"]) for c in search["candidates"]] == [(0, 0), (0.5, 2)]
+        assert search["candidates"][0]["run"] == str(plain_run)
+        tried = json.loads((run / "search" / "alpha0.5-kd2" / "metrics.json").read_text())
+        assert tried["teacher_features"].endswith(f"{features}.safetensors")
+        chosen = max(search["candidates"], key=lambda c: c["best_val_prauc"])
+        assert search["chosen"] == {"alpha": chosen["alpha"], "kd": chosen["kd"]}
+    assert (out / "teacher" / "features.safetensors").exists()  # from the cache
+    assert (out / "student_self" / "self.safetensors").exists()
     student = json.loads((out / "student" / "run" / "metrics.json").read_text())
-    assert student["distillation"] and student["teacher_features"].endswith("features.safetensors")
+    assert student["distillation_search"]["candidates"][1]["alpha"] == 0.5
     plain = json.loads((out / "student_no_distill" / "run" / "metrics.json").read_text())
     assert not plain["distillation"]
     assert (out / "report" / "speed.png").exists()
     report = (out / "report" / "report.md").read_text()
     assert "| LEADER(T) (all) |" in report and "as many patients per second" in report
-    assert "(control) (all) |" in report and "What the teacher knows" in report
+    assert "(control) (all) |" in report and "over distilling the student into itself" in report
+    assert "## Distillation weights chosen on validation" in report
     assert results["summary"]["student"]["efficiency"]["throughput_per_s"] > 0
 
 

@@ -259,7 +259,7 @@ def test_train_save_load_equality_with_distillation(
     assert tiny_dataset.path is not None
     ids = [s.sample_id for s in tiny_dataset.samples()]
     features = _features(tmp_path / "features.safetensors", ids)
-    config = replace(StudentConfig(), epochs=3, batch_size=4, patience=5)
+    config = replace(StudentConfig(choose_distillation=False), epochs=3, batch_size=4, patience=5)
     run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
     for name in (
         "config.json",
@@ -296,7 +296,9 @@ def test_soft_labels_alone_need_no_projector_and_the_same_drugs(
     assert tiny_dataset.path is not None
     ids = [s.sample_id for s in tiny_dataset.samples()]
     features = _features(tmp_path / "features.safetensors", ids)
-    config = replace(StudentConfig(alpha=0.0, kd=1.0), epochs=2, batch_size=4)
+    config = replace(
+        StudentConfig(alpha=0.0, kd=1.0, choose_distillation=False), epochs=2, batch_size=4
+    )
     run = train_student(tiny_dataset.path, tmp_path / "run", config, features)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["distillation"] and metrics["teacher_features"] == str(features)
@@ -314,11 +316,47 @@ def test_soft_labels_alone_need_no_projector_and_the_same_drugs(
         )
 
 
+def test_distillation_weights_are_chosen_on_validation(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    """Every alpha:kd candidate trains; the best validation PRAUC is the run; a finished
+    plain student stands for 0:0; a second call retrains nothing."""
+    assert tiny_dataset.path is not None
+    ids = [s.sample_id for s in tiny_dataset.samples()]
+    features = _features(tmp_path / "features.safetensors", ids)
+    config = replace(StudentConfig(distill_grid=["0.4:0", "0:1", "0.4:0"]), epochs=2, batch_size=4)
+    assert config.candidates() == [(0.0, 0.0), (0.4, 0.0), (0.0, 1.0)]
+    plain = train_student(
+        tiny_dataset.path, tmp_path / "plain", replace(config, alpha=0.0, kd=0.0)
+    )
+    run = train_student(tiny_dataset.path, tmp_path / "run", config, features, plain_run=plain)
+    search = json.loads((run / "search.json").read_text())
+    scores = [c["best_val_prauc"] for c in search["candidates"]]
+    best = search["candidates"][scores.index(max(scores))]
+    assert search["chosen"] == {"alpha": best["alpha"], "kd": best["kd"]}
+    assert search["candidates"][0]["run"] == str(plain)
+    assert not (run / "search" / "alpha0-kd0").exists()  # the plain student was reused
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["distillation_search"] == search
+    assert metrics["best_val_prauc"] == best["best_val_prauc"]
+    chosen = LeaderStudent.from_pretrained(run)
+    assert (chosen.config.alpha, chosen.config.kd) == (best["alpha"], best["kd"])
+    assert not chosen.config.choose_distillation  # config.yaml reruns the chosen weights
+    for candidate in search["candidates"][1:]:
+        tried = json.loads((Path(candidate["run"]) / "metrics.json").read_text())
+        assert tried["distillation"] and tried["teacher_features"] == str(features)
+    stamp = (run / "search" / "alpha0.4-kd0" / "metrics.json").stat().st_mtime_ns
+    train_student(tiny_dataset.path, tmp_path / "run", config, features, plain_run=plain)
+    assert (run / "search" / "alpha0.4-kd0" / "metrics.json").stat().st_mtime_ns == stamp
+    with pytest.raises(LeaderError, match="alpha:kd"):
+        StudentConfig(distill_grid=["0.4"]).validate()
+
+
 def test_missing_teacher_features_are_named(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
     assert tiny_dataset.path is not None
     ids = [s.sample_id for s in tiny_dataset.samples()][1:]
     features = _features(tmp_path / "f.safetensors", ids)
-    config = replace(StudentConfig(), epochs=1, batch_size=4)
+    config = replace(StudentConfig(choose_distillation=False), epochs=1, batch_size=4)
     with pytest.raises(LeaderError, match="p1:v1"):
         train_student(tiny_dataset.path, tmp_path / "run", config, features)
 

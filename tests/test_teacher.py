@@ -227,7 +227,8 @@ def test_cached_lower_layers_give_the_full_forward(
     np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
     np.testing.assert_allclose(got["hidden"], want["hidden"], atol=1e-4, rtol=1e-4)
     # the control before fine-tuning: the backbone's own states, as predict_untrained gives
-    from leader.teacher.predict import predict_untrained, random_features
+    from leader.controls import noise_features, prior_features
+    from leader.teacher.predict import predict_untrained
 
     predict_untrained(config, tiny_dataset.path, tmp_path / "fresh.safetensors")
     (early, meta), (fresh, _) = (
@@ -236,15 +237,18 @@ def test_cached_lower_layers_give_the_full_forward(
     assert meta["fine_tuned"] == "false"
     np.testing.assert_allclose(early["hidden"], fresh["hidden"], atol=1e-4, rtol=1e-4)
     assert not np.allclose(early["hidden"], got["hidden"], atol=1e-3)  # training moved them
-    # random features: same shape, same per-dimension scale, no information
-    noise, _ = read_features(random_features(cached_file, tmp_path / "noise.safetensors"))
+    # noise control: the teacher's width and per-dimension scale, prior soft labels
+    noise, noise_meta = read_features(
+        noise_features(cached_file, tiny_dataset.path, tmp_path / "noise.safetensors")
+    )
     assert noise["hidden"].shape == got["hidden"].shape
     assert not np.allclose(noise["hidden"], got["hidden"], atol=1e-2)
-    # ... and the teacher's soft labels, each given to another sample
-    assert not np.array_equal(noise["probabilities"], got["probabilities"])
-    np.testing.assert_array_equal(
-        np.sort(noise["probabilities"], axis=0), np.sort(got["probabilities"], axis=0)
+    assert noise_meta["sample_ids"] == got_meta["sample_ids"] and "control" in noise_meta
+    prior, _ = read_features(
+        prior_features(cached_file, tiny_dataset.path, tmp_path / "prior.safetensors")
     )
+    np.testing.assert_array_equal(noise["probabilities"], prior["probabilities"])
+    assert prior["hidden"].shape == got["hidden"].shape
     assert metrics["train_cpu_seconds"] > 0 and len(metrics["history_cpu_seconds"]) == 2
     log = (run / "train.log").read_text()
     assert "cached the 1 frozen layers' output" in log and "log-odds" in log

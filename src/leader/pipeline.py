@@ -48,45 +48,44 @@ STEPS: tuple[str, ...] = (
     "prepare",
     "teacher",
     "predict",
-    "student",
     "student_no_distill",
-    "student_untrained",
-    "student_random",
+    "student",
+    "student_self",
+    "student_prior",
+    "student_noise",
     "popularity",
     "evaluate",
     "report",
 )
-# Steps that read only earlier steps' output and not each other's: they may run at once.
+# Steps that read only earlier steps' output: with workers > 1 they run in worker processes,
+# each as soon as the steps of this group it reads (UPSTREAM) are done.
 STUDENT_STEPS: tuple[str, ...] = (
-    "student",
     "student_no_distill",
-    "student_untrained",
-    "student_random",
+    "student",
+    "student_self",
+    "student_prior",
+    "student_noise",
 )
-# Distillation controls: the student distilled from these instead of the teacher's features.
+# Distillation controls (leader.controls): the student distilled, through the same terms,
+# settings and weight search, from these features files instead of the teacher's.
 CONTROLS: dict[str, str] = {
-    "student_untrained": "untrained.safetensors",  # the backbone before fine-tuning
-    "student_random": "random.safetensors",  # noise of the same shape and scale
+    "student_self": "self.safetensors",  # the student without distillation as the teacher
+    "student_prior": "prior.safetensors",  # prior soft labels, the teacher's mean state
+    "student_noise": "noise.safetensors",  # noise of the teacher's width and scale
 }
-# Which earlier steps each step reads (their keys enter its key).
+# Which earlier steps each step reads (their keys enter its key). Distilled students read
+# the plain student: it is their alpha = kd = 0 candidate (and the self-teacher).
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "prepare": (),
     "teacher": ("prepare",),
     "predict": ("prepare", "teacher"),
-    "student": ("prepare", "predict"),
     "student_no_distill": ("prepare",),
-    "student_untrained": ("prepare", "predict"),
-    "student_random": ("prepare", "predict"),
+    "student": ("prepare", "predict", "student_no_distill"),
+    "student_self": ("prepare", "student_no_distill"),
+    "student_prior": ("prepare", "predict", "student_no_distill"),
+    "student_noise": ("prepare", "predict", "student_no_distill"),
     "popularity": ("prepare",),
-    "evaluate": (
-        "prepare",
-        "predict",
-        "student",
-        "student_no_distill",
-        "student_untrained",
-        "student_random",
-        "popularity",
-    ),
+    "evaluate": ("prepare", "predict", *STUDENT_STEPS, "popularity"),
     "report": ("evaluate",),
 }
 # The config sections each step depends on.
@@ -96,8 +95,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "predict": ("predict",),
     "student": ("student",),
     "student_no_distill": ("student",),
-    "student_untrained": ("student",),
-    "student_random": ("student",),
+    "student_self": ("student",),
+    "student_prior": ("student",),
+    "student_noise": ("student",),
     "popularity": (),
     "evaluate": ("evaluate",),
     "report": ("name",),
@@ -162,7 +162,7 @@ class PipelineConfig(Config):
     workers: int = option(
         1,
         "student trainings run at once, each in its own process (the student with and "
-        "without distillation and the two controls); 2 on 2 cores with student threads 1",
+        "without distillation and the three controls); 2 on 2 cores with student threads 1",
     )
 
     def check(self) -> list[str]:
@@ -340,8 +340,9 @@ class Pipeline:
         self._run_group(group)
 
     def _run_group(self, group: list[tuple[str, str, bool]]) -> None:
-        """Independent student steps, ``workers`` at a time, each in a fresh process (its
-        own torch threads); a step whose marker matches its key is reused as usual."""
+        """Student steps, ``workers`` at a time, each in a fresh process (its own torch
+        threads) once the steps of the group it reads are done; a step whose marker matches
+        its key is reused as usual."""
         pending = [(s, k, f) for s, k, f in group if f or not self._reusable(s, k)]
         for step, key, force in group:
             if (step, key, force) not in pending:
@@ -349,18 +350,23 @@ class Pipeline:
         if not pending:
             return
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
         self.log(f"[{', '.join(s for s, _, _ in pending)}] {self.config.workers} at a time")
         context = multiprocessing.get_context("spawn")  # no torch state inherited
+        waiting = {s for s, _, _ in pending}
         with ProcessPoolExecutor(self.config.workers, mp_context=context) as pool:
-            futures = [
-                pool.submit(_run_step_in_process, self.config, self.root, step, key, force)
-                for step, key, force in pending
-            ]
-            for future in futures:
-                record = future.result()  # a failed step raises here, with its traceback
-                self.records[record.step] = record
+            running: dict[Future[StepRecord], str] = {}
+            while pending or running:
+                for item in [p for p in pending if not waiting & set(UPSTREAM[p[0]])]:
+                    pending.remove(item)
+                    future = pool.submit(_run_step_in_process, self.config, self.root, *item)
+                    running[future] = item[0]
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record = future.result()  # a failed step raises here, with its traceback
+                    self.records[record.step] = record
+                    waiting.discard(running.pop(future))
         for step, _, _ in group:  # records in step order, as a sequential run leaves them
             self.records[step] = self.records.pop(step)
 
@@ -494,8 +500,8 @@ class Pipeline:
 
         assert self.config.teacher is not None
         config = copy.deepcopy(self.config.teacher)
-        # The features (and the before-fine-tuning control) come from the frozen layers'
-        # cache when there is one: the predict step then only copies them.
+        # The features come from the frozen layers' cache when there is one: the predict
+        # step then only copies them.
         cached = config.caches_frozen_states
         train_teacher(
             self.dataset_dir,
@@ -503,21 +509,20 @@ class Pipeline:
             config,
             resume=resume,
             features_out=folder / "features.safetensors" if cached else None,
-            untrained_out=folder / "untrained.safetensors" if cached and not resume else None,
         )
         metrics_file = folder / "run" / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return {"best_val_prauc": metrics.get("best_val_prauc")}
 
     def _step_predict(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.controls import noise_features, prior_features
         from leader.teacher import predict_teacher
         from leader.teacher.features import read_features
-        from leader.teacher.predict import predict_untrained, random_features
 
         assert self.config.teacher is not None
         out = folder / "features.safetensors"
         started = time.perf_counter()
-        for name in ("features.safetensors", "features.metrics.json", "untrained.safetensors"):
+        for name in ("features.safetensors", "features.metrics.json"):
             done = self.folder("teacher") / name
             if done.exists():
                 shutil.copyfile(done, folder / name)
@@ -529,14 +534,8 @@ class Pipeline:
                 batch_size=self.config.predict.batch_size,
             )
         seconds = time.perf_counter() - started
-        if not (folder / "untrained.safetensors").exists():
-            predict_untrained(
-                copy.deepcopy(self.config.teacher),
-                self.dataset_dir,
-                folder / "untrained.safetensors",
-                self.config.predict.batch_size,
-            )
-        random_features(out, folder / "random.safetensors", seed=0)
+        prior_features(out, self.dataset_dir, folder / CONTROLS["student_prior"])
+        noise_features(out, self.dataset_dir, folder / CONTROLS["student_noise"], seed=0)
         tensors, _ = read_features(out)
         samples = int(tensors["hidden"].shape[0])
         return {
@@ -545,24 +544,30 @@ class Pipeline:
             "throughput_per_s": round(samples / max(seconds, 1e-9), 3),
         }
 
-    def _student_config(self, distil: bool = True) -> StudentConfig:
-        if distil:
-            return copy.deepcopy(self.config.student)
-        return replace(self.config.student, alpha=0.0, kd=0.0)
-
-    def _step_student(self, folder: Path, resume: bool) -> dict[str, Any]:
+    def _distilled(
+        self, step: str, folder: Path, features: Path | None, resume: bool
+    ) -> dict[str, Any]:
+        """A student distilled from ``features`` with the student section's settings (the
+        weights chosen on validation unless choose_distillation is off); the plain
+        student stands for alpha = kd = 0."""
         from leader.student import train_student
 
-        config = self._student_config()
+        config = copy.deepcopy(self.config.student)
+        run = folder / "run"
+        plain = self.folder("student_no_distill") / "run"
         train_student(
-            self.dataset_dir,
-            folder / "run",
-            config,
-            self.features,
-            resume=resume,
-            log=self._progress("student"),
+            self.dataset_dir, run, config, features, resume, self._progress(step), plain
         )
-        return {"alpha": config.alpha, "kd": config.kd}
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        search = metrics.get("distillation_search")
+        chosen = search["chosen"] if search else {"alpha": config.alpha, "kd": config.kd}
+        info: dict[str, Any] = {**chosen, "chosen_on_validation": bool(search)}
+        if features is not None:
+            info["features"] = features.name
+        return info
+
+    def _step_student(self, folder: Path, resume: bool) -> dict[str, Any]:
+        return self._distilled("student", folder, self.features, resume)
 
     def _step_student_no_distill(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.student import train_student
@@ -570,29 +575,28 @@ class Pipeline:
         train_student(
             self.dataset_dir,
             folder / "run",
-            self._student_config(distil=False),
+            replace(self.config.student, alpha=0.0, kd=0.0),
             None,
             resume=resume,
             log=self._progress("student_no_distill"),
         )
         return {"alpha": 0.0, "kd": 0.0}
 
-    def _step_student_untrained(self, folder: Path, resume: bool) -> dict[str, Any]:
-        return self._control_student("student_untrained", folder, resume)
+    def _step_student_self(self, folder: Path, resume: bool) -> dict[str, Any]:
+        from leader.controls import self_features
 
-    def _step_student_random(self, folder: Path, resume: bool) -> dict[str, Any]:
-        return self._control_student("student_random", folder, resume)
+        features = folder / CONTROLS["student_self"]
+        plain = self.folder("student_no_distill") / "run"
+        self_features(plain, self.dataset_dir, features)
+        return self._distilled("student_self", folder, features, resume)
 
-    def _control_student(self, step: str, folder: Path, resume: bool) -> dict[str, Any]:
-        """The student distilled from a control's features (same config as LEADER(S))."""
-        from leader.student import train_student
+    def _step_student_prior(self, folder: Path, resume: bool) -> dict[str, Any]:
+        features = self.folder("predict") / CONTROLS["student_prior"]
+        return self._distilled("student_prior", folder, features, resume)
 
-        features = self.folder("predict") / CONTROLS[step]
-        config = self._student_config()
-        train_student(
-            self.dataset_dir, folder / "run", config, features, resume, self._progress(step)
-        )
-        return {"alpha": config.alpha, "kd": config.kd, "features": CONTROLS[step]}
+    def _step_student_noise(self, folder: Path, resume: bool) -> dict[str, Any]:
+        features = self.folder("predict") / CONTROLS["student_noise"]
+        return self._distilled("student_noise", folder, features, resume)
 
     def _step_popularity(self, folder: Path, resume: bool) -> dict[str, Any]:
         from leader.baselines.floors import Popularity
@@ -618,7 +622,7 @@ class Pipeline:
             report = evaluate_run(
                 run_dir,
                 self.dataset_dir,
-                efficiency=efficiency,
+                efficiency=efficiency and name not in CONTROLS,  # controls: quality only
                 n_rounds=rounds,
                 timing=(settings.latency_calls, settings.throughput_samples),
                 protocol=self.config.protocol,
@@ -711,6 +715,10 @@ class Pipeline:
             )
             if (evaluation / f"{name}.json").exists()
         }
+        for name in ("student", *CONTROLS):  # which distillation weights validation chose
+            search = self.folder(name) / "run" / "search.json"
+            if name in results and search.exists():
+                results[name]["distillation_search"] = json.loads(search.read_text("utf-8"))
         histories = {}
         for name in ("student", "student_no_distill"):
             metrics = self.folder(name) / "run" / "metrics.json"

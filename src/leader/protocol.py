@@ -37,6 +37,7 @@ PAPER_STUDENT: dict[str, Any] = {
     "choose_threshold": False,  # no threshold tuned on validation ...
     "threshold": 0.3,  # ... a fixed 0.3 (their student's evaluation code)
     "standardize_teacher": False,  # MSE to the raw teacher hidden state
+    "choose_distillation": False,  # their fixed alpha (and no soft labels)
 }
 PAPER_TEACHER_THRESHOLD = 0.5  # their teacher's evaluation code
 

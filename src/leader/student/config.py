@@ -34,6 +34,15 @@ class StudentConfig(Config):
         "weight of a soft-label BCE to the teacher's drug probabilities (0 = off; not in "
         "the paper, which distils hidden states only)",
     )
+    choose_distillation: bool = option(
+        True,
+        "with teacher features, choose alpha and kd on validation PRAUC among distill_grid "
+        "(a full training each); off: alpha and kd as given (the paper: 0.4 and 0)",
+    )
+    distill_grid: list[str] = option(
+        factory=lambda: ["0:0", "0.4:0", "0.4:2", "0:2"],
+        help="alpha:kd candidates of choose_distillation (0:0, no distillation, is always one)",
+    )
     beta: float = option(0.005, "weight of the profile-alignment InfoNCE")
     align: bool = option(True, "use the profile-alignment term at all")
     temperature: float = option(1.0, "InfoNCE temperature on cosine similarities")
@@ -68,6 +77,25 @@ class StudentConfig(Config):
             problems.append("temperature must be > 0")
         if not 0 < self.threshold < 1:
             problems.append(f"threshold must be in (0, 1) (got {self.threshold})")
+        try:
+            self.candidates()
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.sample_mode not in (None, "all", "last"):
             problems.append(f"sample_mode must be all, last or null (got {self.sample_mode!r})")
         return problems
+
+    def candidates(self) -> list[tuple[float, float]]:
+        """The (alpha, kd) pairs choose_distillation trains, (0, 0) first, no repeats."""
+        out = [(0.0, 0.0)]
+        for item in self.distill_grid:
+            alpha, sep, kd = str(item).partition(":")
+            try:
+                pair = (float(alpha), float(kd))
+            except ValueError:
+                pair = (-1.0, -1.0)
+            if not sep or min(pair) < 0:
+                raise ValueError(f"distill_grid: {item!r} is not alpha:kd with both >= 0")
+            if pair not in out:
+                out.append(pair)
+        return out

@@ -105,11 +105,22 @@ def train_student(
     teacher_features: Path | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    plain_run: Path | None = None,
 ) -> Path:
-    """Train, pick the threshold, evaluate on test, write the run folder; return it."""
+    """Train, pick the threshold, evaluate on test, write the run folder; return it.
+
+    With ``teacher_features`` and ``config.choose_distillation`` the distillation weights
+    are chosen on validation (:mod:`leader.student.search`); ``plain_run``, a finished
+    student of the same config without distillation, then stands for ``alpha = kd = 0``."""
     config.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if teacher_features is not None and config.choose_distillation:
+        from leader.student.search import choose_distillation
+
+        return choose_distillation(
+            Path(dataset_dir), out_dir, config, Path(teacher_features), resume, log, plain_run
+        )
     with run_log("student", out_dir, log, append=resume) as say:
         return _train(Path(dataset_dir), out_dir, config, teacher_features, resume, say)
 

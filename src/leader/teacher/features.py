@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from leader.errors import LeaderError
+from leader.io import atomic_file
 
 JSON_KEYS: tuple[str, ...] = ("sample_ids", "splits", "medication_codes")
 
@@ -62,3 +63,13 @@ def read_features(
                 f"{len(meta['sample_ids'])} samples"
             )
     return tensors, meta
+
+
+def write_features_file(
+    path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> None:
+    """Write a features file atomically (tensors as float32; metadata strings as given)."""
+    from safetensors.numpy import save_file
+
+    with atomic_file(path) as tmp:
+        save_file({k: v.astype(np.float32) for k, v in tensors.items()}, str(tmp), metadata)

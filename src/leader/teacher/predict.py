@@ -7,9 +7,8 @@ strings) ``sample_ids``, ``splits``, ``medication_codes``, ``hidden_size``, ``mo
 (whole test set, single-visit, multi-visit, rounds; threshold 0.5) go to
 ``<stem>.metrics.json`` beside it.
 
-Two controls write the same format, so a distillation gain can be told apart from
-regularisation: :func:`predict_untrained` (the backbone before fine-tuning) and
-:func:`random_features` (noise of the same shape and scale).
+:func:`predict_untrained` writes the same format for the backbone before fine-tuning (its
+pooled token state); the distillation controls are in :mod:`leader.controls`.
 
 >>> metrics = predict_teacher(run_dir, data_dir, Path("features.safetensors"))  # doctest: +SKIP
 """
@@ -18,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from leader.data.store import SPLITS, Sample, SampleMode, VisitDataset, write_js
 from leader.errors import LeaderError
 from leader.metrics import evaluate_groups
 from leader.teacher.config import TeacherConfig
-from leader.teacher.features import read_features
+from leader.teacher.features import write_features_file
 from leader.teacher.model import LeaderTeacher
 
 log = logging.getLogger("leader.teacher")
@@ -118,7 +115,7 @@ def write_features(
         "sample_mode": mode,
         "fine_tuned": "true" if trained_on else "false",
     }
-    _save_atomic(out_file, {"hidden": hidden, "probabilities": probabilities}, metadata)
+    write_features_file(out_file, {"hidden": hidden, "probabilities": probabilities}, metadata)
     test = [i for i, split in enumerate(splits) if split == "test"]
     test_samples = [samples[i] for i in test]
     metrics: dict[str, Any] = evaluate_groups(
@@ -132,38 +129,3 @@ def write_features(
     log.info("wrote %s: %d samples%s", out_file, len(samples), rate)
     write_json_atomic(out_file.with_name(f"{out_file.stem}.metrics.json"), metrics)
     return metrics
-
-
-def _save_atomic(out_file: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    from safetensors.numpy import save_file
-
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", dir=out_file.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.astype(np.float32) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def random_features(source: Path, out_file: Path, seed: int = 0) -> Path:
-    """The control "random features": a features file with the rows of ``source`` replaced
-    by Gaussian noise of the same shape and the same per-dimension mean and std, and its
-    drug probabilities shuffled across samples (the same soft labels, each given to another
-    sample). What a student gains from it is regularisation, not knowledge."""
-    tensors, meta = read_features(source, require=("hidden",))
-    hidden = tensors["hidden"].astype(np.float64)
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(hidden.shape) * hidden.std(axis=0) + hidden.mean(axis=0)
-    metadata = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in meta.items()}
-    metadata |= {
-        "control": f"random features (seed {seed}) shaped like {Path(source).name}, "
-        "probabilities shuffled across samples"
-    }
-    tensors["hidden"] = noise
-    if "probabilities" in tensors:
-        tensors["probabilities"] = tensors["probabilities"][rng.permutation(len(hidden))]
-    _save_atomic(Path(out_file), tensors, metadata)
-    return Path(out_file)
