@@ -172,6 +172,39 @@ def test_max_layers_keeps_the_first_blocks(tiny_backbone: Path, tiny_dataset: Vi
     assert one.shape == two.shape and not torch.allclose(one, two)
 
 
+def test_teacher_side_controls_change_weights_or_words(
+    tiny_backbone: Path, tiny_dataset: VisitDataset
+) -> None:
+    """No pretraining: the same architecture, other (seeded, reproducible) weights. No words:
+    the same prompts with codes instead of names."""
+    pretrained = _teacher(tiny_backbone, tiny_dataset, precision="fp32", lora_r=0).eval()
+    random_a, random_b, other_seed = (
+        _teacher(tiny_backbone, tiny_dataset, precision="fp32", lora_r=0,
+                 backbone_init="random", seed=seed).eval()
+        for seed in (1, 1, 2)
+    )  # fmt: skip
+    weights = [
+        dict(m.backbone.named_parameters()) for m in (pretrained, random_a, random_b, other_seed)
+    ]
+    name = next(n for n in weights[0] if n.endswith("q_proj.weight"))
+    assert not torch.equal(weights[0][name], weights[1][name])
+    assert torch.equal(weights[1][name], weights[2][name])
+    assert not torch.equal(weights[1][name], weights[3][name])
+    assert (
+        random_a.backbone.config.num_hidden_layers == pretrained.backbone.config.num_hidden_layers
+    )
+
+    sample = next(s for s in tiny_dataset.samples("test") if s.current.diagnoses)
+    words = pretrained.prompt_builder().build(sample).text
+    codes = _teacher(tiny_backbone, tiny_dataset, code_names=False).prompt_builder()
+    bare = codes.build(sample).text
+    code = sample.current.diagnoses[0]
+    assert tiny_dataset.vocab.name("diagnosis", code) in words
+    assert code in bare and tiny_dataset.vocab.name("diagnosis", code) not in bare
+    with pytest.raises(LeaderError, match="backbone_init"):
+        TeacherConfig(backbone_init="scratch").validate()
+
+
 def test_shipped_teacher_configs_parse() -> None:
     configs = sorted((Path(__file__).parents[1] / "configs").glob("teacher-*.yaml"))
     assert configs

@@ -169,6 +169,31 @@ def load_backbone(spec: str | BackboneSource, dtype: Any = None) -> Any:
     return model
 
 
+def randomize_if_asked(model: Any, config: Any) -> Any:
+    """``backbone_init: random``: every weight drawn again as the architecture initialises
+    it (linear and embedding weights normal with the config's ``initializer_range``, biases
+    zero, norms one), seeded by ``config.seed`` without touching the global random stream.
+    The same architecture, prompts and tokenizer, no pretraining. (Written here, not with
+    ``_init_weights``: transformers skips weights it marks as loaded.)"""
+    import torch
+    from torch import nn
+
+    if getattr(config, "backbone_init", "pretrained") != "random":
+        return model
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(config.seed))
+        for module in model.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+                nn.init.ones_(module.weight)
+    log.info("backbone weights randomly initialised (seed %d): no pretraining", config.seed)
+    return model
+
+
 def layer_list(model: Any) -> tuple[Any, str, Any]:
     """(owner, attribute, block list): the ``ModuleList`` as long as ``num_hidden_layers``."""
     from torch import nn

@@ -33,6 +33,14 @@ class TeacherConfig(Config):
         0, "keep only the first N transformer layers (0 = all; cheaper on CPU)"
     )
     sample_mode: str | None = option(None, '"all" or "last"; None = the dataset\'s default')
+    backbone_init: str = option(
+        "pretrained",
+        "pretrained, or random: the same architecture with random weights (seeded by seed): "
+        "the no-pretraining control",
+    )
+    code_names: bool = option(
+        True, "codes appear by their names in the prompt (false: the codes alone: no words)"
+    )
     history_visits: int = option(3, "most recent earlier visits in the prompt")
     profile: bool = option(True, "profile sentence in the prompt")
     max_tokens: int = option(512, "prompt token budget (oldest history dropped first)")
@@ -138,6 +146,8 @@ class TeacherConfig(Config):
             problems.append("set max_steps > 0 or epochs > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.backbone_init not in ("pretrained", "random"):
+            problems.append(f"backbone_init must be pretrained or random: {self.backbone_init!r}")
         if self.head_init not in ("default", "prior"):
             problems.append(f"head_init must be default or prior (got {self.head_init!r})")
         if self.pooling not in ("last", "mean", "labels"):

@@ -46,6 +46,7 @@ from leader.teacher.backbone import (
     layer_span,
     load_backbone,
     load_tokenizer,
+    randomize_if_asked,
     resolve_backbone,
 )
 from leader.teacher.config import TeacherConfig
@@ -258,6 +259,7 @@ class LeaderTeacher(nn.Module):
                 profile=self.config.profile,
                 max_tokens=self.prompt_budget(),
                 template=self.config.template,
+                code_names=self.config.code_names,
             ),
             count_tokens=lambda text: len(self.token_ids(text)),
         )
@@ -504,6 +506,7 @@ class LeaderTeacher(nn.Module):
         tokenizer = load_tokenizer(source)
         torch.manual_seed(config.seed)  # the same LoRA and head init on every process
         backbone = keep_layers(load_backbone(source, _frozen_dtype(config)), config.max_layers)
+        randomize_if_asked(backbone, config)
         for param in backbone.parameters():
             param.requires_grad_(False)
         if config.gradient_checkpointing:
@@ -584,6 +587,7 @@ class LeaderTeacher(nn.Module):
         source = location if location and Path(location).is_dir() else config.model
         dtype = _frozen_dtype(config) if torch.device(device).type == "cuda" else None
         backbone = keep_layers(load_backbone(resolve_backbone(source), dtype), config.max_layers)
+        randomize_if_asked(backbone, config)
         if (root / "adapter").is_dir():
             backbone = PeftModel.from_pretrained(backbone, root / "adapter", is_trainable=True)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")

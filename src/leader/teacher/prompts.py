@@ -130,6 +130,7 @@ class PromptConfig:
     profile: bool = True  # add the profile sentence (fields valued "unknown" are left out)
     max_tokens: int | None = None  # token budget per prompt (None = no budget)
     template: str | None = None  # YAML/JSON file overriding PromptTemplate fields
+    code_names: bool = True  # codes by their names (False: the codes alone)
 
 
 @dataclass
@@ -231,6 +232,8 @@ class PromptBuilder:
 
     # ------------------------------------------------------------------ pieces
     def _names(self, kind: str, codes: Sequence[str]) -> list[str]:
+        if not self.config.code_names:
+            return list(codes)
         return [self.vocab.name(kind, code) for code in codes]
 
     def _join(self, items: list[str], cut: int = 0) -> str:

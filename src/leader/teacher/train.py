@@ -321,6 +321,8 @@ class _Trainer:
             "frozen_layers": self.model.frozen_layers,
             "autocast": str(self.autocast),
         }
+        if self.config.backbone_init != "pretrained":  # other weights, other states
+            setting |= {"backbone_init": self.config.backbone_init, "seed": self.config.seed}
         return StateCache(Path(self.config.cache_dir), setting)
 
     def lower_states(self, ids: list[list[int]]) -> list[torch.Tensor]:
