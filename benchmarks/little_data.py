@@ -1,8 +1,10 @@
 """Where the LLM should win: little data (issue 10, the paper's argument).
 
 Trains the teacher, the student without distillation, the student distilled from that
-teacher and the two control students (distilled from the backbone before fine-tuning and
-from random features of the same shape and scale; ``--no-controls`` leaves them out) on
+teacher and the three control students of ``leader.controls`` (self-distillation from the
+plain student of the same seed, prior soft labels, noise of the teacher's shape; each
+through the same terms, settings and distillation-weight search; ``--no-controls`` leaves
+them out) on
 10%, 25%, 50% and 100% of the training patients (a seeded subset per seed; the same
 validation and test patients), over ``--seeds``, and reports test PRAUC for the whole test
 set, single-visit (first-time) and multi-visit samples apart, as a table and a plot.
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("runs/little"))
     parser.add_argument("--student-config", type=Path, default=teacher_curve.DEMO)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--teacher-seeds", type=int, default=0, help="0 = one per seed")
     parser.add_argument("--no-controls", dest="controls", action="store_false")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
@@ -76,11 +78,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from leader.data.store import VisitDataset
 
-    # Before fine-tuning the teacher has seen no label, so one file of the backbone's states
-    # for every sample of the whole dataset serves every subset (students align by sample id).
-    untrained = args.out / "untrained.safetensors"
-    if args.controls and not untrained.exists():
-        untrained_control(args, untrained)
     rows: list[dict[str, Any]] = []
     for fraction in args.fractions:
         for index, seed in enumerate(args.seeds):
@@ -102,9 +99,12 @@ def main() -> None:
                 row["teacher"] = teacher_curve.teacher_test(features, VisitDataset.load(data))
                 row["distilled"] = teacher_curve.student_run("distilled", features, seed, local)
                 if args.controls:
-                    noise = teacher_curve.random_control(features)
-                    for control, source in (("untrained", untrained), ("random", noise)):
-                        row[control] = teacher_curve.student_run(control, source, seed, local)
+                    controls = teacher_curve.control_features(features, data)
+                    controls["self"] = teacher_curve.self_teacher(seed, local)
+                    for control in ("self", "prior", "noise"):
+                        row[control] = teacher_curve.student_run(
+                            control, controls[control], seed, local
+                        )
             rows.append(row)
             print(json.dumps(row))
     result = {"seeds": args.seeds, "rows": rows, "table": table(rows)}
@@ -115,15 +115,6 @@ def main() -> None:
     print(markdown(result["table"]))
 
 
-def untrained_control(args: argparse.Namespace, out: Path) -> None:
-    """The "before fine-tuning" features of ``--teacher``'s backbone on the whole dataset."""
-    from leader.teacher.predict import predict_untrained
-
-    config = teacher_curve.teacher_config(args.teacher, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    predict_untrained(config, args.dataset, out)
-
-
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for fraction in sorted({r["fraction"] for r in rows}):
@@ -132,7 +123,9 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not runs:
                 continue
             cell: dict[str, Any] = {"fraction": fraction, "model": model, "runs": len(runs)}
-            for group in ("all", "single", "multi"):
+            for group in ("all", "single", "multi", "val"):
+                if not all(group in run for run in runs):
+                    continue
                 values = [run[group] for run in runs]
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 cell[group] = [statistics.fmean(values), std]
@@ -144,8 +137,9 @@ NAMES = {
     "teacher": "LEADER(T)",
     "plain": "LEADER(S) without distillation",
     "distilled": "LEADER(S)",
-    "untrained": "LEADER(S) from the backbone before fine-tuning (control)",
-    "random": "LEADER(S) from random features (control)",
+    "self": "control: self-distillation (the plain student as teacher)",
+    "prior": "control: prior soft labels, the teacher's mean state",
+    "noise": "control: noise of the teacher's shape, prior soft labels",
 }
 
 
@@ -173,7 +167,7 @@ def plot(cells: list[dict[str, Any]], out: Path) -> None:
             if mine:
                 xs, ys = [c["fraction"] for c in mine], [c[group][0] for c in mine]
                 errors = [c[group][1] for c in mine]
-                style = ":" if model in ("untrained", "random") else "-"
+                style = ":" if model in ("self", "prior", "noise") else "-"
                 ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=name, linestyle=style)
         ax.set_xscale("log")
         ax.set_xlabel("share of training patients")
