@@ -194,19 +194,18 @@ def test_paper_student_and_teacher_scoring(tmp_path: Path) -> None:
     raw = {"protocol": "paper", "data": {"source": "mimic3"}, "teacher": None}
     config = _config_from_dict(raw, "test.yaml")
     assert config.protocol == "paper"
-    from leader.pipeline import Pipeline
-
-    student = Pipeline(config, tmp_path, print)._student_config(None)
+    student = config.student
     assert (student.choose_threshold, student.threshold, student.standardize_teacher) == (
         False,
         0.3,
         False,
     )
+    assert not student.choose_distillation  # the paper's fixed alpha
     assert PAPER_STUDENT["threshold"] == 0.3
     # An explicit student option wins over the protocol.
     raw["student"] = {"threshold": 0.4}
     config = _config_from_dict(raw, "test.yaml")
-    assert Pipeline(config, tmp_path, print)._student_config(None).threshold == 0.4
+    assert config.student.threshold == 0.4
     with pytest.raises(LeaderError, match="protocol paper needs"):
         _config_from_dict({"protocol": "paper", "data": {"source": "synthetic"}}, "t.yaml")
 
