@@ -74,9 +74,14 @@ def check_documented(
     documented = resolve(document, operation["responses"][str(answer.status_code)])
     for header, spec in documented.get("headers", {}).items():
         assert not spec.get("required") or header in answer.headers, (header, answer.headers)
-    schema = resolve(document, documented["content"]["application/json"]["schema"])
+    schema = documented["content"]["application/json"]["schema"]
     assert answer.headers["content-type"] == "application/json"
-    jsonschema.Draft202012Validator(schema).validate(answer.json())
+    validator(document, schema).validate(answer.json())
+
+
+def validator(document: dict[str, Any], schema: dict[str, Any]) -> Any:
+    """A JSON Schema validator for ``schema``, its references into the document resolved."""
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
 
 
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
@@ -149,9 +154,29 @@ def test_real_422s_match_the_documented_schema(server: Server, document: dict[st
         check_documented(document, "POST", "/v1/recommend", answer)
     assert recommend[2].json()["detail"][0]["patient"] == 1  # the optional field, checked too
     # The schema is not a rubber stamp: FastAPI's own shape fails it.
-    error = resolve(document, {"$ref": "#/components/schemas/Error"})
     fastapi_body = {"detail": [{"loc": ["query", "q"], "msg": "too long", "type": "string"}]}
-    assert not jsonschema.Draft202012Validator(error).is_valid(fastapi_body)
+    assert not validator(document, {"$ref": "#/components/schemas/Error"}).is_valid(fastapi_body)
+
+
+def test_successes_match_the_documented_schemas(server: Server, document: dict[str, Any]) -> None:
+    url = f"{server.base}/v1/recommend"
+    batch = {"patients": [PATIENT, {"visits": [{"diagnoses": ["zz9"]}]}]}
+    answers = [
+        ("GET", "/v1/health", httpx.get(f"{server.base}/v1/health")),
+        ("GET", "/v1/model", httpx.get(f"{server.base}/v1/model", headers=AUTH)),
+        ("GET", "/v1/codes", httpx.get(f"{server.base}/v1/codes?q=d", headers=AUTH)),
+        ("POST", "/v1/recommend", httpx.post(url, json=PATIENT, headers=AUTH)),
+        ("POST", "/v1/recommend", httpx.post(f"{url}?ddi_safe=1&top=0", json=batch, headers=AUTH)),
+    ]
+    for method, path, response in answers:
+        assert response.status_code == 200, response.text
+        check_documented(document, method, path, response)
+    results = answers[-1][2].json()["results"]
+    assert "withheld_for_ddi" in results[0] and results[1]["unknown_count"] == 1
+    # Not a rubber stamp either: a result without its ranked drugs fails the schema.
+    one = answers[3][2].json()
+    del one["ranked"]
+    assert not validator(document, {"$ref": "#/components/schemas/Recommendation"}).is_valid(one)
 
 
 def test_413_415_431_and_401_are_documented(server: Server, document: dict[str, Any]) -> None:

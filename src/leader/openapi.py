@@ -53,6 +53,119 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object with these properties; others may be added later (clients ignore them)."""
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+_INT = {"type": "integer", "minimum": 0}
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+_DRUG = _object({"code": {"type": "string"}, "name": {"type": "string"}})
+_SCORED = _object({**_DRUG["properties"], "probability": _PROBABILITY})
+# What the service answers when all is well: named components, referenced by the routes.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": ERROR_SCHEMA,
+    "Recommendation": {
+        "description": "One patient's result: the recommended set at the run's threshold, "
+        "the `top` most probable drugs (all for top=0), each interacting pair in the set, "
+        "and the codes the model does not know (the first 20 listed, all counted).",
+        **_object(
+            {
+                "index": _INT,
+                "id": {"type": ["string", "integer", "null"]},
+                "threshold": _PROBABILITY,
+                "ddi_safe": {"type": "boolean"},
+                "recommended": {"type": "array", "items": _SCORED},
+                "ranked": {
+                    "type": "array",
+                    "items": _object({**_SCORED["properties"], "recommended": {"type": "boolean"}}),
+                },
+                "ddi_warnings": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "drugs": {
+                                "type": "array",
+                                "items": _DRUG,
+                                "minItems": 2,
+                                "maxItems": 2,
+                            },
+                            "source": {"type": ["string", "null"]},
+                        }
+                    ),
+                },
+                "unknown_codes": {
+                    "type": "array",
+                    "maxItems": 20,
+                    "items": _object(
+                        {
+                            "visit": _INT,
+                            "kind": {"enum": ["diagnosis", "procedure", "medication"]},
+                            "code": {"type": "string"},
+                        }
+                    ),
+                },
+                "unknown_count": _INT,
+            },
+            {
+                "withheld_for_ddi": {
+                    "description": "ddi_safe=true: drugs over the threshold left out for an "
+                    "interaction with a more probable recommended drug.",
+                    "type": "array",
+                    "items": _object(
+                        {
+                            **_SCORED["properties"],
+                            "interacts_with": {"type": "array", "items": {"type": "string"}},
+                        }
+                    ),
+                }
+            },
+        ),
+    },
+}
+SCHEMAS["Recommendations"] = _object(
+    {"results": {"type": "array", "items": {"$ref": "#/components/schemas/Recommendation"}}}
+)
+SCHEMAS["Health"] = _object({"status": {"const": "ok"}})
+SCHEMAS["Codes"] = _object(
+    {
+        "kind": {"enum": ["diagnosis", "procedure", "medication"]},
+        "codes": {"type": "array", "items": _DRUG},
+    }
+)
+SCHEMAS["Model"] = _object(
+    {
+        "version": {"type": "string"},
+        "run": {"type": ["string", "null"], "description": "The run folder's name."},
+        "threshold": _PROBABILITY,
+        "vocabulary": {"type": "object", "additionalProperties": _INT},
+        "profile_fields": {"type": "array", "items": {"type": "string"}},
+        "ddi": _object({"source": {"type": ["string", "null"]}, "pairs": _INT}),
+        "ddi_safe_margin": {"type": "number"},
+        "limits": {
+            "description": "Most patients, visits and codes per request, and body bytes.",
+            **_object({"patients": _INT, "visits": _INT, "codes": _INT, "body_bytes": _INT}),
+        },
+        "metrics": {"type": "object", "description": "The run's metrics.json (no history)."},
+    }
+)
+
+
+def answer(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    """A route's ``responses={200: answer(...)}`` entry: a JSON body of ``schema``."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of :data:`SCHEMAS`."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 # What each status means, in every operation that can answer it; a route may say more by
 # declaring the status itself (``responses={413: {"description": ...}}``).
 STATUS_TEXT: dict[int, str] = {
@@ -116,7 +229,7 @@ def complete(document: dict[str, Any], protected: Callable[[str], bool]) -> dict
     schemas = components.setdefault("schemas", {})
     for name in FASTAPI_VALIDATION:
         schemas.pop(name, None)
-    schemas["Error"] = ERROR_SCHEMA
+    schemas.update(SCHEMAS)
     secured = False
     for path, item in document.get("paths", {}).items():
         _unique_ids(item)

@@ -66,7 +66,7 @@ from starlette.exceptions import HTTPException
 
 from leader import __version__
 from leader.config import Config, option
-from leader.openapi import allow_header
+from leader.openapi import allow_header, answer, ref
 from leader.openapi import install as install_openapi
 from leader.recommend import (
     DEFAULT_TOP,
@@ -103,6 +103,7 @@ INLINE_PATIENTS = 8  # answers for up to this many patients are formatted on the
 MAX_HEADERS = 16_384  # bytes of request headers (431 beyond; uvicorn bounds unfinished ones)
 CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
 RECOMMEND = "/v1/recommend"  # answered by Guard without the router (same handler)
+EXAMPLE = {"visits": [{"diagnoses": ["4019", "25000"], "procedures": ["3893"]}]}  # in the docs
 
 
 @dataclass
@@ -675,18 +676,20 @@ def create_app(
     single = inline_refs(patient_schema())
     request_schema = {"oneOf": [single, batch_schema(config.max_batch)]}
 
-    @api.get("/v1/health", tags=["service"])
-    @api.head("/v1/health", tags=["service"])  # one route per method: one operationId each
+    @api.get(
+        "/v1/health", tags=["service"], response_model=None, responses={200: answer(ref("Health"))}
+    )
+    @api.head("/v1/health", tags=["service"], response_model=None)  # one operationId per method
     def health() -> dict[str, str]:
         """Liveness: 200 once the model is loaded (GET or HEAD; no token needed)."""
         return {"status": "ok"}
 
-    @api.get("/v1/model", tags=["service"])
+    @api.get("/v1/model", tags=["service"], responses={200: answer(ref("Model"))})
     def model_endpoint() -> Response:
         """Version, vocabulary sizes, threshold, DDI source, limits and the run's metrics."""
         return json_response(model_info)
 
-    @api.get("/v1/codes", tags=["codes"])
+    @api.get("/v1/codes", tags=["codes"], responses={200: answer(ref("Codes"))})
     def search_codes(
         kind: Literal["diagnosis", "procedure", "medication"] = Query("diagnosis"),
         q: str = Query("", max_length=100, description="code prefix or words of the name"),
@@ -699,6 +702,10 @@ def create_app(
         RECOMMEND,
         tags=["recommend"],
         responses={
+            200: answer(
+                {"oneOf": [ref("Recommendation"), ref("Recommendations")]},
+                "One patient: its result; a batch: {'results': [...]}, in input order.",
+            ),
             413: {
                 "description": "Request body over --max-body bytes, or more patients, "
                 "visits or codes than GET /v1/model's 'limits' (connection closed)."
@@ -712,7 +719,7 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": request_schema}},
+                "content": {"application/json": {"schema": request_schema, "example": EXAMPLE}},
             }
         },
     )
