@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,9 +230,18 @@ def test_routes_added_later_are_documented_and_routed_alike(
     def extra(name: str, level: float = Query(0.5, gt=0, lt=1)) -> dict[str, str]:
         return {"name": name}
 
+    @router.api_route("/v1/both", methods=["GET", "DELETE"])
+    def both() -> dict[str, str]:
+        return {}
+
     guard.app.include_router(router)
-    with TestClient(guard, base_url="http://localhost") as http:
+    with TestClient(guard, base_url="http://localhost") as http, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FastAPI warns of the operationId both methods share
         document = http.get("/openapi.json").json()
+        ids = {m: op["operationId"] for m, op in document["paths"]["/v1/both"].items()}
+        assert ids == {"get": "both_v1_both_get", "delete": "both_v1_both_delete"}
+        both_put = http.put("/v1/both", headers=AUTH)
+        assert both_put.status_code == 405 and both_put.headers["allow"] == "DELETE, GET"
         operation = document["paths"]["/v1/extra/{name}"]["post"]
         expected = {"200", "400", "401", "404", "408", "413", "415", "422", "431", "500", "503"}
         assert set(operation["responses"]) == expected and operation["security"]
