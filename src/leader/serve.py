@@ -14,7 +14,9 @@ Hardening (issues 6 and 12), in the order a request meets it:
    connections idle ``keep_alive`` seconds are closed (:func:`run`);
 2. :class:`Guard`, before any parsing: without a token the ``Host`` header must name this
    server (DNS rebinding); the bearer token (scheme case-insensitive, ``compare_digest``)
-   on ``/v1/*`` except health; ``Content-Type: application/json`` on POST (415; a
+   on ``/v1/*`` except health; a method the OpenAPI document does not list for the path
+   is 405 with ``Allow`` (:mod:`leader.openapi`, which also documents every status an
+   operation can answer); ``Content-Type: application/json`` on POST (415; a
    cross-site ``text/plain`` POST needs no preflight); the body read within
    ``body_timeout`` seconds (408) and ``max_body`` bytes (413, declared or chunked);
 3. the body (:class:`RecommendService`): strict JSON (:func:`leader.recommend.loads`),
