@@ -209,7 +209,8 @@ def install(api: FastAPI, protected: Callable[[str], bool]) -> None:
     """Make ``api.openapi()`` (and ``/openapi.json``) return the completed document.
 
     ``protected(path)``: whether requests to ``path`` need the bearer token (401).
-    The document is built on first use, so routes added after this call are included.
+    The document is built on first use (the Guard's first request), so routes added
+    between this call and then, ``include_router`` ones too, are included.
     """
     generate = api.openapi
     done: dict[str, Any] = {}
