@@ -157,4 +157,5 @@ def test_api_docs_render_offline(server: str, browser: object) -> None:
     )
     text = driver.find_element(By.ID, "operations").text  # type: ignore[attr-defined]
     assert "/v1/recommend" in text and "visits" in text and "/v1/codes" in text
+    assert "415: " in text and "<= 200" in text  # every status, the bounds (issue 22)
     assert_no_csp_violation(driver)

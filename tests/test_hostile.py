@@ -18,14 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from test_serve_fixtures import trained_run
+from test_serve_fixtures import Server, free_port, memory_kb, start_server, trained_run
 
 TOKEN = "hostile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -33,63 +32,12 @@ JSON_TYPE = {"Content-Type": "application/json"}
 PATIENT = {"id": "p1", "visits": [{"diagnoses": ["d1", "d2"], "procedures": ["x1"]}]}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0])
-    return fields
-
-
-@dataclass
-class Server:
-    base: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    idle_rss_kb: int
-
-    def access_log(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return [json.loads(x) for x in lines if x.startswith('{"time"')]
-
-
-def start_server(run: Path, log: Path, *extra: str, token: str | None = TOKEN) -> Server:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "LEADER_TOKEN"}
-    if token:
-        env["LEADER_TOKEN"] = token
-    command = [sys.executable, "-m", "leader", "serve", "--run", str(run), "--port", str(port)]
-    handle = log.open("wb")
-    process = subprocess.Popen([*command, *extra], env=env, stdout=handle, stderr=handle)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return Server(base, port, process, log, memory_kb(process.pid)["VmRSS"])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     run = trained_run(tmp_path_factory)
     log = tmp_path_factory.mktemp("hostile") / "server.log"
     limits = ["--body-timeout", "1", "--head-timeout", "1", "--keep-alive", "1"]
-    started = start_server(run, log, *limits, "--max-connections", "24")
+    started = start_server(run, log, *limits, "--max-connections", "24", token=TOKEN)
     yield started
     started.process.terminate()
     started.process.wait(timeout=20)

@@ -1,4 +1,5 @@
-"""A real trained student run, shared by the recommend / serve / browser tests.
+"""A real trained student run, shared by the recommend / serve / browser tests, and the
+`leader serve` process the hostile and OpenAPI tests run on it.
 
 Test modules wrap these functions in fixtures. The run is trained once per test session
 (a few seconds on the tiny dataset) and cached here, so every module shares it.
@@ -7,9 +8,17 @@ Test modules wrap these functions in fixtures. The run is trained once per test 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -46,3 +55,58 @@ def eager_copy(factory: pytest.TempPathFactory) -> Path:
         (copy / "decision.json").write_text(json.dumps(decision))
         _RUNS["eager"] = copy
     return _RUNS["eager"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+@dataclass
+class Server:
+    """A running `leader serve` process."""
+
+    base: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    idle_rss_kb: int
+
+    def access_log(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(x) for x in lines if x.startswith('{"time"')]
+
+
+def start_server(run: Path, log: Path, *extra: str, token: str | None) -> Server:
+    """``leader serve`` on ``run`` in a subprocess on a free loopback port, once healthy; its
+    output (the JSON access log) goes to ``log``. The caller terminates ``server.process``."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LEADER_TOKEN"}
+    if token:
+        env["LEADER_TOKEN"] = token
+    command = [sys.executable, "-m", "leader", "serve", "--run", str(run), "--port", str(port)]
+    handle = log.open("wb")
+    process = subprocess.Popen([*command, *extra], env=env, stdout=handle, stderr=handle)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return Server(base, port, process, log, memory_kb(process.pid)["VmRSS"])

@@ -14,7 +14,9 @@ Hardening (issues 6 and 12), in the order a request meets it:
    connections idle ``keep_alive`` seconds are closed (:func:`run`);
 2. :class:`Guard`, before any parsing: without a token the ``Host`` header must name this
    server (DNS rebinding); the bearer token (scheme case-insensitive, ``compare_digest``)
-   on ``/v1/*`` except health; ``Content-Type: application/json`` on POST (415; a
+   on ``/v1/*`` except health; a method the OpenAPI document does not list for the path
+   is 405 with ``Allow`` (:mod:`leader.openapi`, which also documents every status an
+   operation can answer); ``Content-Type: application/json`` on POST (415; a
    cross-site ``text/plain`` POST needs no preflight); the body read within
    ``body_timeout`` seconds (408) and ``max_body`` bytes (413, declared or chunked);
 3. the body (:class:`RecommendService`): strict JSON (:func:`leader.recommend.loads`),
@@ -54,7 +56,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -66,6 +68,8 @@ from starlette.exceptions import HTTPException
 
 from leader import __version__
 from leader.config import Config, option
+from leader.openapi import allow_header, answer, ref
+from leader.openapi import install as install_openapi
 from leader.recommend import (
     DEFAULT_TOP,
     MAX_BATCH,
@@ -100,6 +104,8 @@ INLINE_BODY = 4096  # bodies up to this size are parsed on the event loop (< 10 
 INLINE_PATIENTS = 8  # answers for up to this many patients are formatted on the event loop
 MAX_HEADERS = 16_384  # bytes of request headers (431 beyond; uvicorn bounds unfinished ones)
 CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
+RECOMMEND = "/v1/recommend"  # answered by Guard without the router (same handler)
+EXAMPLE = {"visits": [{"diagnoses": ["4019", "25000"], "procedures": ["3893"]}]}  # in the docs
 
 
 @dataclass
@@ -267,7 +273,7 @@ class Guard:
                 "names (and --allowed-host) are accepted",
             )  # fmt: skip
             return
-        if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
+        if self.token is not None and needs_token(path):
             if not _bearer_matches(headers.get(b"authorization", b""), self.token):
                 await _send_error(
                     send, 401, "header.authorization",
@@ -275,6 +281,13 @@ class Guard:
                     ((b"www-authenticate", b'Bearer realm="leader"'),),
                 )  # fmt: skip
                 return
+        fast = self.service is not None and scope["method"] == "POST" and path == RECOMMEND
+        allow = None if fast else allow_header(self.app, scope["method"], path)
+        if allow is not None:  # a method the document does not list: before any body check
+            await _send_error(
+                send, 405, "url", _ROUTING_TEXT[405], ((b"allow", allow.encode("latin-1")),)
+            )
+            return
         if scope["method"] in ("POST", "PUT", "PATCH"):
             if not _is_json(headers.get(b"content-type", b"")):
                 await _send_error(
@@ -285,7 +298,7 @@ class Guard:
             body = await self._read_body(headers, receive, send)
             if body is None:
                 return
-            if self.service is not None and path == "/v1/recommend" and scope["method"] == "POST":
+            if self.service is not None and fast:
                 # The hot path: same handler as the documented FastAPI route, minus routing
                 # and parameter injection (about a third of the per-request CPU).
                 status, payload = await self.service.handle(body, scope["query_string"])
@@ -340,6 +353,11 @@ class Guard:
                 f"the request body did not arrive within {self.config.body_timeout:g} s", CLOSE,
             )  # fmt: skip
             return None
+
+
+def needs_token(path: str) -> bool:
+    """Whether a request to ``path`` needs the bearer token (when the server has one)."""
+    return path.startswith("/v1/") and path != "/v1/health"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -641,6 +659,7 @@ def create_app(
         'Every error is {"detail": [{"path", "message", ["patient"]}]}.',
     )
     _error_handlers(api)
+    install_openapi(api, protected=lambda path: config.token is not None and needs_token(path))
     api.state.recommender = recommender
     api.state.batcher = batcher
     api.state.service = service
@@ -659,19 +678,22 @@ def create_app(
     single = inline_refs(patient_schema())
     request_schema = {"oneOf": [single, batch_schema(config.max_batch)]}
 
-    @api.api_route("/v1/health", methods=["GET", "HEAD"], tags=["service"])
+    @api.get(
+        "/v1/health", tags=["service"], response_model=None, responses={200: answer(ref("Health"))}
+    )
+    @api.head("/v1/health", tags=["service"], response_model=None)  # one operationId per method
     def health() -> dict[str, str]:
         """Liveness: 200 once the model is loaded (GET or HEAD; no token needed)."""
         return {"status": "ok"}
 
-    @api.get("/v1/model", tags=["service"])
+    @api.get("/v1/model", tags=["service"], responses={200: answer(ref("Model"))})
     def model_endpoint() -> Response:
         """Version, vocabulary sizes, threshold, DDI source, limits and the run's metrics."""
         return json_response(model_info)
 
-    @api.get("/v1/codes", tags=["codes"])
+    @api.get("/v1/codes", tags=["codes"], responses={200: answer(ref("Codes"))})
     def search_codes(
-        kind: str = Query("diagnosis", pattern="^(diagnosis|procedure|medication)$"),
+        kind: Literal["diagnosis", "procedure", "medication"] = Query("diagnosis"),
         q: str = Query("", max_length=100, description="code prefix or words of the name"),
         limit: int = Query(20, ge=1, le=200),
     ) -> Response:
@@ -679,12 +701,27 @@ def create_app(
         return json_response({"kind": kind, "codes": codes.search(kind, q, limit)})
 
     @api.post(
-        "/v1/recommend",
+        RECOMMEND,
         tags=["recommend"],
+        responses={
+            200: answer(
+                {"oneOf": [ref("Recommendation"), ref("Recommendations")]},
+                "One patient: its result; a batch: {'results': [...]}, in input order.",
+            ),
+            413: {
+                "description": "Request body over --max-body bytes, or more patients, "
+                "visits or codes than GET /v1/model's 'limits' (connection closed)."
+            },
+            422: {
+                "description": "Invalid query parameter or body (not JSON, not the schema), "
+                "each problem with its JSON path and, in a batch, its patient; with "
+                "strict=true, also a code the model's vocabulary lacks (GET /v1/codes)."
+            },
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": request_schema}},
+                "content": {"application/json": {"schema": request_schema, "example": EXAMPLE}},
             }
         },
     )
@@ -723,9 +760,7 @@ def _error_handlers(api: FastAPI) -> None:
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = {404: "not found; see /docs", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail)
-        )
+        message = _ROUTING_TEXT.get(exc.status_code, str(exc.detail))
         return Response(error_body("url", message), exc.status_code,
                         headers=exc.headers, media_type="application/json")  # fmt: skip
 
@@ -744,6 +779,9 @@ def _error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(HTTPException, http_error)
     api.add_exception_handler(RequestValidationError, invalid)
     api.add_exception_handler(Exception, bug)
+
+
+_ROUTING_TEXT = {404: "not found; see /docs", 405: "method not allowed"}
 
 
 def _short_msg(message: str, limit: int = 200) -> str:

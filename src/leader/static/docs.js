@@ -16,6 +16,17 @@ function curl(path, method, op) {
     '{"visits": [{"diagnoses": ["4019", "25000"], "procedures": ["3893"]}]}' + "'";
 }
 
+function bounds(schema) {
+  const parts = [];
+  if (schema.enum) parts.push("one of " + schema.enum.join(", "));
+  if (schema.minimum !== undefined) parts.push(">= " + schema.minimum);
+  if (schema.exclusiveMinimum !== undefined) parts.push("> " + schema.exclusiveMinimum);
+  if (schema.maximum !== undefined) parts.push("<= " + schema.maximum);
+  if (schema.exclusiveMaximum !== undefined) parts.push("< " + schema.exclusiveMaximum);
+  if (schema.maxLength !== undefined) parts.push("at most " + schema.maxLength + " characters");
+  return parts.length ? ", " + parts.join(", ") : "";
+}
+
 async function main() {
   const spec = await (await fetch("/openapi.json")).json();
   document.getElementById("title").textContent = spec.info.title + " " + spec.info.version;
@@ -36,8 +47,8 @@ async function main() {
         for (const p of params) {
           const schema = p.schema || {};
           const extra = schema.default !== undefined ? " (default " + schema.default + ")" : "";
-          list.appendChild(el("li", p.name + " [" + p.in + ", " + (schema.type || "any") + "]" +
-            extra + (p.description ? ": " + p.description : "")));
+          list.appendChild(el("li", p.name + " [" + p.in + ", " + (schema.type || "any") +
+            bounds(schema) + "]" + extra + (p.description ? ": " + p.description : "")));
         }
         card.appendChild(el("h3", "Parameters"));
         card.appendChild(list);
@@ -46,6 +57,15 @@ async function main() {
       if (body) {
         card.appendChild(el("h3", "Request body (JSON Schema)"));
         card.appendChild(el("pre", JSON.stringify(body.schema, null, 2)));
+      }
+      const answers = Object.entries(op.responses || {});
+      if (answers.length) {
+        const list = el("ul");
+        for (const [status, answer] of answers) {
+          list.appendChild(el("li", status + ": " + (answer.description || "")));
+        }
+        card.appendChild(el("h3", "Responses (errors: the Error schema)"));
+        card.appendChild(list);
       }
       card.appendChild(el("h3", "Example"));
       card.appendChild(el("pre", curl(path, method, op)));
