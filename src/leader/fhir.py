@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import re
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -198,8 +199,14 @@ def systems_seen(concept: object) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ reading
-def iter_entries(path: str | Path) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """``(resource, fullUrl)`` from a file or a folder of NDJSON / Bundle files."""
+def iter_entries(
+    path: str | Path, types: Container[str] | None = None
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """``(resource, fullUrl)`` from a file or a folder of NDJSON / Bundle files.
+
+    ``types``: resource types the caller reads; an NDJSON line of another type (told by its
+    only ``"resourceType"`` key) is not parsed, and comes as ``{"resourceType": type}``.
+    """
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and _readable(p))
@@ -212,7 +219,10 @@ def iter_entries(path: str | Path) -> Iterator[tuple[dict[str, Any], str | None]
     else:
         raise LeaderError(f"{root}: no such file or folder")
     for file in files:
-        yield from _file_entries(file)
+        yield from _file_entries(file, types)
+
+
+READ_TYPES = frozenset({"Patient", "Encounter", "Medication", *CODED})  # what a cohort needs
 
 
 def iter_resources(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -232,13 +242,20 @@ def _open(file: Path) -> Any:
     return file.open(encoding="utf-8")
 
 
-def _file_entries(file: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _file_entries(
+    file: Path, types: Container[str] | None = None
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     name = file.name.lower()
     if name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")):
         with _open(file) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
+                if types is not None:
+                    skipped = _other_type(line, types)
+                    if skipped is not None:
+                        yield {"resourceType": skipped}, None
+                        continue
                 try:
                     resource = json.loads(line)
                 except ValueError as exc:
@@ -263,6 +280,19 @@ def _file_entries(file: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
     for item in items:
         if isinstance(item, dict) and "resourceType" in item:
             yield from _entries_of(item, None)
+
+
+_TYPE = re.compile(r'"resourceType"\s*:\s*"([A-Za-z]+)"')
+
+
+def _other_type(line: str, types: Container[str]) -> str | None:
+    """The type of a line not worth parsing, or None (parse it: wanted, or not sure)."""
+    if line.count('"resourceType"') != 1:  # contained resources: their type could come first
+        return None
+    found = _TYPE.search(line)
+    if found is None or found.group(1) in types or found.group(1) == "Bundle":
+        return None
+    return found.group(1)
 
 
 def _entries_of(
@@ -507,7 +537,9 @@ def concept_code(
     Medications at ``atc3``: an ATC coding cut to its first 4 characters, else RxNorm
     through ``options.drug_map``. With ``options.vocabulary`` the first preferred coding the
     vocabulary knows wins (bare or system-prefixed); when none is known the preferred one is
-    returned, so the caller reports it as an unknown code.
+    returned, so the caller reports it as an unknown code. Without a vocabulary, codes of a
+    kind read from several systems are written ``key:code`` (``snomed:44054006``), as
+    ``leader prepare fhir`` stores them; from one system (or ATC3 drugs), bare.
     """
     systems = options.systems[kind]
     candidates: list[tuple[str, str]] = []
@@ -531,13 +563,17 @@ def concept_code(
     usable = [(c, k) for c, k in candidates if c]
     if not usable:
         return (None, "unmapped_drug") if candidates else (None, "unknown_system")
-    known = options.vocabulary[kind] if options.vocabulary is not None else None
-    if known is not None:
+    if options.vocabulary is not None:
+        known = options.vocabulary[kind]
         for code, key in usable:
             for written in (code, f"{PREFIX[key]}:{code}"):
                 if written in known:
                     return written, key
-    return usable[0]
+        return usable[0]
+    code, key = usable[0]
+    if len(systems) > 1 and not (kind == "medication" and options.drug_level == "atc3"):
+        return f"{PREFIX[key]}:{code}", key  # several systems: kept apart, as MIMIC-IV does
+    return code, key
 
 
 def _label(resource: dict[str, Any]) -> str:
