@@ -114,6 +114,15 @@ _BY_URI: dict[str, str] = {
 }
 
 
+def _list(value: object) -> list[Any]:
+    """A JSON array, or nothing (a malformed field is ignored, not a crash)."""
+    return value if isinstance(value, list) else []
+
+
+def _text(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 # ------------------------------------------------------------------------------ systems
 def system_key(uri: object) -> str | None:
     """The short key of a code system URI, or None when it is not one of :data:`SYSTEMS`."""
@@ -207,6 +216,16 @@ def iter_entries(
     ``types``: resource types the caller reads; an NDJSON line of another type (told by its
     only ``"resourceType"`` key) is not parsed, and comes as ``{"resourceType": type}``.
     """
+    files = fhir_files(path)
+    for file in files:
+        yield from _file_entries(file, types)
+
+
+READ_TYPES = frozenset({"Patient", "Encounter", "Medication", *CODED})  # what a cohort needs
+
+
+def fhir_files(path: str | Path) -> list[Path]:
+    """The files a path names: itself, or the FHIR files under a folder in name order."""
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and _readable(p))
@@ -214,15 +233,10 @@ def iter_entries(
             raise LeaderError(
                 f"{root}: no FHIR files (*.ndjson, *.ndjson.gz, *.json, *.json.gz) in this folder"
             )
-    elif root.is_file():
-        files = [root]
-    else:
-        raise LeaderError(f"{root}: no such file or folder")
-    for file in files:
-        yield from _file_entries(file, types)
-
-
-READ_TYPES = frozenset({"Patient", "Encounter", "Medication", *CODED})  # what a cohort needs
+        return files
+    if root.is_file():
+        return [root]
+    raise LeaderError(f"{root}: no such file or folder")
 
 
 def iter_resources(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -302,7 +316,7 @@ def _entries_of(
     if resource.get("resourceType") != "Bundle":
         yield resource, full_url
         return
-    for entry in resource.get("entry") or []:
+    for entry in _list(resource.get("entry")):
         if not isinstance(entry, dict):
             continue
         inner = entry.get("resource")
@@ -383,7 +397,7 @@ def medication_concept(resource: dict[str, Any]) -> tuple[object, str | None]:
     if isinstance(reference, dict):
         ref = reference.get("reference")
         if isinstance(ref, str) and ref.startswith("#"):
-            for contained in resource.get("contained") or []:
+            for contained in _list(resource.get("contained")):
                 if isinstance(contained, dict) and contained.get("id") == ref[1:]:
                     return contained.get("code"), None
             return None, None
@@ -416,11 +430,11 @@ def parse_instant(text: object) -> tuple[dt.datetime, bool] | None:
         value += "-01"
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed, False
+        return parsed.astimezone(dt.UTC).replace(tzinfo=None), True
+    except (ValueError, OverflowError):  # not a date, or out of range once in UTC
         return None
-    if parsed.tzinfo is None:
-        return parsed, False
-    return parsed.astimezone(dt.UTC).replace(tzinfo=None), True
 
 
 def encounter_start(resource: dict[str, Any]) -> str | None:
@@ -443,7 +457,7 @@ def patient_profile(patient: dict[str, Any]) -> dict[str, str]:
     gender = patient.get("gender")
     if isinstance(gender, str) and gender:
         profile["gender"] = GENDERS.get(gender, gender)
-    for extension in patient.get("extension") or []:
+    for extension in _list(patient.get("extension")):
         if not isinstance(extension, dict):
             continue
         url = extension.get("url")
@@ -457,14 +471,15 @@ def patient_profile(patient: dict[str, Any]) -> dict[str, str]:
 
 def _us_core_value(extension: dict[str, Any]) -> str | None:
     category = text = None
-    for part in extension.get("extension") or []:
+    for part in _list(extension.get("extension")):
         if not isinstance(part, dict):
             continue
         if part.get("url") == "ombCategory" and category is None:
-            coding = part.get("valueCoding") or {}
-            category = coding.get("display") or coding.get("code")
+            coding = part.get("valueCoding")
+            if isinstance(coding, dict):
+                category = _text(coding.get("display")) or _text(coding.get("code"))
         elif part.get("url") == "text":
-            text = part.get("valueString")
+            text = _text(part.get("valueString"))
     value = category or text
     return str(value).strip() if value else None
 
@@ -603,6 +618,8 @@ def patient_document(
     for item in resources:
         resource, full_url = item if isinstance(item, tuple) else (item, None)
         kind = resource.get("resourceType")
+        if not isinstance(kind, str):
+            continue
         ids = own_ids(resource, full_url)
         if kind == "Patient":
             patients.setdefault(ids[0] if ids else "", resource)
@@ -752,3 +769,97 @@ def _add_codes(
         )
         return
     codes[visit][KIND_FIELDS[kind]].append(code)
+
+
+# ------------------------------------------------------------------------------ the service
+_ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
+
+
+def is_fhir(document: Any) -> bool:
+    """A Bundle, a resource, or a list of resources (a JSON patient has no ``resourceType``)."""
+    return document_entries(document) is not None
+
+
+class FhirInput:
+    """``POST /v1/recommend`` with FHIR: resources -> the JSON patient, matched to a model.
+
+    ``known``: the model's codes per kind. Each concept takes its first coding (in the
+    default preference order) that the vocabulary holds, bare or system-prefixed; drugs go
+    to ATC3 when the model's drugs are ATC3 classes (ATC codings cut, RxNorm through
+    ``drug_map``). Codings of no known system, and unmapped drugs, are reported like
+    unknown codes (:meth:`report`).
+    """
+
+    def __init__(
+        self, known: Mapping[str, Container[str]], drug_map: Mapping[str, str] | None = None
+    ) -> None:
+        drugs = known["medication"]
+        atc3 = isinstance(drugs, Iterable) and all(_ATC3.match(str(d)) for d in drugs)
+        systems = dict(DEFAULT_SYSTEMS)
+        if not atc3:
+            systems["medication"] = ("rxnorm", "atc", "ndc", "snomed")
+        self.options = DocumentOptions(
+            systems=systems,
+            drug_level="atc3" if atc3 else "rxnorm",
+            drug_map=drug_map or {},
+            vocabulary=known,
+        )
+
+    def convert(
+        self, document: Any, encounter: str | None = None
+    ) -> tuple[dict[str, Any], list[Problem]]:
+        """The patient document and its problems; LeaderError when it cannot be built."""
+        entries = document_entries(document)
+        if entries is None:
+            raise LeaderError("not FHIR: expected a Bundle, a resource or a list of resources")
+        options = replace(self.options, encounter=encounter)
+        return patient_document(entries, options)
+
+    @staticmethod
+    def unknown(document: dict[str, Any], problems: Sequence[Problem]) -> list[Problem]:
+        """The problems to report as unknown codes: codes of visits the model reads (the
+        current visit's drugs are what it predicts, so they are not read)."""
+        last = len(document["visits"]) - 1
+        return [
+            p
+            for p in problems
+            if p.reason in ("unknown_system", "unmapped_drug")
+            and p.visit is not None
+            and not (p.kind == "medication" and p.visit == last)
+        ]
+
+    def report(
+        self, prepared: Any, document: dict[str, Any], problems: Sequence[Problem], strict: bool
+    ) -> None:
+        """Add the problems to a prepared patient's unknown codes (:class:`Prepared`); under
+        ``strict`` raise :class:`leader.recommend.InvalidInput` instead, as for unknown codes."""
+        from leader.recommend import MAX_UNKNOWN_LISTED, InputProblem, InvalidInput
+
+        unknown = self.unknown(document, problems)
+        if strict and unknown:
+            raise InvalidInput(
+                [
+                    InputProblem(
+                        prepared.index,
+                        "$",
+                        f"{p.resource}: {p.kind} {p.code!r} of system {p.system!r}: "
+                        f"{p.message} (drop strict to ignore it)",
+                    )
+                    for p in unknown[:10]
+                ]
+            )
+        room = max(0, MAX_UNKNOWN_LISTED - len(prepared.unknown))
+        prepared.unknown.extend(unknown_entry(p) for p in unknown[:room])
+        prepared.unknown_count += len(unknown)
+
+
+def unknown_entry(problem: Problem) -> dict[str, Any]:
+    """A problem as an entry of a result's ``unknown_codes``."""
+    return {
+        "visit": problem.visit,
+        "kind": problem.kind,
+        "code": problem.code or "",
+        "system": problem.system or "",
+        "reason": problem.reason,
+        "resource": problem.resource,
+    }

@@ -56,6 +56,7 @@ from leader.fhir import (
     display_of,
     encounter_of,
     encounter_start,
+    fhir_files,
     iter_entries,
     medication_concept,
     own_ids,
@@ -93,7 +94,10 @@ class _Export:
 
     def add(self, resource: dict[str, Any], full_url: str | None) -> None:
         kind = resource.get("resourceType")
-        prefix = f"{str(kind).lower()}_resources"
+        if not isinstance(kind, str):
+            self.counts["resources_without_type"] += 1
+            return
+        prefix = f"{kind.lower()}_resources"
         if self.validator is not None and not self._valid(resource, prefix):
             return
         if kind in ("Patient", "Encounter", "Medication"):
@@ -253,7 +257,7 @@ def read_fhir(
         },
         drug_level=drug_level,
     )
-    inputs = [data]
+    inputs = fhir_files(data)
     if drug_level == "atc3":
         source = drug_map or (resources / "rxcui2atc4.csv" if resources is not None else None)
         if source is None:
@@ -267,15 +271,15 @@ def read_fhir(
     for resource, full_url in iter_entries(data, READ_TYPES):
         export.add(resource, full_url)
     export.resolve_medications()
-    return _cohort(export, inputs)
+    return _cohort(export, data, inputs)
 
 
-def _cohort(export: _Export, inputs: list[Path]) -> RawCohort:
+def _cohort(export: _Export, data: Path, inputs: list[Path]) -> RawCohort:
     counts: dict[str, Any] = dict(export.counts)
     funnel: list[dict[str, Any]] = []
     if not export.encounters:
         raise LeaderError(
-            f"{inputs[0]}: no usable Encounter resources (read: "
+            f"{data}: no usable Encounter resources (read: "
             f"{', '.join(f'{k}={v}' for k, v in sorted(export.counts.items())) or 'nothing'})"
         )
     encounters = pd.DataFrame(export.encounters, columns=["visit_id", "patient_ref", "time"])
