@@ -87,6 +87,7 @@ class _Export:
         self.pending: list[tuple[str, str, str]] = []  # encounter ref, Medication id, type
         self.medications: dict[str, Any] = {}  # Medication id -> its code (CodeableConcept)
         self.names: dict[str, dict[str, str]] = {kind: {} for kind in CODED.values()}
+        self.strings: dict[str, str] = {}  # interned ids and codes
         self.zoned = 0
         self.unzoned = 0
         self.validator = _validator() if validate else None
@@ -152,6 +153,7 @@ class _Export:
             if start is not None:
                 self.zoned += start[1]
                 self.unzoned += not start[1]
+            patient = self.strings.setdefault(patient, patient)
             self.encounters.append((ids[0], patient, start[0] if start else None))
 
     def _coded(self, resource: dict[str, Any], kind: str, prefix: str) -> None:
@@ -191,6 +193,10 @@ class _Export:
             shown = display_of(concept, key, bare) if key != "atc" else None
             if shown:
                 names[code] = shown
+        # One string object per distinct encounter / code: rows share them (a 1 GB export
+        # holds each encounter id in every resource of the visit, each a new string).
+        encounter = self.strings.setdefault(encounter, encounter)
+        code = self.strings.setdefault(code, code)
         self.codes.append((encounter, cohort_kind, code, kind))
 
     def resolve_medications(self) -> None:
@@ -283,7 +289,10 @@ def _cohort(export: _Export, data: Path, inputs: list[Path]) -> RawCohort:
             f"{', '.join(f'{k}={v}' for k, v in sorted(export.counts.items())) or 'nothing'})"
         )
     encounters = pd.DataFrame(export.encounters, columns=["visit_id", "patient_ref", "time"])
-    encounters["patient_id"] = encounters["patient_ref"].map(lambda r: export.alias.get(r, r))
+    export.encounters = []  # the frame holds them now: free the rows before the next step
+    encounters["patient_id"] = encounters["patient_ref"]
+    if export.alias:
+        encounters["patient_id"] = encounters["patient_ref"].map(lambda r: export.alias.get(r, r))
     counts["encounters_patient_resource_missing"] = int(
         (~encounters["patient_id"].isin(export.patients.keys())).sum()
     )
@@ -298,11 +307,16 @@ def _cohort(export: _Export, data: Path, inputs: list[Path]) -> RawCohort:
         }
     )
     visits = dedupe_visits(visits, funnel, counts)
-    codes = pd.DataFrame(export.codes, columns=["encounter", "kind", "code", "type"])
-    codes["visit_id"] = codes["encounter"].map(lambda r: export.alias.get(r, r))
+    codes = pd.DataFrame(export.codes, columns=["visit_id", "kind", "code", "type"])
+    export.codes, export.strings = [], {}
+    codes["kind"] = codes["kind"].astype("category")
+    codes["type"] = codes["type"].astype("category")
+    if export.alias:  # Bundle entries whose fullUrl is not their id
+        codes["visit_id"] = codes["visit_id"].map(lambda r: export.alias.get(r, r))
     found = codes["visit_id"].isin(set(visits["visit_id"]))
     for kind, missing in codes.loc[~found, "type"].value_counts().items():
-        counts[f"{str(kind).lower()}_resources_encounter_not_found"] = int(missing)
+        if missing:
+            counts[f"{str(kind).lower()}_resources_encounter_not_found"] = int(missing)
     codes = codes[found]
     parts = [
         code_rows(codes[codes["kind"] == kind], "visit_id", "code", kind, counts)
