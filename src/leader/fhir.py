@@ -8,10 +8,11 @@ resource per line), Bundle JSON (``*.json``: ``entry[].resource``, e.g. a folder
 Synthea's per-patient Bundles), a single file or a folder of them (read in name order,
 sub-folders included). Memory stays bounded: one line, or one Bundle file, at a time.
 
-Resources are read as plain JSON (``json.loads``), not through a FHIR model library:
-``fhir.resources`` validation costs ~100x the parse (see ``benchmarks/fhir_read.py``), so
-it is used in the tests only. Every field read here is optional in FHIR; what is missing
-is reported, never guessed.
+Resources are read as plain JSON (``json.loads``), not through a FHIR model library: a
+``fhir.resources`` model validation costs ~17x a ``json.loads`` of a small Condition, and makes
+``leader prepare fhir`` ~8x slower (``benchmarks/fhir_read.py --validate``), so it is an
+option there (``--validate``) and a check in the tests. Every field read here is optional in
+FHIR, and a malformed one is ignored, never a crash; what is missing is reported.
 
 Codings (:func:`choose_coding`): a ``CodeableConcept`` may carry codings of several code
 systems; the first system of a preference list that the concept has wins. Systems are
