@@ -730,3 +730,22 @@ def test_malformed_fields_are_errors_or_ignored_never_crashes() -> None:
                 validate_patient(document, 0)
                 converter.unknown(document, problems)
     assert tried > 500
+
+
+def test_any_rxnorm_coding_may_map_and_a_named_encounter_may_not_have_started() -> None:
+    """Real exports list several RxNorm codings (SCD, SBD, ingredient): the first that maps
+    wins. A CDS Hooks call names an encounter that may have no period.start yet."""
+    from leader.fhir import DocumentOptions
+
+    resources = one_patient()
+    resources[7] = med_request(
+        "m1", "urn:uuid:p1", "urn:uuid:e1", coding(RXNORM, "1"), coding(RXNORM, "860975")
+    )
+    planned = {**encounter("e3", "urn:uuid:p1", "2013-01-01"), "status": "in-progress"}
+    del planned["period"]
+    options = DocumentOptions(drug_map={"860975": "A10B"}, encounter="e3")
+    document, problems = patient_document([*resources, planned], options)
+    assert document["visits"][0]["medications"] == ["A10B", "C09A"]
+    assert [v["id"] for v in document["visits"]] == ["e1", "e2", "e3"]
+    assert "time" not in document["visits"][-1]
+    assert [p.reason for p in problems] == ["unmapped_drug"]  # 314076 is not in this map

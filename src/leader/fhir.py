@@ -558,24 +558,23 @@ def concept_code(
     ``leader prepare fhir`` stores them; from one system (or ATC3 drugs), bare.
     """
     systems = options.systems[kind]
-    candidates: list[tuple[str, str]] = []
+    found: dict[str, list[str]] = {}  # system key -> its codes in the concept, in order
+    for coding in codings(concept):
+        key = system_key(coding.get("system"))
+        code = normalize_code(key, coding["code"]) if key is not None else ""
+        if key is not None and code:
+            found.setdefault(key, []).append(code)
+    atc3 = kind == "medication" and options.drug_level == "atc3"
+    candidates: list[tuple[str, str]] = []  # (code, key); "" = an RxNorm code without ATC3
     for key in systems:
-        chosen = choose_coding(concept, [key])
-        if chosen is None:
-            continue
-        code = chosen[1]
-        if kind == "medication" and options.drug_level == "atc3":
-            if key == "atc":
+        for code in found.get(key, []):
+            if atc3 and key == "atc":
                 code = code[:4]
-            elif key == "rxnorm":
-                mapped = options.drug_map.get(code)
-                if not mapped:
-                    candidates.append(("", key))
-                    continue
-                code = mapped[:4]
-            else:
+            elif atc3 and key == "rxnorm":  # e.g. Epic lists SCD, SBD and IN codings: any maps
+                code = options.drug_map.get(code, "")[:4]
+            elif atc3:
                 continue
-        candidates.append((code, key))
+            candidates.append((code, key))
     usable = [(c, k) for c, k in candidates if c]
     if not usable:
         return (None, "unmapped_drug") if candidates else (None, "unknown_system")
@@ -587,7 +586,7 @@ def concept_code(
                     return written, key
         return usable[0]
     code, key = usable[0]
-    if len(systems) > 1 and not (kind == "medication" and options.drug_level == "atc3"):
+    if len(systems) > 1 and not atc3:
         return f"{PREFIX[key]}:{code}", key  # several systems: kept apart, as MIMIC-IV does
     return code, key
 
@@ -653,16 +652,7 @@ def patient_document(
     renumber = {old: new for new, old in enumerate(keep)}
     problems = [p if p.visit is None else replace(p, visit=renumber[p.visit]) for p in problems]
     patient = next(iter(patients.values()), None)
-    document: dict[str, Any] = {
-        "visits": [
-            {
-                "id": str(visits[i][1].get("id") or visits[i][0]),
-                "time": str(encounter_start(visits[i][1])),
-                **{f: list(dict.fromkeys(codes[i][f])) for f in KIND_FIELDS.values()},
-            }
-            for i in keep
-        ]
-    }
+    document: dict[str, Any] = {"visits": [_visit(visits[i], codes[i]) for i in keep]}
     if patient is not None:
         if isinstance(patient.get("id"), str):
             document["id"] = patient["id"]
@@ -673,6 +663,16 @@ def patient_document(
             profile["age_band"] = age_band(age_years(born, first[0].date()))
         document["profile"] = profile
     return document, problems
+
+
+def _visit(visit: tuple[str, dict[str, Any]], codes: dict[str, list[str]]) -> dict[str, Any]:
+    rid, resource = visit
+    own = resource.get("id")
+    out: dict[str, Any] = {"id": own if isinstance(own, str) and own else rid}
+    start = encounter_start(resource)
+    if start is not None:
+        out["time"] = start
+    return {**out, **{f: list(dict.fromkeys(c)) for f, c in codes.items()}}
 
 
 def _visits(
@@ -687,6 +687,8 @@ def _visits(
         seen.add(id(resource))
         reason = void_reason(resource)
         start = parse_instant(encounter_start(resource))
+        if start is None and reason is None and options.encounter in own_ids(resource, rid):
+            continue  # the current visit, not started yet: placed last below
         if reason is not None or start is None:
             why = reason or "without_start"
             message = (
@@ -698,14 +700,19 @@ def _visits(
             continue
         timed.append((start[0], rid, resource))
     timed.sort(key=lambda t: (t[0], t[1]))
+    visits = [(rid, resource) for _, rid, resource in timed]
     if options.encounter is not None:
-        named = [i for i, (_, rid, r) in enumerate(timed) if options.encounter in own_ids(r, rid)]
-        if not named:
+        named = [i for i, (rid, r) in enumerate(visits) if options.encounter in own_ids(r, rid)]
+        current = encounters.get(options.encounter)
+        if named:
+            visits = visits[: named[0] + 1]
+        elif current is not None and void_reason(current) is None:
+            visits.append((options.encounter, current))  # not started yet: after the others
+        else:
             raise LeaderError(f"encounter {options.encounter!r} not found among the visits")
-        timed = timed[: named[0] + 1]
-    if not timed:
+    if not visits:
         raise LeaderError("no Encounter with a period.start: nothing to recommend for")
-    return [(rid, resource) for _, rid, resource in timed]
+    return visits
 
 
 def _add_codes(
