@@ -10,6 +10,7 @@ and MedicationRequests that are read; ``urn:uuid:`` references as Synthea writes
 
     python benchmarks/fhir_read.py --size-mb 1000 --format ndjson.gz --out /tmp/fhir1g
     python benchmarks/fhir_read.py --size-mb 50 --format bundles --validate
+    python benchmarks/fhir_read.py --service     # POST /v1/recommend's FHIR conversion
 """
 
 from __future__ import annotations
@@ -461,6 +462,34 @@ def read(path: Path, validate: bool) -> None:
     )
 
 
+def convert_one(seed: int, rounds: int = 30) -> None:
+    """The service's cost: one large patient Bundle -> the JSON patient (FhirInput.convert)."""
+    import statistics
+
+    from leader.fhir import FhirInput
+    from leader.recommend import loads
+
+    rng = random.Random(seed)
+    pairs = max((patient_resources(rng) for _ in range(20)), key=len)
+    entries = [{"fullUrl": url, "resource": r} for url, r in pairs]
+    body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    known = {"diagnosis": {"snomed:44054006"}, "procedure": set(), "medication": {"A10B"}}
+    converter = FhirInput(known, {"860975": "A10B"})
+    parse, total = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        document = loads(body)
+        parsed = time.perf_counter()
+        patient, _ = converter.convert(document)
+        parse.append(parsed - start)
+        total.append(time.perf_counter() - start)
+    print(
+        f"one Bundle of {len(pairs)} resources ({len(body) // 1000} kB, "
+        f"{len(patient['visits'])} visits): parse {statistics.median(parse) * 1000:.1f} ms, "
+        f"parse + convert {statistics.median(total) * 1000:.1f} ms (medians of {rounds})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=100, help="export size to write (MB)")
@@ -470,7 +499,13 @@ def main() -> None:
     parser.add_argument("--validate", action="store_true", help="also check with fhir.resources")
     parser.add_argument("--keep", action="store_true", help="keep the export afterwards")
     parser.add_argument("--read-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--service", action="store_true", help="time one Bundle -> JSON patient instead"
+    )
     args = parser.parse_args()
+    if args.service:
+        convert_one(args.seed)
+        return
     if args.read_only is not None:
         read(args.read_only, args.validate)
         return
