@@ -749,3 +749,18 @@ def test_any_rxnorm_coding_may_map_and_a_named_encounter_may_not_have_started() 
     assert [v["id"] for v in document["visits"]] == ["e1", "e2", "e3"]
     assert "time" not in document["visits"][-1]
     assert [p.reason for p in problems] == ["unmapped_drug"]  # 314076 is not in this map
+
+
+def test_mixed_vocabulary_reports_unknown_codes_with_their_system_and_caps_visits() -> None:
+    known = {"diagnosis": {"icd10:E119"}, "procedure": {"icd9:3893"}, "medication": {"A10B"}}
+    converter = FhirInput(known)
+    document, _ = converter.convert(bundle(one_patient()))
+    first, current = document["visits"]
+    assert first["diagnoses"] == ["icd9:4019", "icd10:E119"]  # 4019 unknown: said with system
+    assert first["procedures"] == ["icd9:3893"]
+    assert current["diagnoses"] == ["icd9:4280"]
+    from leader.fhir import DocumentOptions
+
+    document, problems = patient_document(one_patient(), DocumentOptions(max_visits=1))
+    assert [v["id"] for v in document["visits"]] == ["e2"]  # the latest kept
+    assert "visits_truncated" in [p.reason for p in problems]

@@ -530,6 +530,9 @@ class DocumentOptions:
     # as the vocabulary writes it (bare, or ``icd10:I10`` in a vocabulary that mixes systems)
     vocabulary: Mapping[str, Container[str]] | None = None
     encounter: str | None = None  # the current visit (default: the latest encounter)
+    max_visits: int = 500  # the latest visits kept (the patient schema's limit)
+    # kinds whose vocabulary writes ``system:code``: codes it lacks are reported that way too
+    prefixed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -584,7 +587,8 @@ def concept_code(
             for written in (code, f"{PREFIX[key]}:{code}"):
                 if written in known:
                     return written, key
-        return usable[0]
+        code, key = usable[0]
+        return (f"{PREFIX[key]}:{code}" if kind in options.prefixed else code), key
     code, key = usable[0]
     if len(systems) > 1 and not atc3:
         return f"{PREFIX[key]}:{code}", key  # several systems: kept apart, as MIMIC-IV does
@@ -649,8 +653,12 @@ def patient_document(
         or i in with_problems
         or any(codes[i][f] for f in KIND_FIELDS.values())
     ]
+    if len(keep) > options.max_visits:
+        message = f"{len(keep)} visits with codes; the latest {options.max_visits} are kept"
+        problems.append(Problem("visits_truncated", "Encounter", message))
+        keep = keep[-options.max_visits :]
     renumber = {old: new for new, old in enumerate(keep)}
-    problems = [p if p.visit is None else replace(p, visit=renumber[p.visit]) for p in problems]
+    problems = [p if p.visit is None else replace(p, visit=renumber.get(p.visit)) for p in problems]
     patient = next(iter(patients.values()), None)
     document: dict[str, Any] = {"visits": [_visit(visits[i], codes[i]) for i in keep]}
     if patient is not None:
@@ -806,11 +814,17 @@ class FhirInput:
         systems = dict(DEFAULT_SYSTEMS)
         if not atc3:
             systems["medication"] = ("rxnorm", "atc", "ndc", "snomed")
+        prefixed = frozenset(
+            kind
+            for kind, codes in known.items()
+            if isinstance(codes, Iterable) and any(":" in str(c) for c in codes)
+        )
         self.options = DocumentOptions(
             systems=systems,
             drug_level="atc3" if atc3 else "rxnorm",
             drug_map=drug_map or {},
             vocabulary=known,
+            prefixed=prefixed,
         )
 
     def convert(
