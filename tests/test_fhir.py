@@ -764,3 +764,19 @@ def test_mixed_vocabulary_reports_unknown_codes_with_their_system_and_caps_visit
     document, problems = patient_document(one_patient(), DocumentOptions(max_visits=1))
     assert [v["id"] for v in document["visits"]] == ["e2"]  # the latest kept
     assert "visits_truncated" in [p.reason for p in problems]
+
+
+def test_resources_of_another_patient_are_not_used() -> None:
+    other = "urn:uuid:someone-else"
+    resources = [
+        *one_patient(),
+        encounter("e9", other, "2020-01-01T00:00:00Z"),  # would be the latest visit
+        condition("c9", other, "urn:uuid:e2", coding(ICD9, "999.9")),
+    ]
+    document, problems = patient_document(resources)
+    assert [v["id"] for v in document["visits"]] == ["e1", "e2"]
+    assert document["visits"][1]["diagnoses"] == ["icd9:4280"]
+    assert [p.resource for p in problems if p.reason == "another_patient"] == [
+        "Encounter/e9",
+        "Condition/c9",
+    ]

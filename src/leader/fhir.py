@@ -619,6 +619,8 @@ def patient_document(
     encounters: dict[str, dict[str, Any]] = {}
     medications: dict[str, dict[str, Any]] = {}
     coded: list[dict[str, Any]] = []
+    patient_ids: set[str] = set()
+    subjects: list[tuple[dict[str, Any], list[str]]] = []
     for item in resources:
         resource, full_url = item if isinstance(item, tuple) else (item, None)
         kind = resource.get("resourceType")
@@ -627,19 +629,29 @@ def patient_document(
         ids = own_ids(resource, full_url)
         if kind == "Patient":
             patients.setdefault(ids[0] if ids else "", resource)
+            patient_ids.update(ids)
         elif kind == "Encounter":
-            for rid in ids:
-                encounters[rid] = resource
+            subjects.append((resource, ids))
         elif kind == "Medication":
             for rid in ids:
                 medications[rid] = resource
         elif kind in CODED:
-            coded.append(resource)
+            subjects.append((resource, ids))
     if len(patients) > 1:
         raise LeaderError(
             f"the resources hold {len(patients)} patients ({', '.join(list(patients)[:5])}); "
             "send one patient's resources per request"
         )
+    for resource, ids in subjects:
+        subject = reference_id(resource.get("subject") or resource.get("patient"))
+        if patient_ids and subject is not None and subject not in patient_ids:
+            message = f"subject {subject!r} is not the Patient of these resources: not used"
+            problems.append(Problem("another_patient", _label(resource), message))
+        elif resource["resourceType"] == "Encounter":
+            for rid in ids:
+                encounters[rid] = resource
+        else:
+            coded.append(resource)
     visits = _visits(encounters, options, problems)
     position = {id(resource): i for i, (_, resource) in enumerate(visits)}
     codes: list[dict[str, list[str]]] = [{f: [] for f in KIND_FIELDS.values()} for _ in visits]
