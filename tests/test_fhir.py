@@ -12,11 +12,17 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from leader.cli import app
@@ -625,18 +631,43 @@ def _service_bundle() -> tuple[dict[str, Any], dict[str, Any]]:
 def test_service_answers_a_bundle_as_the_json_patient(
     fhir_run: tuple[Path, Path], test_data: Path
 ) -> None:
-    from leader.serve import ServeConfig, create_app
-
+    """The real ``leader serve`` process, started as a user would (``--fhir-drug-map``)."""
     _, run = fhir_run
     drug_map = str(test_data / "resources" / "rxcui2atc4.csv")
-    client = TestClient(
-        create_app(run_dir=run, config=ServeConfig(fhir_drug_map=drug_map)),
-        base_url="http://localhost",
-    )
+    with serving(run, "--fhir-drug-map", drug_map) as client:
+        _check_service(client)
+
+
+@contextmanager
+def serving(run: Path, *extra: str) -> Iterator[httpx.Client]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    command = [sys.executable, "-m", "leader", "serve", "--run", str(run), "--port", str(port)]
+    server = subprocess.Popen([*command, *extra], stderr=subprocess.DEVNULL)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.get("/v1/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _check_service(client: httpx.Client) -> None:
     fhir_bundle, expected = _service_bundle()
     as_json = client.post("/v1/recommend?top=0", json=expected)
     as_fhir = client.post("/v1/recommend?top=0", json=fhir_bundle)
     assert as_json.status_code == as_fhir.status_code == 200, as_fhir.text
+    assert as_json.json()["unknown_count"] == 0  # every code of the JSON patient is known
     assert as_fhir.json() == as_json.json()
     listed = client.post("/v1/recommend?top=0", json=[e["resource"] for e in fhir_bundle["entry"]])
     assert listed.json() == as_json.json()
