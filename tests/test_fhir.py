@@ -811,3 +811,24 @@ def test_resources_of_another_patient_are_not_used() -> None:
         "Encounter/e9",
         "Condition/c9",
     ]
+
+
+def test_cli_prints_the_resources_set_aside(tmp_path: Path, test_data: Path) -> None:
+    folder = write_ndjson(tmp_path / "bulk", drop_export())
+    args = ["prepare", "fhir", "--data", str(folder), "--out", str(tmp_path / "ds")]
+    args += ["--drug-level", "atc3", "--resources", str(test_data / "resources")]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for counter in (
+        "condition_resources_refuted",
+        "condition_resources_encounter_not_found",
+        "condition_resources_without_known_system",
+        "encounter_resources_cancelled",
+        "medicationrequest_resources_unmapped",
+        "medicationstatement_resources_not_taken",
+        "procedure_resources_not_done",
+    ):
+        assert counter in result.output, counter
+    stats = VisitDataset.load(tmp_path / "ds").stats
+    assert stats["condition_resources_refuted"] == 1
+    assert VisitDataset.load(tmp_path / "ds").manifest["source"] == "fhir"
