@@ -68,6 +68,8 @@ from starlette.exceptions import HTTPException
 
 from leader import __version__
 from leader.config import Config, option
+from leader.errors import LeaderError
+from leader.fhir import FhirInput, is_fhir, read_drug_map
 from leader.openapi import allow_header, answer, ref
 from leader.openapi import install as install_openapi
 from leader.recommend import (
@@ -127,6 +129,7 @@ class ServeConfig(Config):
     head_timeout: float = option(10.0, "Seconds to receive a request's headers (then closed).")
     keep_alive: int = option(5, "Seconds an idle keep-alive connection stays open.")
     max_connections: int = option(200, "Open connections at most (503 and close beyond).")
+    fhir_drug_map: str | None = option(None, "RxCUI -> ATC CSV for FHIR drugs (rxcui2atc4.csv).")
 
     def max_values(self) -> int:
         """JSON values (counted as commas, before parsing) a valid request can need at most:
@@ -492,6 +495,8 @@ class RecommendService:
         self.max_codes = config.max_codes
         self.max_visits = config.max_visits
         self.max_values = config.max_values()
+        drug_map = read_drug_map(config.fhir_drug_map) if config.fhir_drug_map else None
+        self.fhir = FhirInput(recommender.known, drug_map)
         self.worker: ThreadPoolExecutor | None = None  # started on first large request
 
     async def handle(self, body: bytes, query: bytes) -> tuple[int, bytes]:
@@ -525,6 +530,12 @@ class RecommendService:
             document = loads(body)
         except BadJSON as exc:
             return 422, error_body(exc.path, exc.message)
+        fhir = None
+        if is_fhir(document):  # a FHIR Bundle or resources -> the JSON patient (leader.fhir)
+            try:
+                document, fhir = self.fhir.convert(document)
+            except LeaderError as exc:
+                return 422, error_body("$", str(exc))
         batch = isinstance(document, dict) and "patients" in document and "visits" not in document
         if batch:
             problem = _batch_problem(document, self.max_batch)
@@ -543,6 +554,8 @@ class RecommendService:
                 return 413, error_body("$", message)
         try:
             prepared = self.recommender.prepare_all(records, strict)
+            if fhir is not None:
+                self.fhir.report(prepared[0], document, fhir, strict)
         except InvalidInput as exc:
             return _problems(exc.problems, batch)
         return _Parsed(prepared, batch, ddi_safe, top)

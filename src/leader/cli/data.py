@@ -1,4 +1,4 @@
-"""``leader prepare mimic3|mimic4|eicu|omop|events`` and ``leader stats``."""
+"""``leader prepare mimic3|mimic4|eicu|omop|fhir|events`` and ``leader stats``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,12 @@ DROP_WORDS: tuple[str, ...] = (
     "another_person",
     "missing_order",
     "outside_read_visits",
+    "not_found",  # FHIR: a reference to a resource the export lacks
+    "in_error",  # FHIR statuses: entered-in-error, refuted, not-done, not-taken
+    "refuted",
+    "not_done",
+    "not_taken",
+    "invalid",
 )
 
 
@@ -552,6 +558,98 @@ def prepare_omop_command(
             progress=progress,
             **options,
         ),
+    )
+
+
+@prepare_app.command("fhir")
+def prepare_fhir_command(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="FHIR R4 export: Bulk Data NDJSON (*.ndjson, *.ndjson.gz) or Bundles "
+            "(a folder of per-patient JSON, as Synthea writes), a file or a folder."
+        ),
+    ],
+    out: Out,
+    diagnosis_system: Annotated[
+        str,
+        typer.Option(
+            help="Condition code systems in preference order (icd9, icd10, snomed, ...; "
+            "several: codes stored as system:code)."
+        ),
+    ] = "icd9,icd10,snomed",
+    procedure_system: Annotated[
+        str, typer.Option(help="Procedure code systems in preference order.")
+    ] = "icd9,icd10pcs,cpt,snomed",
+    drug_system: Annotated[
+        str | None,
+        typer.Option(
+            help="Medication code systems in preference order [rxnorm; atc3: atc,rxnorm]."
+        ),
+    ] = None,
+    drug_level: Annotated[
+        str,
+        typer.Option(
+            help="rxnorm: drug codes as given; atc3: ATC codings cut to ATC3, RxNorm mapped "
+            "(RESOURCES/rxcui2atc4.csv or --drug-map), so DDI pairs and molecules apply."
+        ),
+    ] = "rxnorm",
+    resources: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder with rxcui2atc4.csv (and atc3_smiles.csv) for --drug-level atc3."
+        ),
+    ] = None,
+    drug_map: Annotated[
+        Path | None, typer.Option(help="RxCUI -> ATC map CSV (columns rxcui and atc3/atc4/atc).")
+    ] = None,
+    validate: Annotated[
+        bool,
+        typer.Option(
+            help="Check every resource against the FHIR R4B models (fhir.resources; slower)."
+        ),
+    ] = False,
+    ddi: Ddi = None,
+    twosides: Twosides = None,
+    drug_atc: DrugAtc = None,
+    ddi_side_effects: SideEffects = 40,
+    atc_names: AtcNames = None,
+    top_med: TopMed = 300,
+    top_diag: TopDiag = 2000,
+    top_proc: TopProc = 0,
+    min_visits: MinVisits = 1,
+    split: Split = "8:1:1",
+    seed: Seed = 42,
+    samples: Samples = "all",
+    smiles: Smiles = None,
+) -> None:
+    """FHIR R4 (Bulk Data NDJSON or Bundles, e.g. Synthea) -> dataset directory."""
+    from leader.data.prepare import prepare_fhir
+
+    options = _cohort_options(top_med, top_diag, top_proc, min_visits, split, seed, samples)
+    _run(
+        "fhir",
+        out,
+        lambda progress: prepare_fhir(
+            data,
+            out,
+            diagnosis_system=diagnosis_system,
+            procedure_system=procedure_system,
+            drug_system=drug_system,
+            drug_level=drug_level,
+            resources=resources,
+            drug_map=drug_map,
+            validate=validate,
+            ddi=ddi,
+            twosides=twosides,
+            drug_atc=drug_atc,
+            ddi_side_effects=ddi_side_effects,
+            atc_names=atc_names,
+            progress=progress,
+            **options,
+        ),
+        smiles,
+        resources,
     )
 
 

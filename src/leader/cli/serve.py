@@ -172,6 +172,10 @@ def serve(
             "threshold + margin * (1 - threshold).",
         ),
     ] = 0.5,
+    fhir_drug_map: Annotated[
+        Path | None,
+        typer.Option(help="FHIR input: RxCUI -> ATC CSV (e.g. rxcui2atc4.csv) for ATC3 models."),
+    ] = None,
 ) -> None:
     """Serve the student over HTTP: POST /v1/recommend, the page at /, docs at /docs."""
     import logging
@@ -216,6 +220,7 @@ def serve(
         head_timeout=head_timeout,
         keep_alive=keep_alive,
         max_connections=max_connections,
+        fhir_drug_map=str(fhir_drug_map) if fhir_drug_map is not None else None,
     )
     app = create_app(run_dir=run, config=config)
     import gc

@@ -4,7 +4,7 @@
 ...                     ddi="resources/ddi_atc3_pairs.csv")          # doctest: +SKIP
 >>> ds.stats["patients"]                                              # doctest: +SKIP
 
-Sources: ``mimic3``, ``mimic4``, ``eicu``, ``omop`` and the generic ``events`` table.
+Sources: ``mimic3``, ``mimic4``, ``eicu``, ``omop``, ``fhir`` and the generic ``events`` table.
 """
 
 from __future__ import annotations
@@ -226,6 +226,62 @@ def prepare_omop(
         "data": str(data) if data is not None else None,
         "db": tables.description if db is not None else None,
         "drug_level": drug_level,
+    }
+    return _finish(
+        raw,
+        out,
+        CohortOptions(**options),
+        ddi,
+        twosides,
+        drug_atc,
+        ddi_side_effects,
+        atc_names,
+        progress,
+    )
+
+
+def prepare_fhir(
+    data: PathLike,
+    out: PathLike,
+    *,
+    diagnosis_system: str = "icd9,icd10,snomed",
+    procedure_system: str = "icd9,icd10pcs,cpt,snomed",
+    drug_system: str | None = None,
+    drug_level: str = "rxnorm",
+    resources: PathLike | None = None,
+    drug_map: PathLike | None = None,
+    validate: bool = False,
+    ddi: PathLike | None = None,
+    twosides: PathLike | None = None,
+    drug_atc: PathLike | None = None,
+    ddi_side_effects: int = 40,
+    atc_names: PathLike | None = None,
+    progress: Progress = lambda _: None,
+    **options: Any,
+) -> VisitDataset:
+    """FHIR R4 Bulk Data NDJSON or Bundles (a file or a folder) -> dataset directory ``out``."""
+    from leader.data.sources.fhir import read_fhir
+
+    progress("reading FHIR resources")
+    raw = read_fhir(
+        Path(data),
+        diagnosis_system=diagnosis_system,
+        procedure_system=procedure_system,
+        drug_system=drug_system,
+        drug_level=drug_level,
+        resources=Path(resources) if resources is not None else None,
+        drug_map=Path(drug_map) if drug_map is not None else None,
+        validate=validate,
+    )
+    raw.options = {
+        "data": str(data),
+        "diagnosis_system": diagnosis_system,
+        "procedure_system": procedure_system,
+        "drug_system": drug_system,
+        "drug_level": drug_level,
+        "resources": str(resources) if resources is not None else None,
+        "drug_map": str(drug_map) if drug_map is not None else None,
+        "validate": validate,
     }
     return _finish(
         raw,
