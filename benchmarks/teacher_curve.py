@@ -275,6 +275,9 @@ def main() -> None:
                         help="teacher seeds of the first teacher on random weights")
     parser.add_argument("--no-words", type=int, nargs="*", default=[], metavar="SEED",
                         help="teacher seeds of the first teacher on prompts without names")
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="train (or reuse) the teachers and stop: a second process can "
+                        "train the students of finished teachers meanwhile")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = default)")
     parser.add_argument(
         "--cache-dir", type=Path, default=None,
@@ -310,6 +313,8 @@ def main() -> None:
                 run["label"] = label
                 side.setdefault(label, []).append(run)
                 print(f"teacher {run['name']}: test {run['test']}")
+    if args.teachers_only:
+        return
     rows: dict[str, list[dict[str, Any]]] = {}
     reference = f"LEADER(S) from {teachers[0]['name']}" if teachers else None
     for index, seed in enumerate(args.seeds):
