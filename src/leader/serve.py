@@ -65,6 +65,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from leader import __version__
+from leader.cds_hooks import register as register_cds_hooks
 from leader.config import Config, option
 from leader.recommend import (
     DEFAULT_TOP,
@@ -100,11 +101,14 @@ INLINE_BODY = 4096  # bodies up to this size are parsed on the event loop (< 10 
 INLINE_PATIENTS = 8  # answers for up to this many patients are formatted on the event loop
 MAX_HEADERS = 16_384  # bytes of request headers (431 beyond; uvicorn bounds unfinished ones)
 CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
+API_PATHS = ("/v1/", "/cds-services")  # token, API headers (CDS Hooks: leader.cds_hooks)
 
 
 @dataclass
 class ServeConfig(Config):
-    token: str | None = option(None, "Bearer token required on /v1/* except health (None: open).")
+    token: str | None = option(
+        None, "Bearer token required on /v1/* except health, and /cds-services (None: open)."
+    )
     max_body: int = option(1_000_000, "Largest request body in bytes (413 beyond).")
     max_batch: int = option(MAX_BATCH, "Most patients in one request (413 beyond).")
     max_visits: int = option(5_000, "Most visits in one request, all patients together (413).")
@@ -225,7 +229,7 @@ class Guard:
         start = time.perf_counter()
         status: int | None = None
 
-        extra = API_HEADERS if scope["path"].startswith("/v1/") else PAGE_HEADERS
+        extra = API_HEADERS if scope["path"].startswith(API_PATHS) else PAGE_HEADERS
 
         async def guarded_send(message: Message) -> None:
             nonlocal status
@@ -267,7 +271,7 @@ class Guard:
                 "names (and --allowed-host) are accepted",
             )  # fmt: skip
             return
-        if self.token is not None and path.startswith("/v1/") and path != "/v1/health":
+        if self.token is not None and path.startswith(API_PATHS) and path != "/v1/health":
             if not _bearer_matches(headers.get(b"authorization", b""), self.token):
                 await _send_error(
                     send, 401, "header.authorization",
@@ -641,6 +645,7 @@ def create_app(
         'Every error is {"detail": [{"path", "message", ["patient"]}]}.',
     )
     _error_handlers(api)
+    register_cds_hooks(api, service)
     api.state.recommender = recommender
     api.state.batcher = batcher
     api.state.service = service
