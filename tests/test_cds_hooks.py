@@ -273,13 +273,6 @@ def eager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture()
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    app = create_app(run_dir=real_coded_run(tmp_path_factory), config=ServeConfig(token=TOKEN))
-    with TestClient(app) as client:
-        yield client
-
-
 def call(client: TestClient, path: str, body: Any) -> httpx.Response:
     return client.post(path, json=body, headers=AUTH)
 
@@ -396,7 +389,7 @@ def test_suggested_medication_requests_validate_as_fhir_r4(eager: TestClient) ->
     assert insulin["medicationCodeableConcept"]["coding"][0]["display"] == "insulins"
 
 
-def test_the_same_answer_as_v1_recommend_on_the_converted_patient(trained: TestClient) -> None:
+def test_the_same_answer_as_v1_recommend_on_the_converted_patient(eager: TestClient) -> None:
     """The cards' probabilities are /v1/recommend's for the patient the prefetch describes."""
     patient = {
         "id": "1288992",
@@ -406,17 +399,42 @@ def test_the_same_answer_as_v1_recommend_on_the_converted_patient(trained: TestC
             {"diagnoses": ["4280", "25000"], "procedures": ["3893"]},
         ],
     }
-    expected = trained.post("/v1/recommend?top=0", json=patient, headers=AUTH).json()
-    answer = call(trained, PATIENT_VIEW, patient_view()).json()
+    expected = eager.post("/v1/recommend?top=0", json=patient, headers=AUTH).json()
+    answer = call(eager, PATIENT_VIEW, patient_view()).json()
     assert_valid_cards(answer)
-    info = [c for c in answer["cards"] if c["indicator"] == "info"]
-    recommended = expected["recommended"]
-    if not recommended:
-        assert info == [] and "threshold" in answer["extension"]["leader.reason"]
-        return
-    for drug in recommended:
-        assert f"({drug['code']})" in info[0]["detail"]
-        assert f"| {drug['probability']:.2f} |" in info[0]["detail"]
+    detail = next(c for c in answer["cards"] if c["indicator"] == "info")["detail"]
+    rows = [line for line in detail.splitlines() if line.startswith("| ")][1:]  # no header
+    assert len(rows) == len(expected["recommended"]) == 5
+    for row, drug in zip(rows, expected["recommended"], strict=True):  # same order too
+        assert drug["code"] in row and f"| {drug['probability']:.2f} |" in row
+    # without the earlier encounter, the history changes and so may the probabilities
+    prefetch = synthea_prefetch()
+    prefetch["encounters"] = None
+    alone = call(eager, PATIENT_VIEW, patient_view(prefetch)).json()
+    one_visit = {**patient, "visits": patient["visits"][1:]}
+    expected_alone = eager.post("/v1/recommend?top=0", json=one_visit, headers=AUTH).json()
+    probabilities = sorted(d["probability"] for d in expected_alone["recommended"])
+    shown = next(c for c in alone["cards"] if c["indicator"] == "info")["detail"]
+    assert all(f"| {p:.2f} |" in shown for p in probabilities)
+
+
+def test_an_explanation_in_the_result_reaches_the_card(tmp_path_factory: Any) -> None:
+    """The hook for explanations: what the result carries per drug shows in the card."""
+    from leader.cds_hooks import HookContext, build_cards, explanation_markdown
+    from leader.recommend import Recommender, load_model
+
+    recommender = Recommender(load_model(real_coded_eager(tmp_path_factory)))
+    patient = {"visits": [{"diagnoses": ["4280"], "procedures": ["3893"]}]}
+    result = recommender.recommend([patient], top=0)[0]
+    because = [
+        {"kind": "diagnosis", "code": "4280", "name": "Heart failure", "contribution": 0.21},
+        {"kind": "procedure", "code": "3893", "name": "Venous catheter", "contribution": -0.05},
+    ]
+    result["recommended"][0]["explanation"] = because
+    card = build_cards(result, HookContext("1288992", "89284"), recommender)["cards"][0]
+    assert "| 4280 Heart failure +0.21, 3893 Venous catheter -0.05 |" in card["detail"]
+    assert explanation_markdown({"explanation": "a | b"}) == "a / b"
+    assert explanation_markdown({"code": "C07A"}) is None
 
 
 def test_drugs_ordered_in_this_encounter_are_not_suggested_again(eager: TestClient) -> None:
@@ -434,6 +452,25 @@ def test_drugs_ordered_in_this_encounter_are_not_suggested_again(eager: TestClie
     }
     assert codes == {"A10A", "B01A", "C07A", "N02B"}
     assert "ordered in this encounter" in card["detail"]
+
+
+def test_nothing_over_the_threshold_still_warns_about_drafted_pairs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    guard = create_app(run_dir=real_coded_run(tmp_path_factory))
+    guard.service.recommender.threshold = 1.01  # nothing can be recommended
+    with TestClient(guard, base_url="http://localhost") as client:
+        answer = client.post(ORDER_SELECT, json=order_select()).json()
+        assert answer["cards"] == [] and "threshold" in answer["extension"]["leader.reason"]
+        request = order_select()
+        furosemide = copy.deepcopy(request["context"]["draftOrders"]["entry"][2])
+        furosemide["resource"]["id"] = "draft-furosemide"
+        furosemide["resource"]["medicationCodeableConcept"]["coding"][0]["code"] = "C03CA01"
+        request["context"]["draftOrders"]["entry"].append(furosemide)
+        answer = client.post(ORDER_SELECT, json=request).json()
+    assert [c["indicator"] for c in answer["cards"]] == ["warning"]
+    assert answer["cards"][0]["summary"].startswith("Interaction C07A + C03C")
+    assert answer["cards"][0]["detail"].count("in the draft orders") == 2
 
 
 # ------------------------------------------------------------------------------ patient-view

@@ -388,6 +388,26 @@ def _summary(text: str) -> str:
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "\u2026"
 
 
+def _named(drug: dict[str, Any]) -> str:
+    """``name (code)``, or the code alone when the run has no name for it."""
+    return drug["code"] if drug["name"] == drug["code"] else f"{drug['name']} ({drug['code']})"
+
+
+def _listing(head: str, items: Sequence[str]) -> str:
+    """``head`` and as many whole items as fit a summary, then "and N more"."""
+    shown: list[str] = []
+    for i, item in enumerate(items):
+        rest = len(items) - i - 1
+        tail = f" and {rest} more" if rest else ""
+        if len(head) + len(", ".join([*shown, item])) + len(tail) > SUMMARY_LIMIT:
+            break
+        shown.append(item)
+    left = len(items) - len(shown)
+    if not shown:
+        return _summary(head + items[0]) if items else head.rstrip(": ")
+    return head + ", ".join(shown) + (f" and {left} more" if left else "")
+
+
 def _source(topic: str, display: str) -> dict[str, Any]:
     return {
         "label": SOURCE_LABEL,
@@ -441,15 +461,17 @@ def _recommendation_card(
     context: HookContext,
     notes: Sequence[str],
 ) -> dict[str, Any]:
-    names = ", ".join(f"{d['name']} ({d['probability']:.2f})" for d in recommended)
     count = len(recommended)
-    summary = _summary(f"LEADER suggests {count} drug class{'es' if count > 1 else ''}: {names}")
+    summary = _listing(
+        f"LEADER suggests {count} drug class{'es' if count > 1 else ''}: ",
+        [f"{d['name']} ({d['probability']:.2f})" for d in recommended],
+    )
     rows = ["| Drug class (ATC) | Probability | Because |", "|---|---|---|"]
     for drug in recommended[:MAX_LISTED]:
         because = explanation_markdown(drug) or ""
         state = f" ({ordered[drug['code']]})" if drug["code"] in ordered else ""
-        name = _cell(drug["name"])
-        rows.append(f"| {name} ({drug['code']}){state} | {drug['probability']:.2f} | {because} |")
+        name = _cell(_named(drug))
+        rows.append(f"| {name}{state} | {drug['probability']:.2f} | {because} |")
     if count > MAX_LISTED:
         rows.append(f"\n{count - MAX_LISTED} more not listed.")
     detail = "\n".join(rows) + (
@@ -469,7 +491,7 @@ def _recommendation_card(
     if suggested:
         card["suggestions"] = [
             {
-                "label": _summary(f"Propose {d['name']} ({d['code']}), p={d['probability']:.2f}"),
+                "label": _summary(f"Propose {_named(d)}, p={d['probability']:.2f}"),
                 "uuid": str(uuid.uuid4()),
                 "isRecommended": True,
                 "actions": [
@@ -505,9 +527,7 @@ def _interaction_cards(
             cards.append(
                 {
                     "uuid": str(uuid.uuid4()),
-                    "summary": _summary(
-                        f"Interaction: {name_a} ({first}) with {name_b} ({second})"
-                    ),
+                    "summary": _summary(f"Interaction {first} + {second}: {name_a} with {name_b}"),
                     "detail": f"{_cell(name_a)} (ATC {first}, {role[first]}) and {_cell(name_b)} "
                     f"(ATC {second}, {role[second]}) are a known interacting pair "
                     f"(source: {recommender.model.ddi_source}). Research tool, not medical "
