@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from leader.cds_hooks import ATC_SYSTEM, PREFETCH, SOURCE_LABEL, SUMMARY_LIMIT
 from leader.serve import ServeConfig, create_app
@@ -623,6 +625,60 @@ def test_malformed_fhir_never_gets_a_500(eager: TestClient) -> None:
         request = order_select()
         request["context"]["draftOrders"]["entry"][2]["resource"]["medicationCodeableConcept"] = odd
         assert call(eager, ORDER_SELECT, request).status_code < 500, odd
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    [
+        "id",
+        "subject",
+        "encounter",
+        "code",
+        "period",
+        "status",
+        "entry",
+        "resourceType",
+        "medicationCodeableConcept",
+        "verificationStatus",
+        "extension",
+        "birthDate",
+        "gender",
+    ]
+)
+
+
+def test_fuzzed_resources_never_get_a_500(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Any JSON value at any field the service or the converter reads: 200 or 4xx."""
+    app = create_app(run_dir=real_coded_eager(tmp_path_factory))
+    keys = sorted(synthea_prefetch())
+    with TestClient(app, base_url="http://localhost") as client:
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.sampled_from(keys), st.integers(0, 3), FIELDS, JSON, st.booleans())
+        def check(key: str, entry: int, name: str, value: Any, in_draft: bool) -> None:
+            request = order_select()
+            target = request["prefetch"][key]
+            if in_draft:
+                target = request["context"]["draftOrders"]
+            if "entry" in target and name != "entry":
+                target = target["entry"][entry % len(target["entry"])]["resource"]
+            target[name] = value
+            reply = client.post(ORDER_SELECT, json=request)
+            assert reply.status_code in (200, 412, 413, 422), (key, name, value, reply.text)
+            if reply.status_code != 200:
+                assert_error_shape(reply)
+
+        check()
 
 
 # ------------------------------------------------------------------------------ real server

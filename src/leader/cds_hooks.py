@@ -194,7 +194,9 @@ def parse_request(body: bytes, service: Service) -> HookRequest:
         if key not in prefetch:
             continue
         value = prefetch[key]
-        if value is not None and not (isinstance(value, dict) and "resourceType" in value):
+        if value is not None and not (
+            isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+        ):
             raise HookProblem(
                 422, f"$.prefetch.{key}", "must be a FHIR resource (with resourceType) or null"
             )
@@ -303,9 +305,7 @@ def _check_patient(resource: dict[str, Any], patient_id: str, where: str) -> Non
     else:
         field_name = "subject" if "subject" in resource else "patient"
         found, at = reference_id(resource.get(field_name)), f"{where}.{field_name}"
-        if resource.get(field_name) is None:
-            return
-    if found != patient_id:
+    if isinstance(found, str) and found != patient_id:  # unnamed or unreadable: not refused
         raise HookProblem(422, at, f"another patient than the context's patientId {patient_id!r}")
 
 
