@@ -456,6 +456,40 @@ def test_drugs_ordered_in_this_encounter_are_not_suggested_again(eager: TestClie
     assert "ordered in this encounter" in card["detail"]
 
 
+def test_rxnorm_drafts_match_through_the_services_drug_map(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With a drug map (serve's FHIR settings), an RxNorm-only draft finds its class."""
+    from leader.cds_hooks import HookContext, build_cards, fhir_options
+    from leader.fhir import FhirInput
+    from leader.recommend import Recommender, load_model
+
+    recommender = Recommender(load_model(real_coded_eager(tmp_path_factory)))
+    result = recommender.recommend([{"visits": [{"diagnoses": ["4280"]}]}], top=0)[0]
+    draft = {
+        "resourceType": "MedicationRequest",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "866924"}]
+        },
+    }
+    context = HookContext("1288992", "89284", draft_orders=[draft])
+
+    class Service:  # what CdsHooks reads of RecommendService
+        fhir = FhirInput(recommender.known, {"866924": "C07AB"})
+
+    for options, drafted in (
+        (fhir_options(recommender, Service()), {"C07A"}),
+        (fhir_options(recommender), set()),  # no map: counted as unchecked
+    ):
+        answer = build_cards(result, context, recommender, options=options)
+        card = answer["cards"][0]
+        codes = {a["resource"]["medicationCodeableConcept"]["coding"][0]["code"]
+                 for s in card["suggestions"] for a in s["actions"]}  # fmt: skip
+        assert codes == {"A10A", "B01A", "C03C", "C07A", "N02B"} - drafted
+        unchecked = any("1 draft" in n for n in answer.get("extension", {}).get("leader.notes", []))
+        assert unchecked == (not drafted)  # unchecked exactly when the map is missing
+
+
 def test_nothing_over_the_threshold_still_warns_about_drafted_pairs(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

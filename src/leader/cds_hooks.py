@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from leader.serve import RecommendService
 
 ATC_SYSTEM = "http://www.whocc.no/atc"
+RXNORM_SYSTEM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 TOPIC_SYSTEM = "https://leader.invalid/cds-hooks/topic"  # no registered system: our own
 PAPER_URL = "https://arxiv.org/abs/2402.02803"
 SOURCE_LABEL = "LEADER medication recommender (research tool, not medical advice)"
@@ -335,16 +336,16 @@ def ordered_drugs(
 
 
 # ----------------------------------------------------------------------------- cards
-def medication_request(code: str, name: str, context: HookContext) -> dict[str, Any]:
-    """A draft FHIR R4 MedicationRequest proposing one drug class for the patient."""
+def medication_request(
+    code: str, name: str, context: HookContext, system: str | None = ATC_SYSTEM
+) -> dict[str, Any]:
+    """A draft FHIR R4 MedicationRequest proposing one drug (class) for the patient."""
+    coding = {"system": system, "code": code, "display": name} if system else {"code": code}
     resource: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "status": "draft",
         "intent": "proposal",
-        "medicationCodeableConcept": {
-            "coding": [{"system": ATC_SYSTEM, "code": code, "display": name}],
-            "text": name,
-        },
+        "medicationCodeableConcept": {"coding": [coding], "text": name},
         "subject": {"reference": f"Patient/{context.patient_id}"},
     }
     if context.encounter_id is not None:
@@ -354,6 +355,14 @@ def medication_request(code: str, name: str, context: HookContext) -> dict[str, 
                  "choose the product, dose and route."}
     ]  # fmt: skip
     return resource
+
+
+def drug_system(options: DocumentOptions, code: str) -> str | None:
+    """The code system of the model's drug codes: ATC for ATC3 classes, RxNorm for RxCUIs
+    (a model trained with ``--drug-level rxnorm``), else none known."""
+    if options.drug_level == "atc3":
+        return ATC_SYSTEM
+    return RXNORM_SYSTEM if code.isdigit() else None
 
 
 def explanation_markdown(drug: dict[str, Any], limit: int = 3) -> str | None:
@@ -422,13 +431,16 @@ def build_cards(
     recommender: Recommender,
     notes: Sequence[str] = (),
     ordered_here: Sequence[str] = (),
+    options: DocumentOptions | None = None,
 ) -> dict[str, Any]:
     """The CDS Hooks response for one recommender result (:meth:`Recommender.format`).
 
     ``ordered_here``: model drug codes already requested in this encounter (from the
     prefetched MedicationRequests); with the draft orders, they are not suggested again.
+    ``options``: how FHIR codings map to the model's codes (:func:`fhir_options`).
     """
-    drafted, unmatched = ordered_drugs(context.draft_orders, document_options(recommender))
+    options = options or fhir_options(recommender)
+    drafted, unmatched = ordered_drugs(context.draft_orders, options)
     role = {code: "ordered in this encounter" for code in ordered_here}
     role.update({code: "in the draft orders" for code in drafted})
     recommended = result["recommended"]
@@ -443,7 +455,8 @@ def build_cards(
         notes.append(f"{result['unknown_count']} code(s) the model does not know were ignored")
     cards: list[dict[str, Any]] = []
     if recommended:
-        cards.append(_recommendation_card(recommended, suggested, role, context, notes))
+        card = _recommendation_card(recommended, suggested, role, context, notes, options)
+        cards.append(card)
     cards += _interaction_cards(suggested, role, recommender)
     response: dict[str, Any] = {"cards": cards}
     if not recommended:
@@ -460,6 +473,7 @@ def _recommendation_card(
     ordered: dict[str, str],
     context: HookContext,
     notes: Sequence[str],
+    options: DocumentOptions,
 ) -> dict[str, Any]:
     count = len(recommended)
     summary = _listing(
@@ -497,9 +511,10 @@ def _recommendation_card(
                 "actions": [
                     {
                         "type": "create",
-                        "description": f"Add a draft MedicationRequest for the drug class "
-                        f"{d['name']} (ATC {d['code']}).",
-                        "resource": medication_request(d["code"], d["name"], context),
+                        "description": f"Add a draft MedicationRequest for {_named(d)}.",
+                        "resource": medication_request(
+                            d["code"], d["name"], context, drug_system(options, d["code"])
+                        ),
                     }
                 ],
             }
@@ -568,6 +583,7 @@ class CdsHooks:
     def __init__(self, service: RecommendService) -> None:
         self.service = service
         self.recommender = service.recommender
+        self.options = fhir_options(self.recommender, service)
 
     async def handle(self, service_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         hook_service = SERVICES.get(service_id)
@@ -588,8 +604,9 @@ class CdsHooks:
                 prob = self.recommender.predict([ready.prepared])
             result = next(self.recommender.iter_results([ready.prepared], prob, False, 0))
             answer = build_cards(
-                result, ready.context, self.recommender, ready.notes, ready.ordered_here
-            )
+                result, ready.context, self.recommender, ready.notes, ready.ordered_here,
+                self.options,
+            )  # fmt: skip
             return 200, answer
         except HookProblem as exc:
             return exc.status, _error(exc.path, exc.message)
@@ -601,7 +618,7 @@ class CdsHooks:
             return no_cards("no encounterId in the context: the service recommends for an "
                             "encounter's diagnoses and procedures")  # fmt: skip
         resources, notes = prefetch_resources(request)
-        document, more = prefetch_document(resources, context, self.recommender)
+        document, more = prefetch_document(resources, context.encounter_id, self.options)
         if document is None:
             return no_cards(more[0], notes)
         notes += more
@@ -644,24 +661,29 @@ def _error(path: str, message: str) -> dict[str, Any]:
     return {"detail": [{"path": path, "message": message}]}
 
 
-def document_options(recommender: Recommender, encounter: str | None = None) -> DocumentOptions:
-    """How FHIR codings become model codes: the model's vocabulary decides among codings."""
-    from leader.fhir import DocumentOptions
+def fhir_options(recommender: Recommender, service: Any = None) -> DocumentOptions:
+    """How FHIR codings become the model's codes (:class:`leader.fhir.FhirInput`): the
+    service's own FHIR settings (its drug map) when it has them, else the model's."""
+    from leader.fhir import FhirInput
 
-    return DocumentOptions(vocabulary=recommender.known, encounter=encounter)
+    fhir = getattr(service, "fhir", None)  # RecommendService.fhir: POST /v1/recommend's FHIR
+    if not isinstance(fhir, FhirInput):
+        fhir = FhirInput(recommender.known)
+    return fhir.options
 
 
 def prefetch_document(
-    resources: list[dict[str, Any]], context: HookContext, recommender: Recommender
+    resources: list[dict[str, Any]], encounter_id: str, options: DocumentOptions
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The patient document up to the context's encounter (:func:`leader.fhir.patient_document`)
-    and notes on what was not used; ``(None, [reason])`` when there is no such visit."""
+    """The patient document up to the encounter (:func:`leader.fhir.patient_document`) and
+    notes on what was not used; ``(None, [reason])`` when there is no such visit."""
+    from dataclasses import replace
+
     from leader.errors import LeaderError
     from leader.fhir import patient_document
 
-    options = document_options(recommender, context.encounter_id)
     try:
-        document, problems = patient_document(resources, options)
+        document, problems = patient_document(resources, replace(options, encounter=encounter_id))
     except LeaderError as exc:
         return None, [str(exc)]
     except (TypeError, AttributeError, KeyError, ValueError):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import re
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +112,15 @@ GENDERS = {"male": "M", "female": "F"}  # as MIMIC writes them; other values kep
 _BY_URI: dict[str, str] = {
     uri.lower().rstrip("/"): key for key, uris in SYSTEMS.items() for uri in uris
 }
+
+
+def _list(value: object) -> list[Any]:
+    """A JSON array, or nothing (a malformed field is ignored, not a crash)."""
+    return value if isinstance(value, list) else []
+
+
+def _text(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 # ------------------------------------------------------------------------------ systems
@@ -198,8 +208,24 @@ def systems_seen(concept: object) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ reading
-def iter_entries(path: str | Path) -> Iterator[tuple[dict[str, Any], str | None]]:
-    """``(resource, fullUrl)`` from a file or a folder of NDJSON / Bundle files."""
+def iter_entries(
+    path: str | Path, types: Container[str] | None = None
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """``(resource, fullUrl)`` from a file or a folder of NDJSON / Bundle files.
+
+    ``types``: resource types the caller reads; an NDJSON line of another type (told by its
+    only ``"resourceType"`` key) is not parsed, and comes as ``{"resourceType": type}``.
+    """
+    files = fhir_files(path)
+    for file in files:
+        yield from _file_entries(file, types)
+
+
+READ_TYPES = frozenset({"Patient", "Encounter", "Medication", *CODED})  # what a cohort needs
+
+
+def fhir_files(path: str | Path) -> list[Path]:
+    """The files a path names: itself, or the FHIR files under a folder in name order."""
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and _readable(p))
@@ -207,12 +233,10 @@ def iter_entries(path: str | Path) -> Iterator[tuple[dict[str, Any], str | None]
             raise LeaderError(
                 f"{root}: no FHIR files (*.ndjson, *.ndjson.gz, *.json, *.json.gz) in this folder"
             )
-    elif root.is_file():
-        files = [root]
-    else:
-        raise LeaderError(f"{root}: no such file or folder")
-    for file in files:
-        yield from _file_entries(file)
+        return files
+    if root.is_file():
+        return [root]
+    raise LeaderError(f"{root}: no such file or folder")
 
 
 def iter_resources(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -232,13 +256,20 @@ def _open(file: Path) -> Any:
     return file.open(encoding="utf-8")
 
 
-def _file_entries(file: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
+def _file_entries(
+    file: Path, types: Container[str] | None = None
+) -> Iterator[tuple[dict[str, Any], str | None]]:
     name = file.name.lower()
     if name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")):
         with _open(file) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
+                if types is not None:
+                    skipped = _other_type(line, types)
+                    if skipped is not None:
+                        yield {"resourceType": skipped}, None
+                        continue
                 try:
                     resource = json.loads(line)
                 except ValueError as exc:
@@ -265,6 +296,19 @@ def _file_entries(file: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
             yield from _entries_of(item, None)
 
 
+_TYPE = re.compile(r'"resourceType"\s*:\s*"([A-Za-z]+)"')
+
+
+def _other_type(line: str, types: Container[str]) -> str | None:
+    """The type of a line not worth parsing, or None (parse it: wanted, or not sure)."""
+    if line.count('"resourceType"') != 1:  # contained resources: their type could come first
+        return None
+    found = _TYPE.search(line)
+    if found is None or found.group(1) in types or found.group(1) == "Bundle":
+        return None
+    return found.group(1)
+
+
 def _entries_of(
     resource: dict[str, Any], full_url: str | None
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
@@ -272,7 +316,7 @@ def _entries_of(
     if resource.get("resourceType") != "Bundle":
         yield resource, full_url
         return
-    for entry in resource.get("entry") or []:
+    for entry in _list(resource.get("entry")):
         if not isinstance(entry, dict):
             continue
         inner = entry.get("resource")
@@ -353,7 +397,7 @@ def medication_concept(resource: dict[str, Any]) -> tuple[object, str | None]:
     if isinstance(reference, dict):
         ref = reference.get("reference")
         if isinstance(ref, str) and ref.startswith("#"):
-            for contained in resource.get("contained") or []:
+            for contained in _list(resource.get("contained")):
                 if isinstance(contained, dict) and contained.get("id") == ref[1:]:
                     return contained.get("code"), None
             return None, None
@@ -386,11 +430,11 @@ def parse_instant(text: object) -> tuple[dt.datetime, bool] | None:
         value += "-01"
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed, False
+        return parsed.astimezone(dt.UTC).replace(tzinfo=None), True
+    except (ValueError, OverflowError):  # not a date, or out of range once in UTC
         return None
-    if parsed.tzinfo is None:
-        return parsed, False
-    return parsed.astimezone(dt.UTC).replace(tzinfo=None), True
 
 
 def encounter_start(resource: dict[str, Any]) -> str | None:
@@ -413,7 +457,7 @@ def patient_profile(patient: dict[str, Any]) -> dict[str, str]:
     gender = patient.get("gender")
     if isinstance(gender, str) and gender:
         profile["gender"] = GENDERS.get(gender, gender)
-    for extension in patient.get("extension") or []:
+    for extension in _list(patient.get("extension")):
         if not isinstance(extension, dict):
             continue
         url = extension.get("url")
@@ -427,14 +471,15 @@ def patient_profile(patient: dict[str, Any]) -> dict[str, str]:
 
 def _us_core_value(extension: dict[str, Any]) -> str | None:
     category = text = None
-    for part in extension.get("extension") or []:
+    for part in _list(extension.get("extension")):
         if not isinstance(part, dict):
             continue
         if part.get("url") == "ombCategory" and category is None:
-            coding = part.get("valueCoding") or {}
-            category = coding.get("display") or coding.get("code")
+            coding = part.get("valueCoding")
+            if isinstance(coding, dict):
+                category = _text(coding.get("display")) or _text(coding.get("code"))
         elif part.get("url") == "text":
-            text = part.get("valueString")
+            text = _text(part.get("valueString"))
     value = category or text
     return str(value).strip() if value else None
 
@@ -507,7 +552,9 @@ def concept_code(
     Medications at ``atc3``: an ATC coding cut to its first 4 characters, else RxNorm
     through ``options.drug_map``. With ``options.vocabulary`` the first preferred coding the
     vocabulary knows wins (bare or system-prefixed); when none is known the preferred one is
-    returned, so the caller reports it as an unknown code.
+    returned, so the caller reports it as an unknown code. Without a vocabulary, codes of a
+    kind read from several systems are written ``key:code`` (``snomed:44054006``), as
+    ``leader prepare fhir`` stores them; from one system (or ATC3 drugs), bare.
     """
     systems = options.systems[kind]
     candidates: list[tuple[str, str]] = []
@@ -531,13 +578,17 @@ def concept_code(
     usable = [(c, k) for c, k in candidates if c]
     if not usable:
         return (None, "unmapped_drug") if candidates else (None, "unknown_system")
-    known = options.vocabulary[kind] if options.vocabulary is not None else None
-    if known is not None:
+    if options.vocabulary is not None:
+        known = options.vocabulary[kind]
         for code, key in usable:
             for written in (code, f"{PREFIX[key]}:{code}"):
                 if written in known:
                     return written, key
-    return usable[0]
+        return usable[0]
+    code, key = usable[0]
+    if len(systems) > 1 and not (kind == "medication" and options.drug_level == "atc3"):
+        return f"{PREFIX[key]}:{code}", key  # several systems: kept apart, as MIMIC-IV does
+    return code, key
 
 
 def _label(resource: dict[str, Any]) -> str:
@@ -567,6 +618,8 @@ def patient_document(
     for item in resources:
         resource, full_url = item if isinstance(item, tuple) else (item, None)
         kind = resource.get("resourceType")
+        if not isinstance(kind, str):
+            continue
         ids = own_ids(resource, full_url)
         if kind == "Patient":
             patients.setdefault(ids[0] if ids else "", resource)
@@ -716,3 +769,97 @@ def _add_codes(
         )
         return
     codes[visit][KIND_FIELDS[kind]].append(code)
+
+
+# ------------------------------------------------------------------------------ the service
+_ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
+
+
+def is_fhir(document: Any) -> bool:
+    """A Bundle, a resource, or a list of resources (a JSON patient has no ``resourceType``)."""
+    return document_entries(document) is not None
+
+
+class FhirInput:
+    """``POST /v1/recommend`` with FHIR: resources -> the JSON patient, matched to a model.
+
+    ``known``: the model's codes per kind. Each concept takes its first coding (in the
+    default preference order) that the vocabulary holds, bare or system-prefixed; drugs go
+    to ATC3 when the model's drugs are ATC3 classes (ATC codings cut, RxNorm through
+    ``drug_map``). Codings of no known system, and unmapped drugs, are reported like
+    unknown codes (:meth:`report`).
+    """
+
+    def __init__(
+        self, known: Mapping[str, Container[str]], drug_map: Mapping[str, str] | None = None
+    ) -> None:
+        drugs = known["medication"]
+        atc3 = isinstance(drugs, Iterable) and all(_ATC3.match(str(d)) for d in drugs)
+        systems = dict(DEFAULT_SYSTEMS)
+        if not atc3:
+            systems["medication"] = ("rxnorm", "atc", "ndc", "snomed")
+        self.options = DocumentOptions(
+            systems=systems,
+            drug_level="atc3" if atc3 else "rxnorm",
+            drug_map=drug_map or {},
+            vocabulary=known,
+        )
+
+    def convert(
+        self, document: Any, encounter: str | None = None
+    ) -> tuple[dict[str, Any], list[Problem]]:
+        """The patient document and its problems; LeaderError when it cannot be built."""
+        entries = document_entries(document)
+        if entries is None:
+            raise LeaderError("not FHIR: expected a Bundle, a resource or a list of resources")
+        options = replace(self.options, encounter=encounter)
+        return patient_document(entries, options)
+
+    @staticmethod
+    def unknown(document: dict[str, Any], problems: Sequence[Problem]) -> list[Problem]:
+        """The problems to report as unknown codes: codes of visits the model reads (the
+        current visit's drugs are what it predicts, so they are not read)."""
+        last = len(document["visits"]) - 1
+        return [
+            p
+            for p in problems
+            if p.reason in ("unknown_system", "unmapped_drug")
+            and p.visit is not None
+            and not (p.kind == "medication" and p.visit == last)
+        ]
+
+    def report(
+        self, prepared: Any, document: dict[str, Any], problems: Sequence[Problem], strict: bool
+    ) -> None:
+        """Add the problems to a prepared patient's unknown codes (:class:`Prepared`); under
+        ``strict`` raise :class:`leader.recommend.InvalidInput` instead, as for unknown codes."""
+        from leader.recommend import MAX_UNKNOWN_LISTED, InputProblem, InvalidInput
+
+        unknown = self.unknown(document, problems)
+        if strict and unknown:
+            raise InvalidInput(
+                [
+                    InputProblem(
+                        prepared.index,
+                        "$",
+                        f"{p.resource}: {p.kind} {p.code!r} of system {p.system!r}: "
+                        f"{p.message} (drop strict to ignore it)",
+                    )
+                    for p in unknown[:10]
+                ]
+            )
+        room = max(0, MAX_UNKNOWN_LISTED - len(prepared.unknown))
+        prepared.unknown.extend(unknown_entry(p) for p in unknown[:room])
+        prepared.unknown_count += len(unknown)
+
+
+def unknown_entry(problem: Problem) -> dict[str, Any]:
+    """A problem as an entry of a result's ``unknown_codes``."""
+    return {
+        "visit": problem.visit,
+        "kind": problem.kind,
+        "code": problem.code or "",
+        "system": problem.system or "",
+        "reason": problem.reason,
+        "resource": problem.resource,
+    }
