@@ -605,6 +605,11 @@ def test_another_patients_resources_are_refused(eager: TestClient) -> None:
     reply = call(eager, ORDER_SELECT, order_select(prefetch))
     assert reply.status_code == 422
     assert reply.json()["detail"][0]["path"] == "$.prefetch.conditions.entry[1].resource.subject"
+    request = order_select()
+    request["context"]["draftOrders"]["entry"][0]["resource"]["patient"]["reference"] = "Patient/2"
+    reply = call(eager, ORDER_SELECT, request)
+    assert reply.status_code == 422
+    assert reply.json()["detail"][0]["path"] == "$.context.draftOrders.entry[0].resource.patient"
 
 
 def test_unknown_service_method_and_content_type(eager: TestClient) -> None:

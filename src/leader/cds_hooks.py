@@ -240,10 +240,10 @@ def _context(raw: dict[str, Any], hook: str) -> HookContext:
     if not isinstance(draft, dict) or draft.get("resourceType") != "Bundle":
         raise HookProblem(422, "$.context.draftOrders", "required: a FHIR Bundle")
     context.selections = selections
-    context.draft_orders = [
-        r for r in bundle_resources(draft, "$.context.draftOrders")
-        if r.get("resourceType") == "MedicationRequest"
-    ]  # fmt: skip
+    orders = bundle_resources(draft, "$.context.draftOrders")
+    for i, order in enumerate(orders):
+        _check_patient(order, patient_id, f"$.context.draftOrders.entry[{i}].resource")
+    context.draft_orders = [r for r in orders if r["resourceType"] == "MedicationRequest"]
     return context
 
 
