@@ -321,6 +321,30 @@ def test_discovery_lists_both_hooks_with_prefetch_templates(eager: TestClient) -
     assert "x-frame-options" not in reply.headers  # API headers, as /v1/*
 
 
+def test_the_openapi_document_describes_each_service(eager: TestClient) -> None:
+    """Each service has its own request schema, which the valid calls here satisfy."""
+    import jsonschema
+
+    paths = eager.get("/openapi.json").json()["paths"]
+    assert "/cds-services/{service_id}" not in paths  # other ids: 404, not a documented path
+    calls = [
+        (ORDER_SELECT, order_select()),
+        (ORDER_SELECT, json.loads(EXAMPLE.read_text())),
+        (PATIENT_VIEW, patient_view()),
+    ]
+    for path, request in calls:
+        operation = paths[path]["post"]
+        assert {"200", "401", "412", "413", "415", "422"} <= set(operation["responses"])
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validate(request, schema)
+        wrong_hook = {**request, "hook": "order-sign"}
+        assert not jsonschema.Draft202012Validator(schema).is_valid(wrong_hook)
+        answer = call(eager, path, request).json()
+        response = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        jsonschema.validate(answer, response)
+
+
 def test_token_guards_discovery_and_services(eager: TestClient) -> None:
     for reply in (
         eager.get("/cds-services"),

@@ -340,7 +340,9 @@ def medication_request(
     code: str, name: str, context: HookContext, system: str | None = ATC_SYSTEM
 ) -> dict[str, Any]:
     """A draft FHIR R4 MedicationRequest proposing one drug (class) for the patient."""
-    coding = {"system": system, "code": code, "display": name} if system else {"code": code}
+    coding = {"system": system, "code": code, "display": name}
+    if system is None:  # a code of no known system (FHIR allows it; clients may not use it)
+        del coding["system"]
     resource: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "status": "draft",
@@ -716,6 +718,7 @@ ERROR_SCHEMA = {
 
 
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers (the one error shape)."""
     text = {
         401: "Missing or wrong bearer token (when the server has one).",
         404: "No CDS service with this id.",
@@ -730,29 +733,138 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def request_schema(service: Service) -> dict[str, Any]:
+    """The JSON Schema of a call to ``service`` (what :func:`parse_request` accepts)."""
+    fhir_id = {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"}
+    resource = {"type": "object", "required": ["resourceType"],
+                "properties": {"resourceType": {"type": "string", "minLength": 1}}}  # fmt: skip
+    context: dict[str, Any] = {
+        "type": "object",
+        "required": ["patientId"],
+        "properties": {"userId": {"type": "string"}, "patientId": fhir_id, "encounterId": fhir_id},
+    }
+    if service.hook == "order-select":
+        context["required"] = ["patientId", "selections", "draftOrders"]
+        context["properties"]["selections"] = {"type": "array", "items": {"type": "string"}}
+        context["properties"]["draftOrders"] = {
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": {
+                "resourceType": {"const": "Bundle"},
+                "entry": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["resource"],
+                        "properties": {"resource": resource},
+                    },  # fmt: skip
+                },
+            },
+        }
+    return {
+        "type": "object",
+        "required": ["hook", "hookInstance", "context"],
+        "properties": {
+            "hook": {"const": service.hook},
+            "hookInstance": {"type": "string", "minLength": 1},
+            "fhirServer": {"type": "string"},
+            "fhirAuthorization": {"type": "object"},
+            "extension": {"type": "object"},
+            "context": context,
+            "prefetch": {
+                "type": "object",
+                "description": "Prefetch key -> FHIR resource (a searchset Bundle for searches) "
+                "or null (no data); keys other than the discovery's are ignored.",
+                "properties": {key: {"oneOf": [{"type": "null"}, resource]} for key in PREFETCH},
+            },
+        },
+    }
+
+
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "required": ["cards"],
+    "properties": {
+        "cards": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["summary", "indicator", "source"],
+                "properties": {
+                    "uuid": {"type": "string"},
+                    "summary": {"type": "string", "maxLength": SUMMARY_LIMIT},
+                    "detail": {"type": "string"},
+                    "indicator": {"enum": ["info", "warning", "critical"]},
+                    "source": {"type": "object", "required": ["label"]},
+                    "suggestions": {"type": "array", "items": {"type": "object"}},
+                    "selectionBehavior": {"enum": ["at-most-one", "any"]},
+                },
+            },
+        },
+        "extension": {
+            "type": "object",
+            "description": "leader.reason: why there are no cards; leader.notes: what was "
+            "missing or not used.",
+        },
+    },
+}
+
+
 def register(api: FastAPI, service: RecommendService) -> None:
-    """Add ``GET /cds-services`` and ``POST /cds-services/{service_id}`` to ``api``."""
+    """Add ``GET /cds-services`` and ``POST /cds-services/{id}`` (one route per service, each
+    with its request schema; other ids are 404) to ``api``."""
     from leader.serve import json_response  # serve imports this module: not at the top
 
     hooks = CdsHooks(service)
 
-    @api.get("/cds-services", tags=["cds-hooks"], responses=_responses(401))
+    @api.get(
+        "/cds-services",
+        tags=["cds-hooks"],
+        responses={
+            200: {"description": "The CDS services and their prefetch templates."},
+            **_responses(401),
+        },
+    )
     def cds_discovery() -> Response:
         """CDS Hooks 2.0 discovery: the services and their prefetch templates."""
         return json_response(discovery())
 
-    @api.post(
-        "/cds-services/{service_id}",
+    for hook_service in SERVICES.values():
+        _service_route(api, hooks, hook_service, json_response)
+
+    @api.post("/cds-services/{service_id}", include_in_schema=False)
+    async def unknown_service(service_id: str, request: Request) -> Response:
+        status, answer = await hooks.handle(service_id, await request.body())  # 404
+        return json_response(answer, status)
+
+
+def _service_route(api: FastAPI, hooks: CdsHooks, service: Service, json_response: Any) -> None:
+    async def call_service(request: Request) -> Response:
+        status, answer = await hooks.handle(service.id, await request.body())
+        return json_response(answer, status)
+
+    call_service.__doc__ = (
+        f"CDS Hooks 2.0 `{service.hook}`: cards with the recommended drug classes "
+        "(suggestions create draft FHIR R4 MedicationRequests) and interaction warnings."
+    )
+    api.post(
+        f"/cds-services/{service.id}",
         tags=["cds-hooks"],
-        responses=_responses(401, 404, 412, 413, 415, 422),
+        name=service.id,
+        summary=service.title,
+        operation_id=service.id.replace("-", "_"),
+        responses={
+            200: {
+                "description": "Cards (none, with extension['leader.reason'], when there is "
+                "nothing to say).",
+                "content": {"application/json": {"schema": RESPONSE_SCHEMA}},
+            },
+            **_responses(401, 412, 413, 415, 422),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "content": {"application/json": {"schema": request_schema(service)}},
             }
         },
-    )
-    async def cds_service(service_id: str, request: Request) -> Response:
-        """Call a CDS service: cards with recommended drug classes and interaction warnings."""
-        status, answer = await hooks.handle(service_id, await request.body())
-        return json_response(answer, status)
+    )(call_service)
