@@ -195,14 +195,18 @@ def parse_request(body: bytes, service: Service) -> HookRequest:
         if key not in prefetch:
             continue
         value = prefetch[key]
-        if value is not None and not (
-            isinstance(value, dict) and isinstance(value.get("resourceType"), str)
-        ):
+        if value is not None and not (isinstance(value, dict) and _typed(value)):
             raise HookProblem(
                 422, f"$.prefetch.{key}", "must be a FHIR resource (with resourceType) or null"
             )
         kept[key] = value
     return HookRequest(hook, instance, context, kept)
+
+
+def _typed(resource: dict[str, Any]) -> bool:
+    """Whether a JSON object names its FHIR resource type."""
+    kind = resource.get("resourceType")
+    return isinstance(kind, str) and bool(kind)
 
 
 def _string(document: dict[str, Any], name: str, where: str) -> str:
@@ -228,7 +232,7 @@ def _context(raw: dict[str, Any], hook: str) -> HookContext:
     assert patient_id is not None
     encounter_id = _fhir_id(raw, "encounterId", required=False)
     user_id = raw.get("userId")
-    if user_id is not None and not isinstance(user_id, str):
+    if "userId" in raw and not isinstance(user_id, str):  # JSON null is not allowed either
         raise HookProblem(422, "$.context.userId", "must be a string")
     context = HookContext(patient_id, encounter_id, user_id)
     if hook != "order-select":
@@ -257,7 +261,7 @@ def bundle_resources(resource: dict[str, Any], where: str) -> list[dict[str, Any
     out = []
     for i, entry in enumerate(entries):
         inner = entry.get("resource") if isinstance(entry, dict) else None
-        if not (isinstance(inner, dict) and isinstance(inner.get("resourceType"), str)):
+        if not (isinstance(inner, dict) and _typed(inner)):
             raise HookProblem(
                 422, f"{where}.entry[{i}].resource", "must be a FHIR resource (with resourceType)"
             )
@@ -763,7 +767,7 @@ def request_schema(service: Service) -> dict[str, Any]:
         }
     return {
         "type": "object",
-        "required": ["hook", "hookInstance", "context"],
+        "required": ["hook", "hookInstance", "context", "prefetch"],
         "properties": {
             "hook": {"const": service.hook},
             "hookInstance": {"type": "string", "minLength": 1},
@@ -774,7 +778,10 @@ def request_schema(service: Service) -> dict[str, Any]:
             "prefetch": {
                 "type": "object",
                 "description": "Prefetch key -> FHIR resource (a searchset Bundle for searches) "
-                "or null (no data); keys other than the discovery's are ignored.",
+                "or null (no data); keys other than the discovery's are ignored. Without "
+                f"{' and '.join(REQUIRED_PREFETCH)} the answer is 412: the service never "
+                "fetches from fhirServer.",
+                "required": list(REQUIRED_PREFETCH),
                 "properties": {key: {"oneOf": [{"type": "null"}, resource]} for key in PREFETCH},
             },
         },
