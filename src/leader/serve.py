@@ -271,7 +271,7 @@ class Guard:
                 "names (and --allowed-host) are accepted",
             )  # fmt: skip
             return
-        if self.token is not None and path.startswith(API_PATHS) and path != "/v1/health":
+        if self.token is not None and needs_token(path):
             if not _bearer_matches(headers.get(b"authorization", b""), self.token):
                 await _send_error(
                     send, 401, "header.authorization",
@@ -344,6 +344,11 @@ class Guard:
                 f"the request body did not arrive within {self.config.body_timeout:g} s", CLOSE,
             )  # fmt: skip
             return None
+
+
+def needs_token(path: str) -> bool:
+    """Whether a request to ``path`` needs the bearer token (when the server has one)."""
+    return path.startswith(API_PATHS) and path != "/v1/health"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
