@@ -19,10 +19,16 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leader.cds_hooks import ATC_SYSTEM, PREFETCH, SOURCE_LABEL, SUMMARY_LIMIT
+from leader.cds_hooks import (
+    ATC_SYSTEM,
+    PREFETCH,
+    SOURCE_LABEL,
+    SUMMARY_LIMIT,
+    explanation_markdown,
+)
 from leader.serve import ServeConfig, create_app
 from test_serve import AUTH, JSON_TYPE, TOKEN, _free_port, assert_error_shape
-from test_serve_fixtures import real_coded_eager, real_coded_run
+from test_serve_fixtures import REAL_CODES, real_coded_eager, real_coded_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cds-hooks" / "order-select.json"
@@ -444,23 +450,47 @@ def test_the_same_answer_as_v1_recommend_on_the_converted_patient(eager: TestCli
     assert all(f"| {p:.2f} |" in shown for p in probabilities)
 
 
-def test_an_explanation_in_the_result_reaches_the_card(tmp_path_factory: Any) -> None:
-    """The hook for explanations: what the result carries per drug shows in the card."""
-    from leader.cds_hooks import HookContext, build_cards, explanation_markdown
-    from leader.recommend import Recommender, load_model
+def test_explanations_reach_the_card(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook for explanations (issue 21): when ``leader.explain`` is installed, the card's
+    drugs are explained (and only they), and each row says why. A stand-in module here, with
+    the interface and answer shape of that issue's ``add_explanations``."""
+    import importlib.machinery
+    import types
 
-    recommender = Recommender(load_model(real_coded_eager(tmp_path_factory)))
-    patient = {"visits": [{"diagnoses": ["4280"], "procedures": ["3893"]}]}
-    result = recommender.recommend([patient], top=0)[0]
-    because = [
-        {"kind": "diagnosis", "code": "4280", "name": "Heart failure", "contribution": 0.21},
-        {"kind": "procedure", "code": "3893", "name": "Venous catheter", "contribution": -0.05},
-    ]
-    result["recommended"][0]["explanation"] = because
-    card = build_cards(result, HookContext("1288992", "89284"), recommender)["cards"][0]
-    assert "| 4280 Heart failure +0.21, 3893 Venous catheter -0.05 |" in card["detail"]
-    assert explanation_markdown({"explanation": "a | b"}) == "a / b"
-    assert explanation_markdown({"code": "C07A"}) is None
+    calls: list[list[str]] = []
+
+    def add_explanations(recommender: Any, prepared: Any, results: Any, top_items: int) -> None:
+        assert len(prepared) == len(results) == 1 and top_items == 3
+        drugs = [d["code"] for d in [*results[0]["recommended"], *results[0]["ranked"]]]
+        calls.append(drugs)
+        because = [
+            {"kind": "diagnosis", "code": "4280", "name": "Heart failure", "contribution": 0.21},
+            {"kind": "profile", "code": "gender", "name": "gender: F", "contribution": -0.05},
+        ]
+        results[0]["explanations"] = [
+            {"drug": code, "name": code, "probability": 0.5, "method": "integrated gradients",
+             "unit": "logit", "because": because}
+            for code in drugs
+        ]  # fmt: skip
+
+    fake = types.ModuleType("leader.explain")
+    fake.__spec__ = importlib.machinery.ModuleSpec("leader.explain", None)
+    fake.EXPLAIN_WORK = 250_000  # type: ignore[attr-defined]
+    fake.add_explanations = add_explanations  # type: ignore[attr-defined]
+    fake.explain_work = lambda samples: 10  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "leader.explain", fake)
+    app = create_app(run_dir=real_coded_eager(tmp_path_factory))
+    with TestClient(app, base_url="http://localhost") as client:
+        answer = client.post(PATIENT_VIEW, json=patient_view()).json()
+    card = next(c for c in answer["cards"] if c["indicator"] == "info")
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(REAL_CODES[f"m{i}"] for i in range(1, 6))
+    rows = [line for line in card["detail"].splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 5
+    assert all(row.endswith("| 4280 Heart failure +0.21, gender: F -0.05 |") for row in rows)
+    assert "integrated gradients, logit" in card["detail"]
+    assert explanation_markdown({"because": "not a list"}) is None
 
 
 def test_drugs_ordered_in_this_encounter_are_not_suggested_again(eager: TestClient) -> None:

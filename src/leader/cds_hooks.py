@@ -20,8 +20,9 @@ are present but ``null`` mean "no such data", and an encounter with nothing the 
 is answered with no cards and the reason in the response's ``extension``
 (``leader.reason``; ``leader.notes`` lists what was missing or not used).
 
-Explanations (issue 21) reach the cards through :func:`explanation_markdown`: whatever
-the recommender's result carries per drug under ``explanation`` is shown there.
+Explanations (issue 21): when this install has :mod:`leader.explain`, the recommended
+drugs are explained (:func:`explain_result`) and each row of the card says why, the three
+strongest inputs signed (:func:`explanation_markdown`); without it the column is empty.
 
 Security is the service's (:class:`leader.serve.Guard`): the bearer token when one is
 configured, body limits, JSON only, and every 4xx in the one error shape
@@ -38,6 +39,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -371,23 +373,28 @@ def drug_system(options: DocumentOptions, code: str) -> str | None:
     return RXNORM_SYSTEM if code.isdigit() else None
 
 
-def explanation_markdown(drug: dict[str, Any], limit: int = 3) -> str | None:
-    """The "because ..." of one recommended drug, or None when the result has no explanation.
+def explanations_by_drug(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The result's ``explanations`` (issue 21, :func:`leader.explain.add_explanations`:
+    per drug ``{"drug", "because": [{"kind", "code", "name", "contribution"}, ...],
+    "method", "unit"}``) by drug code; empty when the result has none."""
+    found = result.get("explanations")
+    if not isinstance(found, list):
+        return {}
+    return {e["drug"]: e for e in found if isinstance(e, dict) and isinstance(e.get("drug"), str)}
 
-    The hook for explanations (issue 21): when the recommender's result carries, per drug,
-    ``explanation`` as text or as a list of input items (``name``/``code`` and a signed
-    ``contribution``, strongest first), the strongest ``limit`` items are shown here.
-    """
-    explanation = drug.get("explanation")
-    if isinstance(explanation, str) and explanation:
-        return _cell(explanation)
-    if not isinstance(explanation, list):
+
+def explanation_markdown(explanation: dict[str, Any] | None, limit: int = 3) -> str | None:
+    """One drug's explanation as "code name +0.21, ..." (its ``limit`` strongest items)."""
+    items = explanation.get("because") if isinstance(explanation, dict) else None
+    if not isinstance(items, list):
         return None
     parts = []
-    for item in explanation[:limit]:
+    for item in items[:limit]:
         if not isinstance(item, dict):
             continue
-        label = " ".join(str(item[k]) for k in ("code", "name") if item.get(k))
+        code, name = str(item.get("code") or ""), str(item.get("name") or "")
+        coded = item.get("kind") in ("diagnosis", "procedure", "medication") and code != name
+        label = f"{code} {name}".strip() if coded else name or code
         weight = item.get("contribution")
         sign = f" {weight:+.2f}" if isinstance(weight, int | float) else ""
         parts.append(f"{label}{sign}")
@@ -461,7 +468,10 @@ def build_cards(
         notes.append(f"{result['unknown_count']} code(s) the model does not know were ignored")
     cards: list[dict[str, Any]] = []
     if recommended:
-        card = _recommendation_card(recommended, suggested, role, context, notes, options)
+        explained = explanations_by_drug(result)
+        card = _recommendation_card(
+            recommended, suggested, role, context, notes, options, explained
+        )
         cards.append(card)
     cards += _interaction_cards(suggested, role, recommender)
     response: dict[str, Any] = {"cards": cards}
@@ -480,6 +490,7 @@ def _recommendation_card(
     context: HookContext,
     notes: Sequence[str],
     options: DocumentOptions,
+    explained: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     count = len(recommended)
     summary = _listing(
@@ -488,7 +499,7 @@ def _recommendation_card(
     )
     rows = ["| Drug class (ATC) | Probability | Because |", "|---|---|---|"]
     for drug in recommended[:MAX_LISTED]:
-        because = explanation_markdown(drug) or ""
+        because = explanation_markdown(explained.get(drug["code"])) or ""
         state = f" ({ordered[drug['code']]})" if drug["code"] in ordered else ""
         name = _cell(_named(drug))
         rows.append(f"| {name}{state} | {drug['probability']:.2f} | {because} |")
@@ -499,6 +510,10 @@ def _recommendation_card(
         "model recommends from this encounter's diagnoses and procedures, the earlier visits "
         "and the profile. Choose products and doses yourself."
     )
+    if explained:
+        first = next(iter(explained.values()))
+        how = ", ".join(str(first[k]) for k in ("method", "unit") if first.get(k))
+        detail += f"\n\nBecause: the strongest inputs, signed (+ pushed the drug up; {how})."
     if notes:
         detail += "\n\nNotes: " + "; ".join(notes) + "."
     card: dict[str, Any] = {
@@ -590,6 +605,7 @@ class CdsHooks:
         self.service = service
         self.recommender = service.recommender
         self.options = fhir_options(self.recommender, service)
+        self.explains = find_spec("leader.explain") is not None  # issue 21's module
 
     async def handle(self, service_id: str, body: bytes) -> tuple[int, dict[str, Any]]:
         hook_service = SERVICES.get(service_id)
@@ -609,6 +625,10 @@ class CdsHooks:
             else:
                 prob = self.recommender.predict([ready.prepared])
             result = next(self.recommender.iter_results([ready.prepared], prob, False, 0))
+            if self.explains:  # on the worker thread: ~40 ms of model calls for a student
+                await self.service._offload(
+                    explain_result, self.recommender, ready.prepared, result
+                )
             answer = build_cards(
                 result, ready.context, self.recommender, ready.notes, ready.ordered_here,
                 self.options,
@@ -661,6 +681,23 @@ class _Ready:
     context: HookContext
     notes: list[str]
     ordered_here: list[str]
+
+
+EXPLAIN_ITEMS = 3  # contributions shown per drug in a card
+
+
+def explain_result(recommender: Recommender, prepared: Prepared, result: dict[str, Any]) -> None:
+    """Add ``explanations`` for the recommended drugs to ``result`` (issue 21), when this
+    install has :mod:`leader.explain` and the record is small enough to explain."""
+    try:
+        from leader.explain import EXPLAIN_WORK, add_explanations, explain_work
+    except ImportError:  # not in this install: cards without a "because"
+        return
+    if not result["recommended"] or explain_work([prepared.sample]) > EXPLAIN_WORK:
+        return
+    only = {"recommended": result["recommended"], "ranked": []}  # not every ranked drug
+    add_explanations(recommender, [prepared], [only], EXPLAIN_ITEMS)
+    result["explanations"] = only["explanations"]
 
 
 def _error(path: str, message: str) -> dict[str, Any]:
