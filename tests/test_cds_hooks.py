@@ -593,7 +593,12 @@ def test_patient_view_with_the_prefetch_answers_cards(eager: TestClient) -> None
             ),
             "no diagnosis",
         ),
-        (lambda r: r["prefetch"]["encounter"].pop("period"), "'89284' not found"),
+        (
+            lambda r: r["prefetch"].update(
+                encounter={**r["prefetch"]["encounter"], "id": "89285"}, encounters=None
+            ),
+            "'89284' not found",
+        ),
     ],
 )
 def test_missing_data_is_no_cards_with_the_reason(
@@ -604,6 +609,17 @@ def test_missing_data_is_no_cards_with_the_reason(
     reply = call(eager, PATIENT_VIEW, request)
     assert reply.status_code == 200
     assert reply.json()["cards"] == [] and reason in reply.json()["extension"]["leader.reason"]
+
+
+def test_an_encounter_not_started_yet_is_the_current_visit(eager: TestClient) -> None:
+    request = patient_view()
+    for encounter in (
+        request["prefetch"]["encounter"],
+        request["prefetch"]["encounters"]["entry"][1]["resource"],
+    ):
+        encounter.pop("period", None)  # planned or just opened: no period.start yet
+    answer = call(eager, PATIENT_VIEW, request).json()
+    assert [c["indicator"] for c in answer["cards"]] == ["info", "warning", "warning"]
 
 
 def test_optional_prefetch_missing_is_said(eager: TestClient) -> None:

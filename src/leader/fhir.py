@@ -8,10 +8,11 @@ resource per line), Bundle JSON (``*.json``: ``entry[].resource``, e.g. a folder
 Synthea's per-patient Bundles), a single file or a folder of them (read in name order,
 sub-folders included). Memory stays bounded: one line, or one Bundle file, at a time.
 
-Resources are read as plain JSON (``json.loads``), not through a FHIR model library:
-``fhir.resources`` validation costs ~100x the parse (see ``benchmarks/fhir_read.py``), so
-it is used in the tests only. Every field read here is optional in FHIR; what is missing
-is reported, never guessed.
+Resources are read as plain JSON (``json.loads``), not through a FHIR model library: a
+``fhir.resources`` model validation costs ~17x a ``json.loads`` of a small Condition, and makes
+``leader prepare fhir`` ~8x slower (``benchmarks/fhir_read.py --validate``), so it is an
+option there (``--validate``) and a check in the tests. Every field read here is optional in
+FHIR, and a malformed one is ignored, never a crash; what is missing is reported.
 
 Codings (:func:`choose_coding`): a ``CodeableConcept`` may carry codings of several code
 systems; the first system of a preference list that the concept has wins. Systems are
@@ -529,6 +530,9 @@ class DocumentOptions:
     # as the vocabulary writes it (bare, or ``icd10:I10`` in a vocabulary that mixes systems)
     vocabulary: Mapping[str, Container[str]] | None = None
     encounter: str | None = None  # the current visit (default: the latest encounter)
+    max_visits: int = 500  # the latest visits kept (the patient schema's limit)
+    # kinds whose vocabulary writes ``system:code``: codes it lacks are reported that way too
+    prefixed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -557,24 +561,23 @@ def concept_code(
     ``leader prepare fhir`` stores them; from one system (or ATC3 drugs), bare.
     """
     systems = options.systems[kind]
-    candidates: list[tuple[str, str]] = []
+    found: dict[str, list[str]] = {}  # system key -> its codes in the concept, in order
+    for coding in codings(concept):
+        key = system_key(coding.get("system"))
+        code = normalize_code(key, coding["code"]) if key is not None else ""
+        if key is not None and code:
+            found.setdefault(key, []).append(code)
+    atc3 = kind == "medication" and options.drug_level == "atc3"
+    candidates: list[tuple[str, str]] = []  # (code, key); "" = an RxNorm code without ATC3
     for key in systems:
-        chosen = choose_coding(concept, [key])
-        if chosen is None:
-            continue
-        code = chosen[1]
-        if kind == "medication" and options.drug_level == "atc3":
-            if key == "atc":
+        for code in found.get(key, []):
+            if atc3 and key == "atc":
                 code = code[:4]
-            elif key == "rxnorm":
-                mapped = options.drug_map.get(code)
-                if not mapped:
-                    candidates.append(("", key))
-                    continue
-                code = mapped[:4]
-            else:
+            elif atc3 and key == "rxnorm":  # e.g. Epic lists SCD, SBD and IN codings: any maps
+                code = options.drug_map.get(code, "")[:4]
+            elif atc3:
                 continue
-        candidates.append((code, key))
+            candidates.append((code, key))
     usable = [(c, k) for c, k in candidates if c]
     if not usable:
         return (None, "unmapped_drug") if candidates else (None, "unknown_system")
@@ -584,9 +587,10 @@ def concept_code(
             for written in (code, f"{PREFIX[key]}:{code}"):
                 if written in known:
                     return written, key
-        return usable[0]
+        code, key = usable[0]
+        return (f"{PREFIX[key]}:{code}" if kind in options.prefixed else code), key
     code, key = usable[0]
-    if len(systems) > 1 and not (kind == "medication" and options.drug_level == "atc3"):
+    if len(systems) > 1 and not atc3:
         return f"{PREFIX[key]}:{code}", key  # several systems: kept apart, as MIMIC-IV does
     return code, key
 
@@ -615,6 +619,8 @@ def patient_document(
     encounters: dict[str, dict[str, Any]] = {}
     medications: dict[str, dict[str, Any]] = {}
     coded: list[dict[str, Any]] = []
+    patient_ids: set[str] = set()
+    subjects: list[tuple[dict[str, Any], list[str]]] = []
     for item in resources:
         resource, full_url = item if isinstance(item, tuple) else (item, None)
         kind = resource.get("resourceType")
@@ -623,19 +629,29 @@ def patient_document(
         ids = own_ids(resource, full_url)
         if kind == "Patient":
             patients.setdefault(ids[0] if ids else "", resource)
+            patient_ids.update(ids)
         elif kind == "Encounter":
-            for rid in ids:
-                encounters[rid] = resource
+            subjects.append((resource, ids))
         elif kind == "Medication":
             for rid in ids:
                 medications[rid] = resource
         elif kind in CODED:
-            coded.append(resource)
+            subjects.append((resource, ids))
     if len(patients) > 1:
         raise LeaderError(
             f"the resources hold {len(patients)} patients ({', '.join(list(patients)[:5])}); "
             "send one patient's resources per request"
         )
+    for resource, ids in subjects:
+        subject = reference_id(resource.get("subject") or resource.get("patient"))
+        if patient_ids and subject is not None and subject not in patient_ids:
+            message = f"subject {subject!r} is not the Patient of these resources: not used"
+            problems.append(Problem("another_patient", _label(resource), message))
+        elif resource["resourceType"] == "Encounter":
+            for rid in ids:
+                encounters[rid] = resource
+        else:
+            coded.append(resource)
     visits = _visits(encounters, options, problems)
     position = {id(resource): i for i, (_, resource) in enumerate(visits)}
     codes: list[dict[str, list[str]]] = [{f: [] for f in KIND_FIELDS.values()} for _ in visits]
@@ -649,19 +665,14 @@ def patient_document(
         or i in with_problems
         or any(codes[i][f] for f in KIND_FIELDS.values())
     ]
+    if len(keep) > options.max_visits:
+        message = f"{len(keep)} visits with codes; the latest {options.max_visits} are kept"
+        problems.append(Problem("visits_truncated", "Encounter", message))
+        keep = keep[-options.max_visits :]
     renumber = {old: new for new, old in enumerate(keep)}
-    problems = [p if p.visit is None else replace(p, visit=renumber[p.visit]) for p in problems]
+    problems = [p if p.visit is None else replace(p, visit=renumber.get(p.visit)) for p in problems]
     patient = next(iter(patients.values()), None)
-    document: dict[str, Any] = {
-        "visits": [
-            {
-                "id": str(visits[i][1].get("id") or visits[i][0]),
-                "time": str(encounter_start(visits[i][1])),
-                **{f: list(dict.fromkeys(codes[i][f])) for f in KIND_FIELDS.values()},
-            }
-            for i in keep
-        ]
-    }
+    document: dict[str, Any] = {"visits": [_visit(visits[i], codes[i]) for i in keep]}
     if patient is not None:
         if isinstance(patient.get("id"), str):
             document["id"] = patient["id"]
@@ -672,6 +683,16 @@ def patient_document(
             profile["age_band"] = age_band(age_years(born, first[0].date()))
         document["profile"] = profile
     return document, problems
+
+
+def _visit(visit: tuple[str, dict[str, Any]], codes: dict[str, list[str]]) -> dict[str, Any]:
+    rid, resource = visit
+    own = resource.get("id")
+    out: dict[str, Any] = {"id": own if isinstance(own, str) and own else rid}
+    start = encounter_start(resource)
+    if start is not None:
+        out["time"] = start
+    return {**out, **{f: list(dict.fromkeys(c)) for f, c in codes.items()}}
 
 
 def _visits(
@@ -686,6 +707,8 @@ def _visits(
         seen.add(id(resource))
         reason = void_reason(resource)
         start = parse_instant(encounter_start(resource))
+        if start is None and reason is None and options.encounter in own_ids(resource, rid):
+            continue  # the current visit, not started yet: placed last below
         if reason is not None or start is None:
             why = reason or "without_start"
             message = (
@@ -697,14 +720,19 @@ def _visits(
             continue
         timed.append((start[0], rid, resource))
     timed.sort(key=lambda t: (t[0], t[1]))
+    visits = [(rid, resource) for _, rid, resource in timed]
     if options.encounter is not None:
-        named = [i for i, (_, rid, r) in enumerate(timed) if options.encounter in own_ids(r, rid)]
-        if not named:
+        named = [i for i, (rid, r) in enumerate(visits) if options.encounter in own_ids(r, rid)]
+        current = encounters.get(options.encounter)
+        if named:
+            visits = visits[: named[0] + 1]
+        elif current is not None and void_reason(current) is None:
+            visits.append((options.encounter, current))  # not started yet: after the others
+        else:
             raise LeaderError(f"encounter {options.encounter!r} not found among the visits")
-        timed = timed[: named[0] + 1]
-    if not timed:
+    if not visits:
         raise LeaderError("no Encounter with a period.start: nothing to recommend for")
-    return [(rid, resource) for _, rid, resource in timed]
+    return visits
 
 
 def _add_codes(
@@ -798,11 +826,17 @@ class FhirInput:
         systems = dict(DEFAULT_SYSTEMS)
         if not atc3:
             systems["medication"] = ("rxnorm", "atc", "ndc", "snomed")
+        prefixed = frozenset(
+            kind
+            for kind, codes in known.items()
+            if isinstance(codes, Iterable) and any(":" in str(c) for c in codes)
+        )
         self.options = DocumentOptions(
             systems=systems,
             drug_level="atc3" if atc3 else "rxnorm",
             drug_map=drug_map or {},
             vocabulary=known,
+            prefixed=prefixed,
         )
 
     def convert(
