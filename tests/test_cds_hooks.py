@@ -421,6 +421,35 @@ def test_suggested_medication_requests_validate_as_fhir_r4(eager: TestClient) ->
     assert insulin["medicationCodeableConcept"]["coding"][0]["display"] == "insulins"
 
 
+def test_the_synthea_prefetch_becomes_the_patient_document(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from leader.cds_hooks import (
+        HookContext,
+        HookRequest,
+        fhir_options,
+        prefetch_document,
+        prefetch_resources,
+    )
+    from leader.recommend import Recommender, load_model
+
+    recommender = Recommender(load_model(real_coded_eager(tmp_path_factory)))
+    request = HookRequest("patient-view", "x", HookContext("1288992", "89284"), synthea_prefetch())
+    resources, notes = prefetch_resources(request)
+    assert notes == [] and len(resources) == 8  # the repeated ones once
+    document, notes = prefetch_document(resources, "89284", fhir_options(recommender))
+    assert notes == [] and document is not None
+    assert document["profile"] == {"gender": "F", "race": "White", "age_band": "70-79"}
+    visits = [
+        {k: v[k] for k in ("id", "diagnoses", "procedures", "medications")}
+        for v in document["visits"]
+    ]
+    assert visits == [
+        {"id": "89001", "diagnoses": ["4019"], "procedures": [], "medications": ["C07A"]},
+        {"id": "89284", "diagnoses": ["4280", "25000"], "procedures": ["3893"], "medications": []},
+    ]
+
+
 def test_the_same_answer_as_v1_recommend_on_the_converted_patient(eager: TestClient) -> None:
     """The cards' probabilities are /v1/recommend's for the patient the prefetch describes."""
     patient = {
@@ -575,12 +604,22 @@ def test_the_specifications_patient_view_example_is_412(eager: TestClient) -> No
     assert "some-opaque-fhir-access-token" not in reply.text
 
 
-def test_patient_view_with_the_prefetch_answers_cards(eager: TestClient) -> None:
-    answer = call(eager, PATIENT_VIEW, patient_view()).json()
+@pytest.mark.parametrize("references", ["relative", "urn:uuid"])
+def test_patient_view_with_the_prefetch_answers_cards(eager: TestClient, references: str) -> None:
+    request = patient_view()
+    if references == "urn:uuid":  # as Synthea's own Bundles reference (fullUrl urn:uuid:...)
+        text = json.dumps(request["prefetch"])
+        for kind in ("Patient", "Encounter"):
+            text = text.replace(f'"reference": "{kind}/', '"reference": "urn:uuid:')
+        request["prefetch"] = json.loads(text)
+        assert "urn:uuid:1288992" in text and '"Patient/' not in text
+    answer = call(eager, PATIENT_VIEW, request).json()
     assert_valid_cards(answer)
     card = next(c for c in answer["cards"] if c["indicator"] == "info")
     assert len(card["suggestions"]) == 5  # nothing drafted in patient-view
     assert len([c for c in answer["cards"] if c["indicator"] == "warning"]) == 2
+    # the earlier visit (hypertension, a beta blocker) and the profile were read
+    assert "leader.notes" not in answer.get("extension", {}), answer.get("extension")
 
 
 @pytest.mark.parametrize(
