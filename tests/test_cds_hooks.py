@@ -517,7 +517,7 @@ def test_explanations_reach_the_card(
     assert len(calls) == 1 and sorted(calls[0]) == sorted(REAL_CODES[f"m{i}"] for i in range(1, 6))
     rows = [line for line in card["detail"].splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 5
-    assert all(row.endswith("| 4280 Heart failure +0.21, gender: F -0.05 |") for row in rows)
+    assert all(row.endswith("| 4280 Heart failure +0.210, gender: F -0.050 |") for row in rows)
     assert "integrated gradients, logit" in card["detail"]
     assert explanation_markdown({"because": "not a list"}) is None
 

@@ -384,7 +384,7 @@ def explanations_by_drug(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def explanation_markdown(explanation: dict[str, Any] | None, limit: int = 3) -> str | None:
-    """One drug's explanation as "code name +0.21, ..." (its ``limit`` strongest items)."""
+    """One drug's explanation as "code name +0.210, ..." (its ``limit`` strongest items)."""
     items = explanation.get("because") if isinstance(explanation, dict) else None
     if not isinstance(items, list):
         return None
@@ -396,7 +396,7 @@ def explanation_markdown(explanation: dict[str, Any] | None, limit: int = 3) -> 
         coded = item.get("kind") in ("diagnosis", "procedure", "medication") and code != name
         label = f"{code} {name}".strip() if coded else name or code
         weight = item.get("contribution")
-        sign = f" {weight:+.2f}" if isinstance(weight, int | float) else ""
+        sign = f" {weight:+.3f}" if isinstance(weight, int | float) else ""
         parts.append(f"{label}{sign}")
     return _cell(", ".join(parts)) if parts else None
 
