@@ -47,14 +47,73 @@ def trained_run(factory: pytest.TempPathFactory) -> Path:
 
 def eager_copy(factory: pytest.TempPathFactory) -> Path:
     """The same run with threshold 0: every drug is recommended, so both DDI pairs warn."""
-    if "eager" not in _RUNS:
-        copy = factory.mktemp("eager") / "run"
-        shutil.copytree(trained_run(factory), copy)
+    return _zero_threshold(factory, "eager", trained_run(factory))
+
+
+def _zero_threshold(factory: pytest.TempPathFactory, key: str, run: Path) -> Path:
+    if key not in _RUNS:
+        copy = factory.mktemp(key) / "run"
+        shutil.copytree(run, copy)
         decision = json.loads((copy / "decision.json").read_text())
         decision["threshold"] = 0.0
         (copy / "decision.json").write_text(json.dumps(decision))
-        _RUNS["eager"] = copy
-    return _RUNS["eager"]
+        _RUNS[key] = copy
+    return _RUNS[key]
+
+
+# The tiny dataset with real code systems (ICD-9-CM, ATC level 3), for FHIR and CDS Hooks
+# tests whose resources carry real codings. Same visits, splits and DDI pairs.
+REAL_CODES = {
+    "d1": "4019",  # essential hypertension, unspecified
+    "d2": "25000",  # diabetes mellitus type 2
+    "d3": "5849",  # acute kidney failure
+    "d4": "4280",  # congestive heart failure
+    "d5": "42731",  # atrial fibrillation
+    "x1": "3893",  # venous catheterization
+    "x2": "9604",  # insertion of endotracheal tube
+    "x3": "3995",  # hemodialysis
+    "m1": "C07A",  # beta blocking agents
+    "m2": "A10A",  # insulins and analogues
+    "m3": "B01A",  # antithrombotic agents
+    "m4": "C03C",  # high-ceiling diuretics
+    "m5": "N02B",  # other analgesics and antipyretics
+}
+
+
+def real_coded_run(factory: pytest.TempPathFactory) -> Path:
+    """:func:`trained_run` on the tiny dataset recoded by :data:`REAL_CODES` (DDI pairs
+    C07A-C03C and A10A-N02B)."""
+    if "real" not in _RUNS:
+        from leader.config import TrainConfig
+        from leader.data.store import Vocabulary
+        from leader.student import StudentConfig, train_student
+
+        torch.set_num_threads(1)
+        tiny = make_tiny_dataset()
+        visits = tiny.visits.copy()
+        for column in ("diagnoses", "procedures", "medications"):
+            visits[column] = visits[column].map(lambda codes: [REAL_CODES[c] for c in codes])
+        tiny.visits = visits
+        tiny.vocab = Vocabulary(
+            codes={k: [REAL_CODES[c] for c in v] for k, v in tiny.vocab.codes.items()},
+            names={
+                k: {REAL_CODES[c]: name for c, name in v.items()}
+                for k, v in tiny.vocab.names.items()
+            },
+        )
+        tiny.ddi_pairs = [(REAL_CODES[a], REAL_CODES[b]) for a, b in tiny.ddi_pairs]
+        root = factory.mktemp("real")
+        dataset = tiny.save(root / "tiny")
+        train = TrainConfig(epochs=3, batch_size=4, patience=3)
+        config = StudentConfig(dim=16, heads=2, ffn=32, hidden=16, train=train)
+        _RUNS["real"] = train_student(dataset, root / "run", config)
+    return _RUNS["real"]
+
+
+def real_coded_eager(factory: pytest.TempPathFactory) -> Path:
+    """:func:`real_coded_run` with threshold 0: every drug recommended, both pairs interact."""
+    return _zero_threshold(factory, "real-eager", real_coded_run(factory))
+
 
 
 def free_port() -> int:

@@ -67,6 +67,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from leader import __version__
+from leader.cds_hooks import register as register_cds_hooks
 from leader.config import Config, option
 from leader.errors import LeaderError
 from leader.fhir import FhirInput, is_fhir, read_drug_map
@@ -108,11 +109,14 @@ MAX_HEADERS = 16_384  # bytes of request headers (431 beyond; uvicorn bounds unf
 CLIENT_GONE = 499  # logged (never sent) when the client disconnects before the answer
 RECOMMEND = "/v1/recommend"  # answered by Guard without the router (same handler)
 EXAMPLE = {"visits": [{"diagnoses": ["4019", "25000"], "procedures": ["3893"]}]}  # in the docs
+API_PATHS = ("/v1/", "/cds-services")  # token, API headers (CDS Hooks: leader.cds_hooks)
 
 
 @dataclass
 class ServeConfig(Config):
-    token: str | None = option(None, "Bearer token required on /v1/* except health (None: open).")
+    token: str | None = option(
+        None, "Bearer token required on /v1/* except health, and /cds-services (None: open)."
+    )
     max_body: int = option(1_000_000, "Largest request body in bytes (413 beyond).")
     max_batch: int = option(MAX_BATCH, "Most patients in one request (413 beyond).")
     max_visits: int = option(5_000, "Most visits in one request, all patients together (413).")
@@ -234,7 +238,7 @@ class Guard:
         start = time.perf_counter()
         status: int | None = None
 
-        extra = API_HEADERS if scope["path"].startswith("/v1/") else PAGE_HEADERS
+        extra = API_HEADERS if scope["path"].startswith(API_PATHS) else PAGE_HEADERS
 
         async def guarded_send(message: Message) -> None:
             nonlocal status
@@ -360,7 +364,7 @@ class Guard:
 
 def needs_token(path: str) -> bool:
     """Whether a request to ``path`` needs the bearer token (when the server has one)."""
-    return path.startswith("/v1/") and path != "/v1/health"
+    return path.startswith(API_PATHS) and path != "/v1/health"
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -672,6 +676,7 @@ def create_app(
         'Every error is {"detail": [{"path", "message", ["patient"]}]}.',
     )
     _error_handlers(api)
+    register_cds_hooks(api, service)
     install_openapi(api, protected=lambda path: config.token is not None and needs_token(path))
     api.state.recommender = recommender
     api.state.batcher = batcher

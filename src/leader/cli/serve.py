@@ -118,7 +118,8 @@ def serve(
         typer.Option(
             envvar="LEADER_TOKEN",
             show_default=False,
-            help="Require 'Authorization: Bearer TOKEN' on /v1/* (except health); "
+            help="Require 'Authorization: Bearer TOKEN' on /v1/* (except health) and "
+            "/cds-services; "
             "prefer the LEADER_TOKEN variable.",
         ),
     ] = None,
