@@ -192,3 +192,22 @@ def test_cli_calibrate_a_baseline(student_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "pop" / CALIBRATION).is_file()
     refused = runner.invoke(app, [*args, "--split", "test"])
     assert refused.exit_code != 0
+
+
+def test_report_and_benchmark_tables_and_diagram(tmp_path: Path) -> None:
+    from leader.calibration import calibration_report, markdown_table, summarize
+    from leader.report import calibration_section
+
+    p, y = _population(400, 5, 8)
+    groups = [str(i) for i in range(200)]
+    fitted = fit_calibration(y[:200], p[:200] ** 2, groups)
+    reports = [calibration_report(fitted, y[200:], p[200:] ** 2) for _ in range(2)]
+    summary = summarize(reports)
+    assert summary is not None and summary["runs"] == 2
+    assert summary["ece_after"]["mean"] < summary["ece_before"]["mean"]
+    assert [row["alpha"] for row in summary["conformal"]] == [0.05, 0.1, 0.2]
+    table = markdown_table({"lr": summary, "broken": None})
+    assert table[0].startswith("| model | calibration | ECE before") and len(table) == 3
+    lines = calibration_section(tmp_path, {"student": {"calibration": reports[0]}})
+    assert any(line.startswith("| LEADER(S) |") for line in lines)
+    assert (tmp_path / "reliability.png").is_file()

@@ -454,3 +454,57 @@ def plot_reliability(path: Path, curves: Mapping[str, Mapping[str, Any]]) -> boo
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
+
+
+def summarize(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean ± std over several :func:`calibration_report` results (seeds, folds):
+    ECE and Brier before/after, the methods chosen, conformal miss rate and set size per
+    alpha; the first report's reliability points for the diagram."""
+    from leader.results import mean_std
+
+    if not reports:
+        return None
+    out: dict[str, Any] = {
+        "runs": len(reports),
+        "methods": sorted({str(r["method"]) for r in reports}),
+        "reliability": reports[0]["reliability"],
+    }
+    for when in ("before", "after"):
+        for metric in ("ece", "brier"):
+            out[f"{metric}_{when}"] = mean_std(r["test"][when][metric] for r in reports)
+    alphas = [row["alpha"] for row in reports[0].get("conformal", [])]
+    out["conformal"] = []
+    for i, alpha in enumerate(alphas):
+        rows = [r["conformal"][i] for r in reports if r["conformal"][i]["miss_rate"] is not None]
+        out["conformal"].append(
+            {
+                "alpha": alpha,
+                "miss_rate": mean_std(row["miss_rate"] for row in rows),
+                "set_size": mean_std(row["set_size"] for row in rows),
+                "calibration_visits": rows[0]["calibration_visits"] if rows else None,
+            }
+        )
+    return out
+
+
+def markdown_table(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Markdown lines: per model, ECE and Brier before -> after (test) and the conformal
+    sets' test miss rate / mean size per alpha (mean ± std over runs)."""
+    from leader.results import format_stat
+
+    kept = {name: s for name, s in summaries.items() if s}
+    if not kept:
+        return []
+    alphas = [row["alpha"] for row in next(iter(kept.values()))["conformal"]]
+    head = ["model", "calibration", "ECE before", "ECE after", "Brier before", "Brier after"]
+    head += [f"miss / size at alpha {a:g}" for a in alphas]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in kept.items():
+        cells = [name, ", ".join(s["methods"])]
+        cells += [format_stat(s[k]) for k in ("ece_before", "ece_after")]
+        cells += [format_stat(s[k], 5) for k in ("brier_before", "brier_after")]
+        for row in s["conformal"]:
+            miss, size = row["miss_rate"], row["set_size"]
+            cells.append("-" if miss is None else f"{miss['mean']:.3f} / {size['mean']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
