@@ -13,10 +13,14 @@ and kept beside the model in ``calibration.json`` (with the conformal risk curve
 - ``isotonic``: per drug a monotone step map (``IsotonicRegression``), shared likewise.
 
 **The rule.** Each candidate is fitted on 4/5 of the validation patients and scored on the
-other 1/5 (5 folds by patient); the one with the lowest mean out-of-fold Brier score over
-every (visit, drug) wins, ties to the simpler. The Brier score is proper and bounded (the
-log-loss of an isotonic map's 0/1 steps can be infinite); out-of-fold, because scored on
-its own data isotonic always wins by memorising. The winner is refitted on all of it.
+other 1/5 (5 folds by patient), by the Brier score over every (visit, drug). The simplest
+candidate whose mean out-of-fold Brier score is within one standard error of the best one's
+wins (the "one-standard-error rule"; the standard error of the per-fold difference to the
+best): on a small validation split the fold-to-fold noise is large, and a per-drug map
+must then beat the simpler ones by more than that noise. The Brier score is proper and
+bounded (the log-loss of an isotonic map's 0/1 steps can be infinite); out-of-fold,
+because scored on its own data isotonic always wins by memorising. The winner is refitted
+on all of the validation split.
 
 Metrics (pure functions over flattened (visit, drug) pairs): ``ece`` (15 equal-width
 bins, weighted by count), ``brier`` (``sklearn.metrics.brier_score_loss``) and
@@ -254,20 +258,35 @@ def patient_folds(groups: Sequence[str], folds: int = FOLDS, seed: int = 0) -> n
 
 def select_method(
     truth: np.ndarray, prob: np.ndarray, groups: Sequence[str], seed: int = 0
-) -> dict[str, float]:
-    """Out-of-fold Brier score of every method (folds by patient)."""
+) -> dict[str, dict[str, float]]:
+    """Per method: its out-of-fold Brier score (``brier``, folds by patient) and ``se``, the
+    standard error over folds of its per-fold difference to the best method."""
     folds = min(FOLDS, len(set(groups)))
     fold = patient_folds(groups, folds, seed)
     y = np.asarray(truth) > 0.5
     p = np.asarray(prob, dtype=np.float64)
-    scores = {}
+    overall, per_fold = {}, {}
     for method in METHODS:
         out = np.empty_like(p)
         for k in range(folds):
             held = fold == k
             out[held] = FITTERS[method](y[~held], p[~held]).apply(p[held])
-        scores[method] = brier(y, out)
-    return scores
+        overall[method] = brier(y, out)
+        per_fold[method] = np.array([brier(y[fold == k], out[fold == k]) for k in range(folds)])
+    best = min(METHODS, key=overall.__getitem__)
+    return {
+        m: {
+            "brier": overall[m],
+            "se": float(np.std(per_fold[m] - per_fold[best], ddof=1) / np.sqrt(folds)),
+        }
+        for m in METHODS
+    }
+
+
+def one_se_choice(selection: Mapping[str, Mapping[str, float]]) -> str:
+    """The simplest method within one standard error of the best (see the module doc)."""
+    best = min(selection[m]["brier"] for m in METHODS)
+    return next(m for m in METHODS if selection[m]["brier"] <= best + selection[m]["se"])
 
 
 @dataclass
@@ -276,7 +295,7 @@ class Calibration:
     conformal risk curve (:class:`leader.conformal.RiskCurve`) of the same split."""
 
     calibrator: Calibrator
-    selection: dict[str, float] = field(default_factory=dict)  # method -> out-of-fold Brier
+    selection: dict[str, dict[str, float]] = field(default_factory=dict)  # select_method
     visits: int = 0
     patients: int = 0
     split: str = "val"
@@ -294,8 +313,9 @@ class Calibration:
             "format_version": FORMAT_VERSION,
             "fitted_on": {"split": self.split, "visits": self.visits, "patients": self.patients},
             "selection": {
-                "rule": f"lowest out-of-fold Brier score, {FOLDS} folds by patient",
-                "brier": self.selection,
+                "rule": f"simplest within one SE of the lowest out-of-fold Brier score, "
+                f"{FOLDS} folds by patient",
+                "methods": self.selection,
             },
             "calibrator": self.calibrator.to_json(),
             "conformal": None if self.conformal is None else self.conformal.to_json(),
@@ -322,7 +342,7 @@ def fit_calibration(
     patients = len(set(groups))
     if patients >= 2:
         selection = select_method(y, p, groups, seed)
-        method = min(METHODS, key=lambda m: (selection[m], METHODS.index(m)))
+        method = one_se_choice(selection)
     else:  # nothing to cross-fit on: keep the model's probabilities
         selection, method = {}, "none"
     calibrator = FITTERS[method](y, p) if len(y) else Calibrator("none")
@@ -355,7 +375,10 @@ def read_calibration(directory: str | os.PathLike[str]) -> Calibration | None:
         conformal = raw.get("conformal")
         return Calibration(
             Calibrator.from_json(raw["calibrator"]),
-            {str(k): float(v) for k, v in raw.get("selection", {}).get("brier", {}).items()},
+            {
+                str(k): {"brier": float(v["brier"]), "se": float(v["se"])}
+                for k, v in raw.get("selection", {}).get("methods", {}).items()
+            },
             int(fitted.get("visits", 0)),
             int(fitted.get("patients", 0)),
             str(fitted.get("split", "val")),
@@ -405,7 +428,7 @@ def calibration_report(
         "source": source,
         "fitted_on": {"split": calibration.split, "visits": calibration.visits,
                       "patients": calibration.patients},
-        "selection_brier": calibration.selection,
+        "selection": calibration.selection,
         "test": {
             "before": {"ece": ece(test_truth, test_prob), "brier": brier(test_truth, test_prob)},
             "after": {"ece": ece(test_truth, calibrated), "brier": brier(test_truth, calibrated)},

@@ -31,9 +31,12 @@ def calibrate(
     mode = getattr(getattr(model, "config", None), "sample_mode", "") or None
     fitted = calibrate_dataset_split(model, data, split, mode)
     path = write_calibration(run, fitted)
-    scores = ", ".join(f"{m} {b:.5f}" for m, b in fitted.selection.items())
+    scores = ", ".join(
+        f"{m} {v['brier']:.5f} (SE of the gap {v['se']:.5f})" for m, v in fitted.selection.items()
+    )
     typer.echo(
-        f"{path}: {fitted.method} (out-of-fold Brier: {scores or 'not enough patients'}); "
+        f"{path}: {fitted.method} (out-of-fold Brier, simplest within one SE of the best: "
+        f"{scores or 'not enough patients'}); "
         f"conformal risk curve on {fitted.visits} {split} visits of {fitted.patients} patients"
     )
 
