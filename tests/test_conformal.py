@@ -228,6 +228,8 @@ def test_service_answers_the_set_and_422s() -> None:
         bad = client.post("/v1/recommend?miss_rate=1", json=patient)
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["path"] == "query.miss_rate"
+        info = client.get("/v1/model").json()
+        assert info["calibration"] == "none" and info["conformal_visits"] == 40
         schema = client.get("/openapi.json").json()
         params = schema["paths"]["/v1/recommend"]["post"]["parameters"]
         assert "miss_rate" in [p["name"] for p in params]

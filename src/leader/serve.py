@@ -669,6 +669,7 @@ def create_app(
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
         "calibration": getattr(recommender.calibration, "method", None),
+        "conformal_visits": getattr(getattr(recommender.calibration, "conformal", None), "n", None),
         "limits": {"patients": config.max_batch, "visits": config.max_visits,
                    "codes": config.max_codes, "body_bytes": config.max_body},
         "metrics": metrics,
