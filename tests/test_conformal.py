@@ -252,3 +252,46 @@ def test_fit_calibration_saves_a_curve_that_loads(tmp_path: Path) -> None:
     loaded = read_calibration(tmp_path)
     assert loaded is not None and loaded.conformal is not None
     assert loaded.conformal.threshold(0.1) == crc_threshold(prob, truth, 0.1)
+
+
+def test_real_mimic3_demo_calibrate_and_recommend_a_set(test_data: Path, tmp_path: Path) -> None:
+    """The MIMIC-III demo end to end: prepare, LR, `leader calibrate`, a conformal set."""
+    from typer.testing import CliRunner
+
+    from leader.baselines.registry import create
+    from leader.cli import app
+    from leader.data.prepare import prepare_mimic3
+    from leader.data.store import VisitDataset
+    from leader.recommend import load_model
+
+    resources = test_data / "resources"
+    folder = tmp_path / "data"
+    prepare_mimic3(
+        test_data / "mimic-iii-demo", resources, folder, ddi=resources / "ddi_atc3_pairs.csv"
+    )
+    dataset = VisitDataset.load(folder)
+    model = create("lr", seed=42)
+    model.fit(dataset)  # type: ignore[call-arg]
+    model.save_pretrained(tmp_path / "lr")
+    result = CliRunner().invoke(
+        app, ["calibrate", "--run", str(tmp_path / "lr"), "--dataset", str(folder)]
+    )
+    assert result.exit_code == 0, result.output
+    val = dataset.samples("val")
+    saved = read_calibration(tmp_path / "lr")
+    assert saved is not None and saved.conformal is not None and saved.conformal.n == len(val)
+    # A student (what recommend serves) writes its own calibration.json while training.
+    from leader.config import TrainConfig
+    from leader.student import StudentConfig, train_student
+
+    config = StudentConfig(dim=16, heads=2, ffn=32, hidden=16, train=TrainConfig(epochs=2))
+    loaded = load_model(train_student(folder, tmp_path / "student", config))
+    patient = {"visits": [{"diagnoses": list(val[0].current.diagnoses)}]}
+    [answer] = Recommender(loaded).recommend([patient], miss_rate=0.2)
+    drugs = len(dataset.vocab.codes["medication"])
+    assert answer["conformal"]["calibration_visits"] == len(val)
+    assert 0 < len(answer["conformal"]["set"]) <= drugs
+    # n < 1/alpha - 1 (10 visits, alpha 0.05): every drug.
+    [full] = Recommender(loaded).recommend([patient], miss_rate=0.05)
+    assert len(val) < 19 and full["conformal"]["full_set"]
+    assert len(full["conformal"]["set"]) == drugs
