@@ -86,6 +86,24 @@ def test_monotone_in_alpha() -> None:
     assert all(a >= b for a, b in zip(losses, losses[1:], strict=False))
 
 
+def test_thinned_curve_is_small_and_never_less_safe() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.random((3000, 30))
+    truth = rng.random((3000, 30)) < scores * 0.5
+    exact = risk_curve(scores, truth)
+    thin = exact.thinned(200)
+    assert len(exact.scores) > 10_000 and len(thin.scores) <= 202
+    for alpha in np.linspace(0.01, 0.99, 197):
+        t_exact, t_thin = exact.threshold(alpha), thin.threshold(alpha)
+        assert t_thin <= t_exact  # a larger set: never a higher miss rate
+        # ... and not by much: R_hat there is lower by at most one grid step plus one jump
+        # of R_hat (one prescribed drug of one visit: at most 1/n).
+        k = np.searchsorted(exact.scores, t_thin)
+        gap = exact.risk[np.searchsorted(exact.scores, t_exact)] - exact.risk[k]
+        assert gap <= exact.risk_above / 200 + 1 / exact.n + 1e-12
+    assert exact.thinned(len(exact.scores)) is exact
+
+
 def test_alpha_out_of_range_is_refused() -> None:
     curve = risk_curve(np.array([[0.5]]), np.array([[1]]))
     for alpha in (0.0, 1.0, -0.1, 1.5, float("nan")):

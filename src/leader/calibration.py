@@ -346,7 +346,7 @@ def fit_calibration(
     else:  # nothing to cross-fit on: keep the model's probabilities
         selection, method = {}, "none"
     calibrator = FITTERS[method](y, p) if len(y) else Calibrator("none")
-    curve = risk_curve(p, y) if len(y) else None
+    curve = risk_curve(p, y).thinned() if len(y) else None
     return Calibration(calibrator, selection, len(y), patients, split, curve)
 
 

@@ -15,15 +15,17 @@ every drug (t_hat = 0: nothing is missed).
 
 R_hat only changes at the scores of prescribed drugs, so :class:`RiskCurve` keeps just
 those (distinct, ascending) and R_hat there: a summary from which t_hat follows for any
-alpha, saved beside the model so serving needs no data. Scores are the model's own
-probabilities (not the calibrated ones): the calibration map is fitted on the same
+alpha, saved beside the model so serving needs no data (thinned to ``MAX_POINTS``
+breakpoints on large calibration sets, which can only make the sets larger). Scores are
+the model's own probabilities (not the calibrated ones): the calibration map is fitted on the same
 validation visits, and a score that had seen their labels would make them no longer
 exchangeable with a new visit.
 
-Written here rather than with MAPIE (``PrecisionRecallController(method="crc")``, which
-controls this very loss as 1 - recall): MAPIE wants a scikit-learn estimator to refit and
-splits the data itself, and searches thresholds on a fixed 0.01 grid; this module takes a
-pre-trained model's score matrix and searches the exact breakpoints.
+Written here rather than with MAPIE 1.x (``MultiLabelClassificationController(
+predict_function, risk="recall", method="crc")`` controls this very loss as 1 - recall):
+MAPIE searches thresholds on a grid (``np.arange(0, 1, 0.01)`` by default), fixes the
+alphas when it calibrates and refuses visits without drugs; this module takes a trained
+model's score matrix, searches the exact breakpoints and answers any alpha later.
 
 >>> import numpy as np
 >>> scores = np.array([[0.9, 0.4, 0.1], [0.8, 0.3, 0.6]])
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 BOUND = 1.0  # the loss (a fraction) is at most 1
+MAX_POINTS = 2000  # breakpoints kept in calibration.json (see RiskCurve.thinned)
 
 
 def miss_fraction(sets: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -83,6 +86,18 @@ class RiskCurve:
             return float(np.nextafter(max(top, 1.0), np.inf))
         ok = np.flatnonzero(self.risk <= limit + 1e-12)  # risk[0] = 0: never empty
         return float(self.scores[ok[-1]])
+
+    def thinned(self, points: int = MAX_POINTS) -> RiskCurve:
+        """At most ``points + 2`` breakpoints: for each of ``points`` evenly spaced risk
+        levels, the last breakpoint at or under it. Any subset that keeps the first
+        breakpoint is safe: t_hat can only come out lower (a larger set), never higher; here
+        R_hat at it is lower than the exact one's by at most one level step plus 1/n."""
+        if len(self.scores) <= points:
+            return self
+        grid = np.linspace(0.0, self.risk_above, points + 1)
+        keep = np.unique(np.searchsorted(self.risk, grid, side="right") - 1)
+        keep = np.unique(np.r_[0, keep[keep >= 0], len(self.scores) - 1])
+        return RiskCurve(self.n, self.scores[keep], self.risk[keep], self.risk_above)
 
     def to_json(self) -> dict[str, Any]:
         return {
