@@ -81,10 +81,10 @@ def ece(truth: Any, prob: Any, bins: int = ECE_BINS) -> float:
     y, p = _flat(truth, prob)
     if not y.size:
         return 0.0
+    p = np.clip(p, 0.0, 1.0)
     which = np.minimum((p * bins).astype(np.int64), bins - 1)  # equal-width, 1.0 in the last
-    count = np.bincount(which, minlength=bins)
     gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))
-    return float(gap.sum() / y.size) if count.any() else 0.0
+    return float(gap.sum() / y.size)
 
 
 def brier(truth: Any, prob: Any) -> float:
@@ -105,7 +105,9 @@ def reliability(truth: Any, prob: Any, bins: int = DIAGRAM_BINS) -> dict[str, li
         return {"prob_pred": [], "prob_true": [], "count": []}
     p = np.clip(p, 0.0, 1.0)
     prob_true, prob_pred = calibration_curve(y, p, n_bins=bins, strategy="uniform")
-    count = np.histogram(p, bins=np.linspace(0.0, 1.0, bins + 1))[0]
+    # The bins of calibration_curve(strategy="uniform"): inner edges, searchsorted left.
+    inner = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    count = np.bincount(np.searchsorted(inner, p), minlength=bins)
     return {
         "prob_pred": [round(float(v), 6) for v in prob_pred],
         "prob_true": [round(float(v), 6) for v in prob_true],
