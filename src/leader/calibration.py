@@ -320,7 +320,8 @@ class Calibration:
                 "methods": self.selection,
             },
             "calibrator": self.calibrator.to_json(),
-            "conformal": None if self.conformal is None else self.conformal.to_json(),
+            # thinned on disk: a threshold read back can only be lower (a larger set)
+            "conformal": None if self.conformal is None else self.conformal.thinned().to_json(),
         }
 
 
@@ -348,7 +349,7 @@ def fit_calibration(
     else:  # nothing to cross-fit on: keep the model's probabilities
         selection, method = {}, "none"
     calibrator = FITTERS[method](y, p) if len(y) else Calibrator("none")
-    curve = risk_curve(p, y).thinned() if len(y) else None
+    curve = risk_curve(p, y) if len(y) else None
     return Calibration(calibrator, selection, len(y), patients, split, curve)
 
 
