@@ -41,6 +41,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,16 @@ class Calibrator:
             return _sigmoid(_logit(p) / self.temperature)
         self._check_width(p)
         if self.method == "platt":
-            return _sigmoid(_logit(p) * np.asarray(self.slopes) + np.asarray(self.intercepts))
+            slopes, intercepts = self._platt_arrays
+            return _sigmoid(_logit(p) * slopes + intercepts)
         out = np.empty_like(p)  # isotonic, clipped outside the fitted range as scikit-learn
         for j, (x, y) in enumerate(self.steps):
             out[:, j] = np.interp(p[:, j], x, y)
         return out
+
+    @cached_property
+    def _platt_arrays(self) -> tuple[np.ndarray, np.ndarray]:  # built once: serving is hot
+        return np.asarray(self.slopes), np.asarray(self.intercepts)
 
     def _check_width(self, p: np.ndarray) -> None:
         width = len(self.slopes) if self.method == "platt" else len(self.steps)
