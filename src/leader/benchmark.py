@@ -45,6 +45,13 @@ from typing import Any
 import numpy as np
 
 from leader.benchmark_config import BenchmarkConfig
+from leader.calibration import (
+    calibration_report,
+    fit_calibration,
+    markdown_table,
+    plot_reliability,
+    summarize,
+)
 from leader.config import replace
 from leader.data.store import Sample, VisitDataset
 from leader.errors import LeaderError
@@ -67,6 +74,15 @@ from leader.runinfo import write_model_card, write_run_info
 
 GROUPS: tuple[str, ...] = tuple(GROUP_TITLES)
 LEADER_MODELS: tuple[str, ...] = ("leader_s", "leader_t")
+CALIBRATION_TEXT = (
+    "Per seed, a calibration fitted on the validation split (none, temperature, per-drug "
+    "Platt or isotonic: the lowest out-of-fold Brier score, `leader.calibration`) and the "
+    "conformal risk control threshold fitted there too (`leader.conformal`; n = the "
+    "validation visits); ECE (15 bins) and Brier score on test over every (visit, drug), "
+    "before -> after; conformal sets: test miss rate (the mean fraction of a visit's drugs "
+    "left out; guaranteed <= alpha in expectation) / mean set size. Mean ± std over seeds; "
+    "reliability.png: the first seed's diagram."
+)
 EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parameters", "parameters"),
     ("train_seconds", "train s"),
@@ -452,7 +468,12 @@ def _score(
     if threshold is None:
         evaluated["results"]["at_validation"] = None
         evaluated["thresholds"]["validation"] = None
+    calibrated = None
+    if scored.val is not None and len(val):  # fitted on validation, measured on test
+        fitted = fit_calibration(dataset.targets(val), scored.val, [s.patient_id for s in val])
+        calibrated = calibration_report(fitted, y_true, scored.test, source="validation")
     return {
+        "calibration": calibrated,
         "thresholds": evaluated["thresholds"],
         "results": evaluated["results"],
         "parameters": scored.parameters,
@@ -529,6 +550,7 @@ def aggregate(
                 )
                 entry["results"][rule][group] = {"samples": samples, **cells}
         entry["per_sample"] = _mean_per_sample(ok)
+        entry["calibration"] = summarize([r["calibration"] for r in ok if r.get("calibration")])
         table[name] = entry
     return table
 
@@ -665,6 +687,9 @@ def write_markdown(
         lines += [f"## {GROUP_TITLES[group]}", ""]
         lines += markdown_rows(rows[group], extra_columns=EXTRA_COLUMNS)
         lines.append("")
+    calibration = markdown_table({n: e.get("calibration") for n, e in table.items()})
+    if calibration:
+        lines += ["## Calibration and conformal sets", "", CALIBRATION_TEXT, "", *calibration, ""]
     if notes_:
         lines += ["## Notes", "", *(f"- {note}" for note in notes_), ""]
     for status, title in (("not_run", "Not run"), ("failed", "Failed")):
@@ -720,6 +745,8 @@ def write_plots(out: Path, table: dict[str, Any]) -> None:
     figure.tight_layout()
     figure.savefig(out / "jaccard_ddi.png", dpi=120)
     plt.close(figure)
+    curves = {n: e["calibration"]["reliability"] for n, e in table.items() if e.get("calibration")}
+    plot_reliability(out / "reliability.png", curves)
 
 
 # ------------------------------------------------------------------------ entry point

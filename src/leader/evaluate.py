@@ -135,15 +135,15 @@ def evaluate_run(
     if not samples:
         raise LeaderError(f"{dataset_dir}: the {split} split has no samples to evaluate")
     fixed = protocol == "paper"
+    val = dataset.samples("val", mode)  # type: ignore[arg-type]
+    val_prob = np.asarray(model.predict_proba(val), dtype=np.float64) if val else None
     if fixed:  # the authors' fixed thresholds
         threshold = PAPER_STUDENT["threshold"] if name == "leader_s" else PAPER_TEACHER_THRESHOLD
-    else:
+    elif val_prob is not None:
         # The same rule for every model (a stored decision may hold a fixed 0.5).
-        val = dataset.samples("val", mode)  # type: ignore[arg-type]
-        if val:
-            threshold = best_threshold(dataset.targets(val), model.predict_proba(val))
-        else:
-            threshold = decision.threshold if decision is not None else 0.5
+        threshold = best_threshold(dataset.targets(val), val_prob)
+    else:
+        threshold = decision.threshold if decision is not None else 0.5
     y_true = dataset.targets(samples)
     y_prob = np.asarray(model.predict_proba(samples), dtype=np.float64)
     report: dict[str, Any] = {
@@ -164,6 +164,9 @@ def evaluate_run(
             "fixed" if fixed else "validation",
         ),
     }
+    calibrated = _calibration(run_dir, dataset, val, val_prob, y_true, y_prob)
+    if calibrated is not None:
+        report["calibration"] = calibrated
     if efficiency:
         report["efficiency"] = measure_efficiency(model, samples, *timing)
         if name == "leader_s":
@@ -172,6 +175,29 @@ def evaluate_run(
                 inference=False
             )
     return report
+
+
+def _calibration(
+    run_dir: Path,
+    dataset: VisitDataset,
+    val: Sequence[Sample],
+    val_prob: np.ndarray | None,
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+) -> dict[str, Any] | None:
+    """ECE/Brier before and after calibration and the conformal sets on the evaluated
+    split: with the run's calibration.json, else one fitted on validation now (not saved)."""
+    from leader.calibration import calibration_report, fit_calibration, read_calibration
+
+    calibration = read_calibration(run_dir)
+    source = "calibration.json"
+    if calibration is None:
+        if val_prob is None:
+            return None
+        groups = [s.patient_id for s in val]
+        calibration = fit_calibration(dataset.targets(val), val_prob, groups)
+        source = "fitted on validation by evaluate (no calibration.json beside the model)"
+    return calibration_report(calibration, y_true, y_prob, source=source)
 
 
 ROW_METRICS: tuple[str, ...] = ("prauc", "jaccard", "f1", "ddi_rate", "avg_med")
@@ -199,6 +225,7 @@ def format_table(report: dict[str, Any]) -> str:
     if "ddi_safe" in report:
         m = report["ddi_safe"]["metrics"]
         lines.append("DDI-safe selection: " + ", ".join(f"{k} {m[k]:.4f}" for k in ROW_METRICS))
+    lines += calibration_lines(report.get("calibration"))
     eff = report.get("efficiency")
     if eff:
         lines.append(
@@ -207,6 +234,27 @@ def format_table(report: dict[str, Any]) -> str:
             f"({eff['threads']} threads)"
         )
     return "\n".join(lines)
+
+
+def calibration_lines(calibrated: dict[str, Any] | None) -> list[str]:
+    """Plain-text lines: ECE/Brier before and after calibration, conformal sets per alpha."""
+    if not calibrated:
+        return []
+    before, after = calibrated["test"]["before"], calibrated["test"]["after"]
+    lines = [
+        f"calibration: {calibrated['method']} ({calibrated['source']}); "
+        f"ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+        f"Brier {before['brier']:.5f} -> {after['brier']:.5f}"
+    ]
+    for row in calibrated.get("conformal", []):
+        if row["miss_rate"] is None:
+            continue
+        lines.append(
+            f"conformal set, miss rate <= {row['alpha']:g}: observed {row['miss_rate']:.4f} "
+            f"± {row['miss_rate_se'] or 0:.4f} (SE), mean size {row['set_size']:.2f}, "
+            f"threshold {row['threshold']:.4f} ({row['calibration_visits']} calibration visits)"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------ K-fold cross-validation

@@ -9,10 +9,12 @@ A saved model folder holds:
 - its weights (safetensors) and ``vocab.json``;
 - ``decision.json`` (optional): how probabilities become a recommendation, kept *beside* the
   model and not on it: the decision threshold chosen on validation, and the DDI pairs to
-  warn about with their source.
+  warn about with their source;
+- ``calibration.json`` (optional, :mod:`leader.calibration`): the probability calibration
+  fitted on validation and the conformal risk curve behind ``--miss-rate`` sets.
 
 ``load(dir)`` is the one way evaluate, recommend, serve and benchmark open a folder;
-``load_deployed(dir)`` adds the decision.
+``load_deployed(dir)`` adds the decision and the calibration.
 
 >>> model = load("runs/student")                                       # doctest: +SKIP
 >>> deployed = load_deployed("runs/student"); deployed.threshold        # doctest: +SKIP
@@ -151,6 +153,7 @@ class Deployed:
     model: Any
     decision: Decision
     path: Path
+    calibration: Any = None  # leader.calibration.Calibration | None (no calibration.json)
 
     @property
     def vocab(self) -> Any:
@@ -180,8 +183,12 @@ class Deployed:
 
 
 def load_deployed(directory: str | os.PathLike[str]) -> Deployed:
-    """:func:`load` plus the folder's :class:`Decision` (0.5 and no DDI pairs without one)."""
-    return Deployed(load(directory), read_decision(directory) or Decision(), Path(directory))
+    """:func:`load` plus the folder's :class:`Decision` (0.5 and no DDI pairs without one)
+    and its calibration (None without ``calibration.json``)."""
+    from leader.calibration import read_calibration
+
+    decision = read_decision(directory) or Decision()
+    return Deployed(load(directory), decision, Path(directory), read_calibration(directory))
 
 
 def _is_instance(value: Any) -> bool:

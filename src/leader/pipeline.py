@@ -755,22 +755,31 @@ def _score_probabilities(
 ) -> dict[str, Any]:
     """DESIGN.md metrics of a probability source on ``test``: at a ``fixed`` threshold, or
     the one chosen on ``val`` (0.5 without validation samples)."""
+    from leader.calibration import calibration_report, fit_calibration
     from leader.evaluate import evaluate_probabilities
     from leader.metrics import best_threshold
 
+    val_prob = probs(val).astype(np.float64) if val else None
     if fixed is not None:
         threshold = fixed
     else:
-        threshold = best_threshold(dataset.targets(val), probs(val)) if val else 0.5
-    return evaluate_probabilities(
+        threshold = best_threshold(dataset.targets(val), val_prob) if val_prob is not None else 0.5
+    test_prob = probs(test).astype(np.float64)
+    scored = evaluate_probabilities(
         dataset.targets(test),
-        probs(test).astype(np.float64),
+        test_prob,
         [s.is_single_visit for s in test],
         dataset.ddi_matrix(),
         threshold,
         rounds,
         threshold_rule="fixed" if fixed is not None else "validation",
     )
+    if val_prob is not None:  # calibration and conformal sets, fitted on validation
+        fitted = fit_calibration(dataset.targets(val), val_prob, [s.patient_id for s in val])
+        scored["calibration"] = calibration_report(
+            fitted, dataset.targets(test), test_prob, source="validation"
+        )
+    return scored
 
 
 def _headline(root: Path) -> dict[str, float] | None:

@@ -7,6 +7,9 @@ ships with the package) into :class:`~leader.data.store.Sample` objects, asks an
 with ``predict_proba`` for probabilities, and formats per patient: the ranked drugs, the
 recommended set at the run's threshold (optionally thinned by the DDI safety layer,
 :mod:`leader.safety`), the interacting pairs in that set and the codes the model ignored.
+With a ``calibration.json`` beside the model (:mod:`leader.calibration`) the probabilities
+shown are calibrated (each drug's own ``score`` kept beside them; thresholds apply to the
+score), and ``miss_rate`` adds the conformal set of :mod:`leader.conformal`.
 
 >>> rec = Recommender(LeaderStudent.from_pretrained("runs/student"))      # doctest: +SKIP
 >>> rec.recommend([{"visits": [{"diagnoses": ["4019"], "procedures": []}]}])  # doctest: +SKIP
@@ -502,6 +505,7 @@ class Recommender:
         self.model = model
         self.margin = margin  # safety layer: fraction of the head-room that is "far above"
         self.threshold = float(model.threshold)
+        self.calibration = getattr(model, "calibration", None)  # leader.calibration.Calibration
         vocab = model.vocab
         self.known = {kind: frozenset(vocab.codes[kind]) for kind, _ in INPUT_KINDS}
         self.drugs: list[str] = list(vocab.codes["medication"])
@@ -603,6 +607,16 @@ class Recommender:
             )
         return prob
 
+    def conformal_threshold(self, miss_rate: float) -> float:
+        """The conformal threshold for ``miss_rate`` (LeaderError without a risk curve)."""
+        curve = getattr(self.calibration, "conformal", None)
+        if curve is None:
+            raise LeaderError(
+                "miss_rate needs the conformal risk curve of calibration.json beside the model; "
+                "fit it with `leader calibrate --run RUN --dataset DATASET`"
+            )
+        return float(curve.threshold(miss_rate))
+
     def select(self, prob: np.ndarray, ddi_safe: bool) -> np.ndarray:
         """Boolean recommended sets (N, drugs): threshold, or the DDI-safe selection."""
         if ddi_safe:
@@ -616,9 +630,13 @@ class Recommender:
         chosen: Sequence[bool],
         ddi_safe: bool,
         top: int = DEFAULT_TOP,
+        raw: Sequence[float] | None = None,
+        conformal: tuple[dict[str, Any], Sequence[bool]] | None = None,
     ) -> dict[str, Any]:
         """One patient's result: ranked drugs, recommended set, DDI warnings, unknown codes.
 
+        ``prob``: the probabilities shown (calibrated when ``raw``, the model's own scores,
+        is given); ``conformal``: the conformal set's header and membership.
         Plain Python on lists (one row of :meth:`results`): numpy calls on such short rows
         cost more than they save, and in the server each one may wait for the GIL.
         """
@@ -632,8 +650,10 @@ class Recommender:
             "id": prepared.patient_id,
             "threshold": self.threshold,
             "ddi_safe": ddi_safe,
-            "recommended": [self._drug(i, prob) for i in recommended],
-            "ranked": [{**self._drug(i, prob), "recommended": bool(chosen[i])} for i in ranked],
+            "recommended": [self._drug(i, prob, raw) for i in recommended],
+            "ranked": [
+                {**self._drug(i, prob, raw), "recommended": bool(chosen[i])} for i in ranked
+            ],
             "ddi_warnings": [
                 {"drugs": [self._drug(a), self._drug(b)], "source": self.model.ddi_source}
                 for a, b in pairs
@@ -641,11 +661,18 @@ class Recommender:
             "unknown_codes": prepared.unknown,
             "unknown_count": prepared.unknown_count,
         }
+        if raw is not None:
+            result["calibration"] = self.calibration.method  # type: ignore[union-attr]
+        if conformal is not None:
+            head, in_set = conformal
+            members = [self._drug(i, prob, raw) for i in order if in_set[i]]
+            result["conformal"] = {**head, "set": members}
         if ddi_safe:
-            withheld = [i for i in order if prob[i] >= self.threshold and not chosen[i]]
+            scores = prob if raw is None else raw
+            withheld = [i for i in order if scores[i] >= self.threshold and not chosen[i]]
             result["withheld_for_ddi"] = [
                 {
-                    **self._drug(i, prob),
+                    **self._drug(i, prob, raw),
                     "interacts_with": [
                         self.drugs[j] for j in recommended if j in self.interacts[i]
                     ],
@@ -654,10 +681,14 @@ class Recommender:
             ]
         return result
 
-    def _drug(self, i: int, prob: Sequence[float] | None = None) -> dict[str, Any]:
+    def _drug(
+        self, i: int, prob: Sequence[float] | None = None, raw: Sequence[float] | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"code": self.drugs[i], "name": self.drug_names[i]}
         if prob is not None:
             out["probability"] = round(float(prob[i]), 4)
+        if raw is not None:
+            out["score"] = round(float(raw[i]), 4)  # the model's own, before calibration
         return out
 
     def recommend(
@@ -666,25 +697,51 @@ class Recommender:
         strict: bool = False,
         ddi_safe: bool = False,
         top: int = DEFAULT_TOP,
+        miss_rate: float | None = None,
     ) -> list[dict[str, Any]]:
         """Results for raw patient records (validated here), in input order."""
+        if miss_rate is not None:
+            self.conformal_threshold(miss_rate)  # refuse before any work
         prepared = self.prepare_all(records, strict)
-        return self.results(prepared, self.predict(prepared), ddi_safe, top)
+        return self.results(prepared, self.predict(prepared), ddi_safe, top, miss_rate)
 
     def results(
-        self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
+        self,
+        prepared: Sequence[Prepared],
+        prob: np.ndarray,
+        ddi_safe: bool,
+        top: int,
+        miss_rate: float | None = None,
     ) -> list[dict[str, Any]]:
         """Formatted results for prepared patients and their probabilities (N, drugs)."""
-        return list(self.iter_results(prepared, prob, ddi_safe, top))
+        return list(self.iter_results(prepared, prob, ddi_safe, top, miss_rate))
 
     def iter_results(
-        self, prepared: Sequence[Prepared], prob: np.ndarray, ddi_safe: bool, top: int
+        self,
+        prepared: Sequence[Prepared],
+        prob: np.ndarray,
+        ddi_safe: bool,
+        top: int,
+        miss_rate: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """:meth:`results` one at a time (a server can encode each and let it go)."""
         chosen = self.select(prob, ddi_safe).tolist()
-        rows = np.asarray(prob, dtype=np.float64).tolist()
+        scores = np.asarray(prob, dtype=np.float64)
+        rows = scores.tolist()
+        raw: list[list[float]] | None = None
+        if self.calibration is not None and self.calibration.method != "none":
+            raw, rows = rows, self.calibration.apply(scores).tolist()
+        in_set: list[list[bool]] | None = None
+        head: dict[str, Any] = {}
+        if miss_rate is not None:
+            t = self.conformal_threshold(miss_rate)
+            in_set = (scores >= t).tolist()
+            head = {"miss_rate": miss_rate, "threshold": t, "full_set": t <= 0.0,
+                    "calibration_visits": self.calibration.conformal.n}  # type: ignore[union-attr]  # fmt: skip
         for r, p in enumerate(prepared):
-            yield self.format(p, rows[r], chosen[r], ddi_safe, top)
+            conformal = (head, in_set[r]) if in_set is not None else None
+            row_raw = raw[r] if raw is not None else None
+            yield self.format(p, rows[r], chosen[r], ddi_safe, top, row_raw, conformal)
 
 
 class InvalidInput(LeaderError):

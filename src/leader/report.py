@@ -150,6 +150,7 @@ def write_report(
                     f"| {label} | {m['jaccard']:.4f} | {m['f1']:.4f} | {m['ddi_rate']:.4f} | "
                     f"{m['avg_med']:.2f} |"
                 )
+    lines += calibration_section(folder, results)
     lines += ["", "## Steps", "", "| step | seconds | reused |", "|---|---|---|"]
     for step, record in steps.items():
         lines.append(
@@ -187,6 +188,36 @@ def _searches(results: dict[str, Any]) -> list[str]:
         "|---|---|---|",
         *rows,
     ]
+
+
+def calibration_section(folder: Path, results: dict[str, Any]) -> list[str]:
+    """ECE / Brier before -> after calibration and the conformal sets per model (fitted on
+    validation, measured on test), and the reliability diagram (reliability.png)."""
+    from leader.calibration import markdown_table, plot_reliability, summarize
+
+    reports = {
+        label: results[key]["calibration"]
+        for key, label in LABELS.items()
+        if key in results and results[key].get("calibration")
+    }
+    if not reports:
+        return []
+    lines = [
+        "",
+        "## Calibration and conformal sets (test)",
+        "",
+        "Calibration fitted on validation (the method with the lowest out-of-fold Brier "
+        "score: none, temperature, per-drug Platt or isotonic); ECE (15 bins) and Brier over "
+        "every (visit, drug) before -> after. Conformal risk control sets fitted on the "
+        "validation visits: test miss rate (mean fraction of a visit's drugs left out; "
+        "guaranteed <= alpha in expectation) / mean set size.",
+        "",
+        *markdown_table({label: summarize([r]) for label, r in reports.items()}),
+    ]
+    curves = {label: r["reliability"] for label, r in reports.items()}
+    if plot_reliability(folder / "reliability.png", curves):
+        lines += ["", "![Reliability diagram (test)](reliability.png)"]
+    return lines
 
 
 def _verdict(compact: dict[str, Any]) -> list[str]:

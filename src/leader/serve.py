@@ -47,6 +47,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -481,6 +482,7 @@ class _Parsed:
     batch: bool
     ddi_safe: bool
     top: int
+    miss_rate: float | None = None
 
 
 class RecommendService:
@@ -502,6 +504,7 @@ class RecommendService:
         drug_map = read_drug_map(config.fhir_drug_map) if config.fhir_drug_map else None
         self.fhir = FhirInput(recommender.known, drug_map)
         self.worker: ThreadPoolExecutor | None = None  # started on first large request
+        self.conformal = getattr(recommender.calibration, "conformal", None) is not None
 
     async def handle(self, body: bytes, query: bytes) -> tuple[int, bytes]:
         if len(body) <= INLINE_BODY:
@@ -523,7 +526,10 @@ class RecommendService:
         options = parse_query(query)
         if isinstance(options, tuple) and len(options) == 2:
             return 422, error_body(*options)
-        ddi_safe, top, strict = options  # type: ignore[misc]
+        ddi_safe, top, strict, miss_rate = options  # type: ignore[misc]
+        if miss_rate is not None and not self.conformal:
+            message = "this model has no conformal risk curve (calibration.json beside it)"
+            return 422, error_body("query.miss_rate", message + "; run `leader calibrate`")
         values = body.count(
             b","
         )  # >= JSON values - 1: bounds the parser's work (C, no GIL release)
@@ -562,12 +568,12 @@ class RecommendService:
                 self.fhir.report(prepared[0], document, fhir, strict)
         except InvalidInput as exc:
             return _problems(exc.problems, batch)
-        return _Parsed(prepared, batch, ddi_safe, top)
+        return _Parsed(prepared, batch, ddi_safe, top, miss_rate)
 
     def answer(self, parsed: _Parsed, prob: np.ndarray) -> bytes:
         """The JSON answer, one patient at a time: no single ``dumps`` holds the GIL long, and
         only one patient's result objects are alive at once (little for the GC to walk)."""
-        args = (parsed.prepared, prob, parsed.ddi_safe, parsed.top)
+        args = (parsed.prepared, prob, parsed.ddi_safe, parsed.top, parsed.miss_rate)
         encoded = [_dumps(r) for r in self.recommender.iter_results(*args)]
         if not parsed.batch:
             return encoded[0]
@@ -584,8 +590,8 @@ class RecommendService:
             self.worker = None
 
 
-def parse_query(query: bytes) -> tuple[bool, int, bool] | tuple[str, str]:
-    """``ddi_safe``, ``top``, ``strict`` from a query string, or (path, problem)."""
+def parse_query(query: bytes) -> tuple[bool, int, bool, float | None] | tuple[str, str]:
+    """``ddi_safe``, ``top``, ``strict``, ``miss_rate`` from a query string, or (path, problem)."""
     values = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
     flags = []
     for name in ("ddi_safe", "strict"):
@@ -599,7 +605,17 @@ def parse_query(query: bytes) -> tuple[bool, int, bool] | tuple[str, str]:
     top = int(text)
     if not 0 <= top <= MAX_TOP:
         return "query.top", f"top={top}: must be between 0 and {MAX_TOP}"
-    return flags[0], top, flags[1]
+    miss_rate = None
+    if "miss_rate" in values:
+        text = values["miss_rate"]
+        try:
+            miss_rate = float(text) if len(text) <= 30 else math.nan
+        except ValueError:
+            miss_rate = math.nan
+        if not 0.0 < miss_rate < 1.0:  # NaN fails too
+            problem = f"miss_rate={_excerpt(text)}: not a number strictly between 0 and 1"
+            return "query.miss_rate", problem
+    return flags[0], top, flags[1], miss_rate
 
 
 def _excerpt(text: str, limit: int = 20) -> str:
@@ -689,6 +705,8 @@ def create_app(
         "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
+        "calibration": getattr(recommender.calibration, "method", None),
+        "conformal_visits": getattr(getattr(recommender.calibration, "conformal", None), "n", None),
         "limits": {"patients": config.max_batch, "visits": config.max_visits,
                    "codes": config.max_codes, "body_bytes": config.max_body},
         "metrics": metrics,
@@ -748,6 +766,13 @@ def create_app(
         ddi_safe: bool = Query(False, description="thin interacting pairs (safety layer)"),
         top: int = Query(DEFAULT_TOP, ge=0, le=MAX_TOP, description="ranked drugs (0 = all)"),
         strict: bool = Query(False, description="unknown codes are an error (422)"),
+        miss_rate: float | None = Query(
+            None,
+            gt=0,
+            lt=1,
+            description="add the conformal set expected to miss at most this fraction of the "
+            "visit's drugs (needs calibration.json; 422 without)",
+        ),
     ) -> Response:
         """Recommend for one patient (answer: one result) or ``{"patients": [...]}``
         (answer: ``{"results": [...]}``). 422 names the patient and the JSON path; 413 for

@@ -20,6 +20,7 @@ AREAS: tuple[str, ...] = (
     "leader.cli.teacher",  # prompts, teacher train/predict
     "leader.cli.student",  # student train
     "leader.cli.pipeline",  # evaluate, run, demo
+    "leader.cli.calibrate",  # calibrate
     "leader.cli.baselines",  # benchmark, baseline train
     "leader.cli.serve",  # recommend, serve
     "leader.cli.config",  # config show

@@ -36,7 +36,8 @@ def evaluate(
         ),
     ] = "default",
 ) -> None:
-    """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed.
+    """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed,
+    calibration (ECE, Brier, reliability diagram) and conformal sets.
 
     Whole test set, single- and multi-visit samples, 10 rounds of 80% (mean, std);
     parameters, single-patient latency, batch throughput. Writes RUN/evaluation.json.
@@ -61,6 +62,12 @@ def evaluate(
     write_json_atomic(target, report)
     typer.echo(format_table(report))
     typer.echo(f"wrote {target}")
+    if "calibration" in report:
+        from leader.calibration import plot_reliability
+
+        diagram = target.with_name(f"{target.stem}-reliability.png")
+        if plot_reliability(diagram, {report["model"]: report["calibration"]["reliability"]}):
+            typer.echo(f"wrote {diagram} (reliability diagram)")
 
 
 def run(

@@ -46,18 +46,28 @@ def recommend(
     top: Annotated[
         int, typer.Option(min=0, help="Ranked drugs listed per patient (0 = all).")
     ] = 20,
+    miss_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Add the conformal set expected to miss at most this fraction of a visit's "
+            "drugs (0 < RATE < 1; needs RUN/calibration.json, see `leader calibrate`)."
+        ),
+    ] = None,
 ) -> None:
     """Recommend medications for the patients in a file; prints JSON results."""
     import torch
 
+    from leader.errors import LeaderError
     from leader.recommend import Recommender, load_model, read_patients
 
+    if miss_rate is not None and not 0.0 < miss_rate < 1.0:
+        raise LeaderError(f"--miss-rate {miss_rate}: must be strictly between 0 and 1, e.g. 0.1")
     if out is not None:
         check_output_file(out)
     records = read_patients(patients)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     recommender = Recommender(load_model(run), margin=margin)
-    results = recommender.recommend(records, strict=strict, ddi_safe=ddi_safe, top=top)
+    results = recommender.recommend(records, strict, ddi_safe, top, miss_rate)
     if out is not None and out.suffix.lower() in (".jsonl", ".ndjson"):
         text = "".join(json.dumps(r) + "\n" for r in results)
     else:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from leader.calibration import fit_calibration, write_calibration
 from leader.data.store import SampleMode, VisitDataset, write_json_atomic
 from leader.errors import LeaderError
 from leader.logs import run_log
@@ -251,6 +252,9 @@ def _train(
     }
     model.save_pretrained(out_dir)
     write_decision(out_dir, Decision(threshold, list(dataset.ddi_pairs), dataset.ddi_source))
+    if len(val_truth):  # calibration and conformal risk curve, fitted on validation
+        groups = [sample.patient_id for sample in samples["val"]]
+        write_calibration(out_dir, fit_calibration(val_truth, val_prob, groups))
     _write_card(out_dir, dataset_dir, metrics, teacher_width > 0, teacher_soft is not None)
     write_json_atomic(out_dir / "splits.json", dataset.splits)
     write_json_atomic(out_dir / "metrics.json", metrics)
