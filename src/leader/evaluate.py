@@ -41,20 +41,31 @@ def evaluate_probabilities(
     n_rounds: int = 10,
     seed: int = 0,
     threshold_rule: str = "validation",
+    predicted: np.ndarray | None = None,
+    patients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Grouped metrics at 0.5 and at ``threshold``; a DDI-safe row when there are DDI pairs.
 
     ``threshold_rule`` says where ``threshold`` came from: "validation" (chosen there) or
     "fixed" (the paper's protocol: 0.3 for the student); the rows stay under
-    ``at_validation`` either way.
+    ``at_validation`` either way. ``predicted``: the sets a decoder chose itself (LEAP,
+    COGNet, MICRON); they replace the 0.5 rule (``set_rule`` "decoded", the default
+    threshold None) while PRAUC ranks by ``y_prob``, the model's own probabilities.
+    ``patients``: a patient id per sample, to average per patient first (``--average
+    patient``; :func:`leader.metrics.compute`).
     """
+    decoded = predicted is not None
     out: dict[str, Any] = {
-        "thresholds": {"default": 0.5, "validation": float(threshold)},
+        "thresholds": {"default": None if decoded else 0.5, "validation": float(threshold)},
         "threshold_rule": threshold_rule,
+        "set_rule": "decoded" if decoded else "threshold",
+        "average": "sample" if patients is None else "patient",
         "results": {
-            "at_0.5": evaluate_groups(y_true, y_prob, single_visit, 0.5, ddi, n_rounds, seed),
+            "at_0.5": evaluate_groups(
+                y_true, y_prob, single_visit, 0.5, ddi, n_rounds, seed, predicted, patients
+            ),
             "at_validation": evaluate_groups(
-                y_true, y_prob, single_visit, threshold, ddi, n_rounds, seed
+                y_true, y_prob, single_visit, threshold, ddi, n_rounds, seed, None, patients
             ),
         },
     }
@@ -67,7 +78,9 @@ def evaluate_probabilities(
         out["ddi_safe"] = {
             "threshold": float(threshold),
             "margin": DEFAULT_MARGIN,
-            "metrics": compute(y_true, y_prob, threshold, ddi, predicted=selected),
+            "metrics": compute(
+                y_true, y_prob, threshold, ddi, predicted=selected, patients=patients
+            ),
         }
     return out
 

@@ -59,7 +59,7 @@ from leader.training import Output
 @dataclass
 class MoleRecConfig(MoleculeConfig):
     dropout: float = option(0.7, "dropout on code embeddings and in the GINs (authors: --dp 0.7)")
-    epochs: int = option(50, "at most this many epochs (authors: --epochs 50)")
+    epochs: int = option(100, "epoch cap, not meant to bind (authors: --epochs 50)")
     lr: float = option(5e-4, "Adam learning rate (authors: --lr 5e-4)")
     update: str = option("visit", "one step per visit, as training.py")
     batch_size: int = option(1, "visits per step (authors: 1)")

@@ -52,7 +52,7 @@ from leader.training import Output
 @dataclass
 class RETAINConfig(NeuralConfig):
     dropout: float = option(0.3, "dropout on code embeddings (reproduction: 0.3)")
-    epochs: int = option(40, "at most this many epochs (reproduction: EPOCH = 40)")
+    epochs: int = option(100, "epoch cap, not meant to bind (reproduction: EPOCH = 40)")
     lr: float = option(2e-4, "Adam learning rate (reproduction: LR = 0.0002)")
     update: str = option("patient", "one step per patient, as train_Retain.py")
     batch_size: int = option(1, "patients per step (reproduction: 1)")

@@ -77,7 +77,7 @@ class MoleculeConfig(NeuralConfig):
 @dataclass
 class SafeDrugConfig(MoleculeConfig):
     dropout: float = option(0.5, "dropout on code embeddings (authors: 0.5)")
-    epochs: int = option(50, "at most this many epochs (authors: EPOCH = 50)")
+    epochs: int = option(100, "epoch cap, not meant to bind (authors: EPOCH = 50)")
     lr: float = option(5e-4, "Adam learning rate (authors: --lr 5e-4)")
     update: str = option("visit", "one step per visit, as SafeDrug.py")
     batch_size: int = option(1, "visits per step (authors: 1)")
