@@ -193,11 +193,14 @@ def test_previous_visit_floor_repeats_last_visit_and_serves_first_timers(
 def test_first_time_patients_are_served_from_their_current_visit(
     mol_dataset: VisitDataset, smiles_file: Path
 ) -> None:
-    """History-using models still read a first-time patient's diagnoses."""
+    """History-using models still read a first-time patient's diagnoses (RETAIN in its paper
+    form: the reproductions' code form reads earlier visits only)."""
     first = next(s for s in mol_dataset.samples(None) if s.is_single_visit)
     other = Sample("x:1", "x", (), Visit("1", None, ("d4", "d3"), ("x3",), ()), dict(first.profile))
     for name in ("retain", "gamenet", "micron", "cognet", "safedrug"):
-        model = create(name, smiles=str(smiles_file), **TINY).fit(mol_dataset, log=lambda _: None)
+        options = {"form": "paper"} if name == "retain" else {}
+        model = create(name, smiles=str(smiles_file), **TINY, **options)
+        model.fit(mol_dataset, log=lambda _: None)
         a, b = model.predict_proba([first, other])
         assert not np.allclose(a, b), f"{name} ignores a first-time patient's current visit"
 
