@@ -348,19 +348,16 @@ class Pipeline:
                 self._run_step(step, key, force=False)  # reused: logs and records it
         if not pending:
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from leader.workers import run_in_processes
 
         self.log(f"[{', '.join(s for s, _, _ in pending)}] {self.config.workers} at a time")
-        context = multiprocessing.get_context("spawn")  # no torch state inherited
-        with ProcessPoolExecutor(self.config.workers, mp_context=context) as pool:
-            futures = [
-                pool.submit(_run_step_in_process, self.config, self.root, step, key, force)
-                for step, key, force in pending
-            ]
-            for future in futures:
-                record = future.result()  # a failed step raises here, with its traceback
-                self.records[record.step] = record
+        records = run_in_processes(  # a failed step raises here, with its traceback
+            _run_step_in_process,
+            [(self.config, self.root, step, key, force) for step, key, force in pending],
+            self.config.workers,
+        )
+        for record in records:
+            self.records[record.step] = record
         for step, _, _ in group:  # records in step order, as a sequential run leaves them
             self.records[step] = self.records.pop(step)
 
