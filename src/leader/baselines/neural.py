@@ -220,14 +220,25 @@ class NeuralRecommender:
         sets = [np.zeros((0, drugs), dtype=bool)]
         encoded = self._encode(samples)
         predict = getattr(self.network_, "predict", None)
+        share = getattr(self.network_, "share", None)  # patient-independent parts, once
         with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = collate(encoded[start : start + batch_size], drugs, with_targets=False)
-                out = predict(batch) if predict else torch.sigmoid(self.network_(batch).logits)
-                probabilities, chosen = out if isinstance(out, tuple) else (out, None)
-                scores.append(probabilities.float().numpy())
-                if chosen is not None:
-                    sets.append(chosen.bool().numpy())
+            if share is not None:
+                share(True)
+            try:
+                for start in range(0, len(encoded), batch_size):
+                    batch = collate(
+                        encoded[start : start + batch_size], drugs, with_targets=False
+                    )
+                    out = (
+                        predict(batch) if predict else torch.sigmoid(self.network_(batch).logits)
+                    )
+                    probabilities, chosen = out if isinstance(out, tuple) else (out, None)
+                    scores.append(probabilities.float().numpy())
+                    if chosen is not None:
+                        sets.append(chosen.bool().numpy())
+            finally:
+                if share is not None:
+                    share(False)
         decoded = np.concatenate(sets) if self.decodes_sets else None
         return np.concatenate(scores), decoded
 
