@@ -270,6 +270,15 @@ def test_cli(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
     assert "popularity fold 1 seed 42: PRAUC" in result.output
     assert (tmp_path / "cli" / "results.md").exists()
     result = CliRunner().invoke(
+        app,
+        ["benchmark", "--dataset", str(tiny_dataset.path), "--models", "retain", "--seeds", "1",
+         "--epochs", "1", "--average", "patient", "--model-options", "retain.form=paper",
+         "--out", str(tmp_path / "cli2")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "cli2" / "results.md").read_text()
+    assert "retain (form=paper)" in markdown and "averaged per patient first" in markdown
+    result = CliRunner().invoke(
         app, ["benchmark", "--dataset", str(tiny_dataset.path), "--models", "nope"]
     )
     assert isinstance(result.exception, LeaderError)
