@@ -106,3 +106,26 @@ def test_copy_reads_only_the_earlier_visits_medications(tiny_dataset: VisitDatas
         assert not torch.allclose(ctx["keys"][0, :3], raw, atol=1e-3)
     assert float(probabilities[:3].sum()) > 0.99
     assert float(probabilities[3:5].sum()) < 1e-3
+
+
+def test_each_distinct_set_is_encoded_once_with_the_same_encodings(
+    tiny_dataset: VisitDataset,
+) -> None:
+    model = create("cognet", **TINY).fit(tiny_dataset, log=lambda _: None)
+    network = model.network_.eval()
+    batch = collate(model._encode(tiny_dataset.samples(None)), 5, with_targets=False)
+    calls: list[int] = []
+    encoder = network.diagnosis_encoder
+    hook = encoder.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+    with torch.no_grad():
+        shared = network._encode_sets(batch.diagnoses, network.diagnosis, encoder)
+        b, v, c = batch.diagnoses.shape
+        flat = batch.diagnoses.reshape(b * v, c)  # every set, repeats and padding included
+        mask = flat == 0
+        mask[mask.all(dim=-1), 0] = False
+        each = encoder(network.diagnosis(flat), src_key_padding_mask=mask).reshape(b, v, c, -1)
+    hook.remove()
+    distinct = len({tuple(row) for row in flat.tolist()})
+    assert calls[0] == distinct < b * v  # p1's visits recur in its later samples
+    real = (batch.diagnoses > 0).unsqueeze(-1)  # padding positions are junk either way
+    torch.testing.assert_close(shared * real, each * real, atol=1e-5, rtol=1e-4)

@@ -210,11 +210,21 @@ class COGNetNetwork(nn.Module):
     def _encode_sets(
         self, codes: torch.Tensor, embedding: nn.Embedding, encoder: nn.Module, pad: int = 0
     ) -> torch.Tensor:
-        """(B, V, C) codes -> (B, V, C, D) encodings, each set on its own."""
+        """(B, V, C) codes -> (B, V, C, D) encodings, each set on its own.
+
+        Each distinct set is encoded once per call: a visit recurs in every later sample of
+        its patient (and padding visits are all alike), and a set's encoding depends on the
+        set alone. That is the authors' computation (one encoding per visit per step, their
+        batch being whole patients) at a fraction of the cost; identical sets of different
+        patients in one batch share a dropout draw.
+        """
         b, v, c = codes.shape
         flat = codes.reshape(b * v, c)
-        encoded = encoder(self.dropout(embedding(flat)), src_key_padding_mask=_visible(flat == pad))
-        return encoded.reshape(b, v, c, -1)  # type: ignore[no-any-return]
+        unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        encoded = encoder(
+            self.dropout(embedding(unique)), src_key_padding_mask=_visible(unique == pad)
+        )
+        return encoded[inverse].reshape(b, v, c, -1)  # type: ignore[no-any-return]
 
     def context(self, batch: Batch) -> dict[str, torch.Tensor]:
         diagnoses = self._encode_sets(batch.diagnoses, self.diagnosis, self.diagnosis_encoder)
