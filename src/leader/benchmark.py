@@ -87,10 +87,11 @@ SCORING: dict[str, str] = {
     "gamenet": "sigmoid of its logits",
     "safedrug": "sigmoid of its logits",
     "molerec": "sigmoid of its logits",
-    "micron": "the raw chained sigmoid (its authors' y_pred_prob); set: its add/remove update",
-    "leap": "the mean softmax over the 20 decoding steps (the reproduction's); set: decoded",
+    "micron": "the raw chained sigmoid (its authors' y_pred_prob), its set by its add/remove "
+    "update",
+    "leap": "the mean softmax over the 20 decoding steps (the reproduction's), its set decoded",
     "cognet": "per drug, its maximum over the beam's decoding steps, a decoded drug's at the "
-    "step that chose it (the authors' recommend.py); set: the beam's",
+    "step that chose it (the authors' recommend.py), its set the beam's",
     "leader_s": "sigmoid of its logits",
     "leader_t": "sigmoid of its logits (from the features file)",
 }
