@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--synth-epochs", type=int, default=30, help="epoch cap on the cohort")
     parser.add_argument("--teacher-features", default=None, help="LEADER(T) file (synthetic)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="models trained at once")
+    parser.add_argument("--average", default="sample", help="sample or patient")
     args = parser.parse_args()
     resources = args.data / "resources"
 
@@ -65,6 +67,7 @@ def main() -> None:
         config = BenchmarkConfig(
             models=[args.models], seeds=seeds, folds=folds, epochs=epochs,
             teacher_features=teacher, threads=args.threads, resume=True,
+            workers=args.workers, average=args.average,
         )  # fmt: skip
         run_benchmark(dataset, args.out / f"benchmark-{dataset.name}", config)
         print(f"results: {args.out / f'benchmark-{dataset.name}' / 'results.md'}")

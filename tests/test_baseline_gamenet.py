@@ -20,7 +20,7 @@ def test_visit_codes_are_averaged_and_embeddings_uniform(tiny_dataset: VisitData
     encoder = model.network_.encoder
     assert encoder.pooling == "mean"
     fresh = create("gamenet", **TINY).fit(tiny_dataset, log=lambda _: None)
-    assert fresh.config.lr == 2e-4 and create("gamenet").config.epochs == 40
+    assert fresh.config.lr == 2e-4 and create("gamenet").config.epochs == 100
     embedding = nn.Embedding(4, 3, padding_idx=0)
     from leader.baselines.neural import init_uniform
 

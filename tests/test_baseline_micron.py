@@ -8,7 +8,7 @@ import torch
 
 from leader.baselines import create
 from leader.baselines.features import collate
-from leader.baselines.micron import set_scores, update_set
+from leader.baselines.micron import update_set
 from leader.data.store import VisitDataset
 
 TINY = {"epochs": 2, "embedding_dim": 8, "threads": 1}
@@ -20,13 +20,26 @@ def test_update_rule_adds_at_0_8_removes_under_0_2_keeps_the_rest() -> None:
     assert update_set(previous, p, 0.8, 0.2).int().tolist() == [[1, 1, 0, 1, 0, 0]]
 
 
-def test_scores_keep_the_set_at_0_5_and_the_order_within_it() -> None:
-    p = torch.tensor([0.9, 0.5, 0.6, 0.4, 0.1, 0.3])
-    chosen = torch.tensor([True, True, False, False, False, True])
-    scores = set_scores(p, chosen, 0.8, 0.2)
-    assert ((scores >= 0.5) == chosen).all()
-    assert scores[0] == p[0] and scores[4] == p[4]  # outside the band: the probability
-    assert scores[1] > scores[5]  # in the set, ranked by probability (0.5 > 0.3)
+def test_probabilities_are_the_raw_chain_and_the_set_is_the_update(
+    tiny_dataset: VisitDataset,
+) -> None:
+    """The authors' scoring, by hand on one network: PRAUC from sigmoid(s_t) as it is, the set
+    from the update rule, even where the two disagree at 0.5."""
+    model = create("micron", **TINY).fit(tiny_dataset, log=lambda _: None)
+    network = model.network_
+    with torch.no_grad():  # a hand-set chain: h(r1) and the residual are fixed logits
+        network.prescription[2].weight.zero_()
+        network.prescription[2].bias.copy_(torch.tensor([2.0, -0.4, 0.4, -3.0, 0.0]))
+    sample = {s.sample_id: s for s in tiny_dataset.samples(None)}["p1:v2"]  # v1 gave m1, m2
+    scores, sets = model.predict_with_sets([sample])
+    # s_2 = b + b (every h(.) outputs the bias): logits 4.0, -0.8, 0.8, -6.0, 0.0
+    expected = 1 / (1 + np.exp(-np.array([4.0, -0.8, 0.8, -6.0, 0.0])))
+    np.testing.assert_allclose(scores[0], expected, atol=1e-6)
+    assert tiny_dataset.vocab.codes["medication"] == ["m1", "m2", "m3", "m4", "m5"]
+    # v1's set {m1, m2} updated: m1 (0.98) and m2 (0.31 >= 0.2) stay; m3 (0.69) is not
+    # added below 0.8: the set is not the probabilities at 0.5.
+    assert sets is not None and sets[0].tolist() == [True, True, False, False, False]
+    np.testing.assert_allclose(model.predict_proba([sample])[0], expected, atol=1e-6)
 
 
 def test_chain_carries_logits_from_the_first_visit(tiny_dataset: VisitDataset) -> None:
@@ -45,15 +58,18 @@ def test_chain_carries_logits_from_the_first_visit(tiny_dataset: VisitDataset) -
         for t in (1, 2):
             partial = h(r[0]) + sum(h(r[k] - r[k - 1]) for k in range(1, t + 1))
             chosen = update_set(chosen, torch.sigmoid(partial), 0.8, 0.2)
-        expected = set_scores(torch.sigmoid(logits), chosen, 0.8, 0.2)
-    np.testing.assert_allclose(model.predict_proba([sample])[0], expected.numpy(), atol=1e-6)
+    scores, sets = model.predict_with_sets([sample])
+    np.testing.assert_allclose(scores[0], torch.sigmoid(logits).numpy(), atol=1e-6)
+    assert sets is not None and sets[0].tolist() == chosen.tolist()
 
 
 def test_without_changes_the_first_visits_set_is_kept(tiny_dataset: VisitDataset) -> None:
     model = create("micron", add_threshold=1.5, remove_threshold=-0.5, **TINY)
     model.fit(tiny_dataset, log=lambda _: None)
     sample = {s.sample_id: s for s in tiny_dataset.samples(None)}["p1:v3"]
-    kept = model.predict_proba([sample])[0] >= 0.5
+    _, sets = model.predict_with_sets([sample])
+    assert sets is not None
+    kept = sets[0]
     codes = tiny_dataset.vocab.codes["medication"]
     assert {codes[i] for i in np.flatnonzero(kept)} == {"m1", "m2"}  # v1's recorded drugs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,28 @@ def test_drugs_attend_over_their_own_patient_weighted_substructures(
         flat = network(batch).logits
     assert not torch.allclose(first, first[:1].expand_as(first))
     torch.testing.assert_close(flat, flat[:1].expand_as(flat))
+
+
+def test_prediction_computes_the_drug_side_once_with_the_same_outputs(
+    mol_dataset: VisitDataset, smiles_file: Path
+) -> None:
+    model = create("molerec", smiles=str(smiles_file), **TINY).fit(mol_dataset, log=lambda _: None)
+    samples = mol_dataset.samples(None)
+    network = model.network_
+    calls: list[int] = []
+    drug_side = network.drug_side
+
+    def counted() -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        return drug_side()
+
+    network.drug_side = counted  # type: ignore[method-assign]
+    shared = model.predict_proba(samples, batch_size=2)  # several batches, one drug side
+    assert len(calls) == 1 and network.shared is None  # released after the call
+    with torch.no_grad():  # batch by batch, the drug side recomputed for each (the plain path)
+        per_batch = [
+            torch.sigmoid(network(collate(model._encode(samples[i : i + 2]), 5, False)).logits)
+            for i in range(0, len(samples), 2)
+        ]
+    np.testing.assert_allclose(shared, torch.cat(per_batch).numpy(), atol=1e-6)
+    assert len(calls) == 1 + len(per_batch)

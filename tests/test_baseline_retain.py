@@ -22,8 +22,9 @@ def test_paper_form_reads_the_current_visit_code_form_does_not(
 ) -> None:
     sample = {s.sample_id: s for s in tiny_dataset.samples(None)}["p1:v3"]
     changed = _with_current_diagnoses(sample, ("d4", "d5"))
-    paper = create("retain", **TINY).fit(tiny_dataset, log=lambda _: None)
-    code = create("retain", form="code", **TINY).fit(tiny_dataset, log=lambda _: None)
+    paper = create("retain", form="paper", **TINY).fit(tiny_dataset, log=lambda _: None)
+    code = create("retain", **TINY).fit(tiny_dataset, log=lambda _: None)
+    assert code.config.form == "code"  # the reproductions' released code, by default
     a, b = paper.predict_proba([sample, changed])
     assert not np.allclose(a, b)
     a, b = code.predict_proba([sample, changed])

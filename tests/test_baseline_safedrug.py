@@ -65,3 +65,14 @@ def test_the_mpnn_is_fixed_unless_trained(
         trained = model.network_.molecules.embedding.weight
         assert torch.equal(built[-1], trained) is (not train_it)
     assert create("safedrug").config.radius == 2
+
+
+def test_ddi_weight_is_the_released_codes_min_unless_paper() -> None:
+    from leader.baselines.safedrug import ddi_weight
+
+    rates = torch.tensor([0.08, 0.2])  # above the target 0.06; kp 0.05: 1 + (t - r) / kp
+    code = ddi_weight("code", 0.06, 0.05)(rates)  # min(0, 0.6), min(0, -1.8)
+    paper = ddi_weight("paper", 0.06, 0.05)(rates)  # max(0, 0.6), max(0, -1.8)
+    torch.testing.assert_close(code, torch.tensor([0.0, -1.8]))
+    torch.testing.assert_close(paper, torch.tensor([0.6, 0.0]))
+    assert create("safedrug").config.ddi_weight == "code"

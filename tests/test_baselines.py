@@ -87,6 +87,52 @@ def test_every_model_fits_saves_loads_predicts(
     assert reloaded.num_parameters() == model.num_parameters()
 
 
+# The authors' epoch counts (each config's help cites them); the student's cap is 100.
+AUTHORS_EPOCHS = {
+    "retain": 40, "leap": 30, "gamenet": 40, "safedrug": 50, "micron": 40, "cognet": 200,
+    "molerec": 50,
+}  # fmt: skip
+
+
+def test_epoch_caps_do_not_undercut_the_authors_or_the_student() -> None:
+    from leader.config import TrainConfig
+
+    for name, authors in AUTHORS_EPOCHS.items():
+        config = create(name).config
+        assert config.epochs >= max(authors, TrainConfig().epochs), name
+        assert config.threads == TrainConfig().threads == 1, name  # the student's thread rule
+
+
+def test_an_epoch_holds_the_authors_steps_under_last_visit_samples(
+    tiny_dataset: VisitDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one sample per patient a visit-level model passes visits / samples times per
+    epoch (rounded), a patient-level one once; ``epoch_passes`` sets it by hand."""
+    last = VisitDataset.load(tiny_dataset.save(tmp_path / "last"))
+    last.manifest = {**last.manifest, "options": {**last.manifest.get("options", {}),
+                                                  "samples": "last"}}  # fmt: skip
+    train_last, train_all = last.samples("train"), last.samples("train", "all")
+    assert (len(train_last), len(train_all)) == (4, 6)  # p1 (3 visits), p3, p4, p6
+    gamenet = create("gamenet", **TINY)
+    assert gamenet.authors_passes(last, train_last) == 2  # 6 visits / 4 samples, rounded
+    assert gamenet.authors_passes(tiny_dataset, tiny_dataset.samples("train")) == 1
+    assert create("micron", **TINY).authors_passes(last, train_last) == 1  # per patient
+    import leader.baselines.neural as neural
+
+    steps: list[int] = []
+    real_fit = neural.fit
+
+    def counting_fit(network, batches, *args, **kwargs):  # type: ignore[no-untyped-def]
+        steps.append(sum(1 for _ in batches(np.random.default_rng(0))))
+        return real_fit(network, batches, *args, **kwargs)
+
+    monkeypatch.setattr(neural, "fit", counting_fit)
+    model = create("leap", epochs=1, epoch_passes=3, embedding_dim=8)
+    model.fit(tiny_dataset, log=lambda _: None)
+    assert steps == [3 * len(tiny_dataset.samples("train"))]  # batch_size 1
+    assert model.epoch_passes_ == 3 and model.fit_result_.epochs_run == 1
+
+
 def test_ecc_saved_chains_reproduce_scikit_learn(tiny_dataset: VisitDataset) -> None:
     from leader.baselines.features import current_visit_features
     from leader.baselines.linear import ECC, ECCConfig
@@ -147,11 +193,14 @@ def test_previous_visit_floor_repeats_last_visit_and_serves_first_timers(
 def test_first_time_patients_are_served_from_their_current_visit(
     mol_dataset: VisitDataset, smiles_file: Path
 ) -> None:
-    """History-using models still read a first-time patient's diagnoses."""
+    """History-using models still read a first-time patient's diagnoses (RETAIN in its paper
+    form: the reproductions' code form reads earlier visits only)."""
     first = next(s for s in mol_dataset.samples(None) if s.is_single_visit)
     other = Sample("x:1", "x", (), Visit("1", None, ("d4", "d3"), ("x3",), ()), dict(first.profile))
     for name in ("retain", "gamenet", "micron", "cognet", "safedrug"):
-        model = create(name, smiles=str(smiles_file), **TINY).fit(mol_dataset, log=lambda _: None)
+        options = {"form": "paper"} if name == "retain" else {}
+        model = create(name, smiles=str(smiles_file), **TINY, **options)
+        model.fit(mol_dataset, log=lambda _: None)
         a, b = model.predict_proba([first, other])
         assert not np.allclose(a, b), f"{name} ignores a first-time patient's current visit"
 

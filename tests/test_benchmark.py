@@ -33,13 +33,13 @@ def test_results_folder_two_rows_per_model_and_statuses(
     table = run_benchmark(tiny_dataset.path, out, config, **QUIET)
     for name in ("results.md", "results.csv", "results.json", "prauc.png", "jaccard_ddi.png"):
         assert (out / name).stat().st_size > 0, name
-    # No molecules anywhere: SafeDrug fails saying how to give them; LEADER(T) is not run.
-    assert table["safedrug"]["status"] == "failed"
+    # No molecules anywhere: SafeDrug is not run, saying how to give them; nor is LEADER(T).
+    assert table["safedrug"]["status"] == "not_run"
     assert "--smiles" in table["safedrug"]["reason"]
     assert table["leader_t"]["status"] == "not_run"
     assert all(table[n]["status"] == "ok" for n in ("popularity", "previous_visit", "lr", "retain"))
     markdown = (out / "results.md").read_text()
-    assert "## Failed" in markdown and "## Not run" in markdown
+    assert "## Not run" in markdown and "retain (form=code)" in markdown
     assert "no teacher features" in markdown
     assert "**Protocol.**" in markdown and "permutation test" in markdown
     for title in ("All test samples", "Single-visit", "Multi-visit"):
@@ -50,7 +50,8 @@ def test_results_folder_two_rows_per_model_and_statuses(
     retain = {(r["group"], r["rule"]) for r in ok_rows if r["model"] == "retain"}
     assert retain == {(g, rule) for g in ("all", "single_visit", "multi_visit")
                       for rule in ("0.5", "validation")}  # fmt: skip
-    assert {r["status"] for r in rows} == {"ok", "failed", "not run"}
+    assert {r["status"] for r in rows} == {"ok", "not run"}
+    assert {r["variant"] for r in ok_rows if r["model"] == "retain"} == {"form=code"}
     assert all(r["seeds"] == "2" for r in ok_rows)
     # The validation threshold is chosen on validation Jaccard (a grid value), per model.
     validation = [r for r in ok_rows if r["rule"] == "validation"]
@@ -269,6 +270,15 @@ def test_cli(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
     assert "popularity fold 1 seed 42: PRAUC" in result.output
     assert (tmp_path / "cli" / "results.md").exists()
     result = CliRunner().invoke(
+        app,
+        ["benchmark", "--dataset", str(tiny_dataset.path), "--models", "retain", "--seeds", "1",
+         "--epochs", "1", "--average", "patient", "--model-options", "retain.form=paper",
+         "--out", str(tmp_path / "cli2")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    markdown = (tmp_path / "cli2" / "results.md").read_text()
+    assert "retain (form=paper)" in markdown and "averaged per patient first" in markdown
+    result = CliRunner().invoke(
         app, ["benchmark", "--dataset", str(tiny_dataset.path), "--models", "nope"]
     )
     assert isinstance(result.exception, LeaderError)
@@ -304,3 +314,50 @@ def test_cli_baseline_train_reads_the_datasets_molecules(
     assert (tmp_path / "sd" / "molecules.csv").read_text().splitlines()[:2] == [
         "atc3,smiles", "m1,CCO"
     ]  # fmt: skip
+
+
+def test_decoders_sets_epochs_times_and_variants_in_the_table(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    out = tmp_path / "b"
+    config = BenchmarkConfig(
+        models=["leap,retain"], seeds=1, epochs=3, model_options=["retain.form=paper"]
+    )
+    table = run_benchmark(tiny_dataset.path, out, config, **QUIET)
+    leap = json.loads((out / "runs" / "leap" / "seed42" / "result.json").read_text())
+    assert leap["set_rule"] == "decoded" and leap["thresholds"]["default"] is None
+    assert 1 <= leap["best_epoch"] <= leap["epochs_run"] <= leap["epoch_cap"] == 3
+    assert leap["wall_seconds"] > 0 and leap["cpu_seconds"] > 0 and leap["average"] == "sample"
+    assert leap["variant"] == "scores=mean_softmax"
+    markdown = (out / "results.md").read_text()
+    assert "| leap (scores=mean_softmax) | decoded set |" in markdown
+    assert "retain (form=paper)" in markdown and "best epoch" in markdown and "CPU s" in markdown
+    assert "reached their cap" in markdown and "the mean softmax" in markdown
+    assert table["retain"]["epoch_cap"] == 3 and table["retain"]["set_rule"] == "threshold"
+    # An older results folder (no epochs, times, set rule) still aggregates.
+    for name in ("leap", "retain"):
+        path = out / "runs" / name / "seed42" / "result.json"
+        old = json.loads(path.read_text())
+        for key in ("best_epoch", "epochs_run", "epoch_cap", "wall_seconds", "cpu_seconds",
+                    "set_rule", "variant", "average"):  # fmt: skip
+            old.pop(key)
+        path.write_text(json.dumps(old))
+    again = run_benchmark(
+        tiny_dataset.path, out, BenchmarkConfig(models=["leap,retain"], seeds=1, resume=True),
+        **QUIET,
+    )  # fmt: skip
+    assert again["leap"]["best_epoch"] is None and again["leap"]["results"]
+    with pytest.raises(LeaderError, match="retain has no option 'shape'"):
+        run_benchmark(tiny_dataset.path, out, BenchmarkConfig(model_options=["retain.shape=1"]))
+
+
+def test_workers_run_models_in_processes_with_the_same_results(
+    tiny_dataset: VisitDataset, tmp_path: Path
+) -> None:
+    config = BenchmarkConfig(models=["popularity,lr,retain"], seeds=1, epochs=2)
+    one = run_benchmark(tiny_dataset.path, tmp_path / "one", config, **QUIET)
+    config.workers = 2
+    two = run_benchmark(tiny_dataset.path, tmp_path / "two", config, **QUIET)
+    for name in ("popularity", "lr", "retain"):
+        assert two[name]["results"] == one[name]["results"], name
+    assert list(two) == ["popularity", "lr", "retain"]  # the requested order, not the pool's

@@ -157,3 +157,68 @@ def test_evaluate_errors_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
     with pytest.raises(LeaderError, match="config.json"):
         evaluate_run(tmp_path, tmp_path)
+
+
+def test_average_patient_means_each_patients_samples_first() -> None:
+    """Patient a: two samples, Jaccard 1 and 1; patient b: one sample, Jaccard 0. Per sample:
+    2/3; per patient (the authors'): (1 + 0) / 2. DDI rate and #MED stay pooled."""
+    from leader.metrics import compute, rounds
+
+    truth = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    prob = np.array([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.9, 0.1, 0.1]])
+    patients = ["a", "a", "b"]
+    by_sample = compute(truth, prob)
+    by_patient = compute(truth, prob, patients=patients)
+    assert by_sample["jaccard"] == pytest.approx(2 / 3)
+    assert by_patient["jaccard"] == pytest.approx(0.5)
+    # PRAUC: a's samples 1 and 1; b's drug ties with another at 0.1: 1/3. Patients: (1 + 1/3) / 2
+    assert by_patient["prauc"] == pytest.approx((1.0 + 1 / 3) / 2)
+    assert by_sample["prauc"] == pytest.approx((1.0 + 1.0 + 1 / 3) / 3)
+    assert by_patient["avg_med"] == by_sample["avg_med"] == 1.0
+    # Rounds draw patients: 80% of 2 patients is 2, so every round sees the whole set.
+    drawn = rounds(truth, prob, n_rounds=3, patients=patients)
+    assert drawn["jaccard"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.0)}
+    report = evaluate_probabilities(
+        truth, prob, [True, False, True], None, 0.5, 2, patients=patients
+    )
+    assert report["average"] == "patient"
+    assert report["results"]["at_0.5"]["all"]["metrics"]["jaccard"] == pytest.approx(0.5)
+    # single-visit group: a's first sample (Jaccard 1) and b's (Jaccard 0): 0.5 either way
+    assert report["results"]["at_0.5"]["single_visit"]["metrics"]["jaccard"] == pytest.approx(0.5)
+
+
+def test_a_decoders_own_set_replaces_the_05_rule() -> None:
+    truth = np.array([[1, 0, 1], [0, 1, 0]])
+    prob = np.array([[0.2, 0.1, 0.3], [0.4, 0.1, 0.0]])  # nothing reaches 0.5
+    sets = np.array([[True, False, True], [False, True, False]])
+    report = evaluate_probabilities(truth, prob, [False, False], None, 0.25, 2, predicted=sets)
+    assert report["set_rule"] == "decoded" and report["thresholds"]["default"] is None
+    decoded = report["results"]["at_0.5"]["all"]["metrics"]
+    assert decoded["jaccard"] == 1.0 and decoded["avg_med"] == 1.5
+    # PRAUC still ranks the probabilities: sample 1: 1; sample 2's drug (0.1) behind 0.4: 1/2
+    assert decoded["prauc"] == pytest.approx((1.0 + 1 / 2) / 2)
+    # The validation row thresholds the probabilities (0.25): {2} and {0}.
+    at_t = report["results"]["at_validation"]["all"]["metrics"]
+    assert at_t["jaccard"] == pytest.approx((0.5 + 0.0) / 2)
+    assert "decoded set" in format_table({"model": "m", "split": "test", "samples": 2, **report})
+
+
+def test_evaluate_cli_average_patient(tiny_dataset: VisitDataset, tmp_path: Path) -> None:
+    from leader.baselines.floors import Popularity
+    from leader.cli import app
+
+    Popularity().fit(tiny_dataset).save_pretrained(tmp_path / "pop")
+    out = tmp_path / "e.json"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--run", str(tmp_path / "pop"), "--dataset", str(tiny_dataset.path),
+         "--no-efficiency", "--average", "patient", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["average"] == "patient"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--run", str(tmp_path / "pop"), "--dataset", str(tiny_dataset.path),
+         "--no-efficiency", "--average", "visit"],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "--average" in str(result.exception)

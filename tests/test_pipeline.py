@@ -253,3 +253,11 @@ def test_students_in_parallel_processes_match_a_sequential_run(tmp_path: Path) -
         assert losses == [pytest.approx([r["loss"], r["val"]], rel=1e-4) for r in b["history"]]
     run_pipeline(load_config(config_file), out=parallel, log=logs.append)
     assert all(_reused(parallel).values())
+
+
+def test_worker_jobs_wait_for_the_jobs_they_read() -> None:
+    from leader.workers import run_in_processes
+
+    assert run_in_processes(pow, [(2, 3), (3, 2), (2, 2)], 2, after=[[], [0], [0, 1]]) == [8, 9, 4]
+    with pytest.raises(ValueError, match="never run"):
+        run_in_processes(pow, [(2, 3), (3, 2)], 2, after=[[1], [0]])

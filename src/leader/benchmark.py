@@ -85,9 +85,43 @@ CALIBRATION_TEXT = (
 )
 EXTRA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parameters", "parameters"),
+    ("best_epoch", "best epoch"),
+    ("epochs_run", "epochs"),
     ("train_seconds", "train s"),
+    ("wall_seconds", "wall s"),
+    ("cpu_seconds", "CPU s"),
     ("patients_per_second", "patients/s"),
 )
+# Each model's own probabilities, as its authors score it (PRAUC ranks by these); the
+# decoders' sets are their own (rows "decoded set"), everyone else's a threshold's.
+SCORING: dict[str, str] = {
+    "popularity": "training frequencies (a floor; no model)",
+    "previous_visit": "the last visit's drugs lifted by 0.5 over training frequencies (a floor)",
+    "lr": "logistic regression per drug",
+    "ecc": "classifier chains' probabilities averaged",
+    "retain": "sigmoid of its logits",
+    "gamenet": "sigmoid of its logits",
+    "safedrug": "sigmoid of its logits",
+    "molerec": "sigmoid of its logits",
+    "micron": "the raw chained sigmoid (its authors' y_pred_prob), its set by its add/remove "
+    "update",
+    "leap": "the mean softmax over the 20 decoding steps (the reproduction's), its set decoded",
+    "cognet": "per drug, its maximum over the beam's decoding steps, a decoded drug's at the "
+    "step that chose it (the authors' recommend.py), its set the beam's",
+    "leader_s": "sigmoid of its logits",
+    "leader_t": "sigmoid of its logits (from the features file)",
+}
+# Config fields that pick between the released code and the paper: named in the row.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "retain": ("form",),
+    "safedrug": ("ddi_weight",),
+    "leap": ("scores",),
+}
+# Models submitted to the worker pool slowest first (measured on the MIMIC-III demo), so
+# that the long ones do not start last.
+SLOWEST_FIRST: tuple[str, ...] = (
+    "molerec", "cognet", "safedrug", "leader_s", "gamenet", "micron", "leap", "retain", "ecc",
+)  # fmt: skip
 ATC3 = re.compile(r"^[A-Z][0-9]{2}[A-Z]$")
 
 
@@ -261,6 +295,11 @@ class Scored:
     parameters: int | None
     train_seconds: float | None
     predict_seconds: float | None  # None when nothing ran (scores read from a file)
+    test_sets: np.ndarray | None = None  # a decoder's own sets (None: threshold the scores)
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    epoch_cap: int | None = None
+    variant: str = ""  # e.g. "form=code": the released code's or the paper's set-up
 
 
 def _train_baseline(
@@ -272,16 +311,21 @@ def _train_baseline(
     run_dir: Path,
     log: Callable[[str], None],
 ) -> Scored:
+    from leader.baselines.base import scores_and_sets
     from leader.baselines.registry import MOLECULE_MODELS, create
 
-    overrides: dict[str, Any] = {"seed": seed, "threads": config.threads}
+    overrides: dict[str, Any] = {
+        "seed": seed,
+        "threads": config.threads,
+        **model_options(config.model_options).get(name, {}),
+    }
     if config.epochs is not None:
         overrides["epochs"] = config.epochs
     if name in MOLECULE_MODELS:
         if molecules.file is None:
-            raise LeaderError(
-                f"{name} reads molecules: the dataset records none; prepare it with --smiles "
-                "FILE or give `leader benchmark --smiles FILE`"
+            raise NotRun(
+                f"{name} reads molecules: the dataset records none (no SMILES for its drug "
+                "codes); prepare it with --smiles FILE or give `leader benchmark --smiles FILE`"
             )
         overrides["smiles"] = str(molecules.file)
         overrides["allow_missing_molecules"] = config.allow_missing_molecules
@@ -291,16 +335,54 @@ def _train_baseline(
     train_seconds = time.perf_counter() - started
     model.save_pretrained(run_dir / "model")
     started = time.perf_counter()
-    test = model.predict_proba(dataset.samples("test"))
+    test, test_sets = scores_and_sets(model, dataset.samples("test"))
     predict_seconds = time.perf_counter() - started
     val = dataset.samples("val")
+    fitted = getattr(model, "fit_result_", None)
+    model_config = model.config
     return Scored(
         test,
         model.predict_proba(val) if val else None,
         model.num_parameters(),
         train_seconds,
         predict_seconds,
+        test_sets,
+        fitted.best_epoch if fitted is not None else None,
+        fitted.epochs_run if fitted is not None else None,
+        getattr(model_config, "epochs", None) if fitted is not None else None,
+        ", ".join(f"{f}={getattr(model_config, f)}" for f in VARIANTS.get(name, ())),
     )
+
+
+def model_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``MODEL.FIELD=VALUE`` items -> {model: {field: value}}, each value converted to the
+    type of the field's default; an unknown model or field is an error naming the item."""
+    from leader.baselines.registry import MODELS, default_config
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        name, _, field = key.strip().partition(".")
+        name = name.lower().replace("-", "_")
+        if not raw or not field or name not in MODELS:
+            raise LeaderError(
+                f"--model-options {item!r}: expected MODEL.FIELD=VALUE with MODEL one of "
+                f"{', '.join(MODELS)}"
+            )
+        default = default_config(name)
+        if not hasattr(default, field):
+            raise LeaderError(f"--model-options {item!r}: {name} has no option {field!r}")
+        current = getattr(default, field)
+        value: Any = raw.strip()
+        try:
+            if isinstance(current, bool):
+                value = value.lower() in ("1", "true", "yes")
+            elif isinstance(current, int | float):
+                value = type(current)(value)
+        except ValueError as exc:
+            raise LeaderError(f"--model-options {item!r}: {exc}") from exc
+        out.setdefault(name, {})[field] = value
+    return out
 
 
 def _student(
@@ -318,6 +400,7 @@ def _student(
             f"LEADER(S) not available: leader.student cannot be imported ({exc})"
         ) from exc
     train_seconds: float | None = None
+    epoch_cap: int | None = None
     if config.student_run:
         source = Path(config.student_run)
     else:
@@ -334,17 +417,23 @@ def _student(
         started = time.perf_counter()
         source = train_student(dataset.path, run_dir / "model", student_config, features, log=log)
         train_seconds = time.perf_counter() - started
+        epoch_cap = student_config.train.epochs
     model = load(source)
     started = time.perf_counter()
     test = model.predict_proba(dataset.samples("test"))
     predict_seconds = time.perf_counter() - started
     val = dataset.samples("val")
+    metrics_file = Path(source) / "metrics.json"
+    trained = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
     return Scored(
         test,
         model.predict_proba(val) if val else None,
         model.num_parameters(),
         train_seconds,
         predict_seconds,
+        best_epoch=trained.get("best_epoch"),
+        epochs_run=trained.get("epochs_run"),
+        epoch_cap=epoch_cap if train_seconds is not None else None,
     )
 
 
@@ -410,8 +499,12 @@ def run_one(
 ) -> dict[str, Any]:
     """Train/score/evaluate one model with one seed; never raises for a model's failure."""
     head: dict[str, Any] = {"model": name, "seed": seed, "fold": fold}
+    wall, cpu = time.perf_counter(), time.process_time()
     with run_log("benchmark", run_dir) as log:
         result = _run_logged(name, seed, dataset, config, run_dir, molecules, head, log)
+    # This process's CPU time (all its threads): one model at a time runs in it.
+    result["wall_seconds"] = round(time.perf_counter() - wall, 2)
+    result["cpu_seconds"] = round(time.process_time() - cpu, 2)
     write_json_atomic(run_dir / "result.json", result)
     return result
 
@@ -464,6 +557,8 @@ def _score(
         threshold if threshold is not None else 0.5,
         config.rounds,
         seed,
+        predicted=scored.test_sets,
+        patients=[s.patient_id for s in test] if config.average == "patient" else None,
     )
     if threshold is None:
         evaluated["results"]["at_validation"] = None
@@ -475,7 +570,13 @@ def _score(
     return {
         "calibration": calibrated,
         "thresholds": evaluated["thresholds"],
+        "set_rule": evaluated["set_rule"],
+        "average": evaluated["average"],
         "results": evaluated["results"],
+        "variant": scored.variant,
+        "best_epoch": scored.best_epoch,
+        "epochs_run": scored.epochs_run,
+        "epoch_cap": scored.epoch_cap,
         "parameters": scored.parameters,
         "train_seconds": scored.train_seconds,
         "predict_seconds": scored.predict_seconds,
@@ -523,6 +624,7 @@ def aggregate(
             table[name] = {"status": status, "reason": "; ".join(reasons) or "not run"}
             continue
         first_of_fold = {r["fold"]: r for r in reversed(ok)}.values()
+        decoded = any(r.get("set_rule") == "decoded" for r in ok)  # absent in older results
         entry: dict[str, Any] = {
             "status": "ok",
             "seeds": sorted({r["seed"] for r in ok}),
@@ -533,11 +635,21 @@ def aggregate(
                 if r["status"] != "ok"
             ],
             "thresholds": {
-                "at_0.5": 0.5,
+                "at_0.5": None if decoded else 0.5,
                 "at_validation": _mean_of([{"t": r["thresholds"]["validation"]} for r in ok], "t"),
             },
+            "set_rule": "decoded" if decoded else "threshold",
+            "variant": ok[0].get("variant", ""),
             "parameters": ok[0]["parameters"],
+            "best_epoch": _mean_of(ok, "best_epoch"),
+            "epochs_run": _mean_of(ok, "epochs_run"),
+            "epoch_cap": ok[0].get("epoch_cap"),
+            "runs_at_cap": sum(
+                1 for r in ok if r.get("epoch_cap") and r.get("epochs_run") == r["epoch_cap"]
+            ),
             "train_seconds": _mean_of(ok, "train_seconds"),
+            "wall_seconds": _mean_of(ok, "wall_seconds"),
+            "cpu_seconds": _mean_of(ok, "cpu_seconds"),
             "patients_per_second": _mean_of(ok, "patients_per_second"),
             "results": {},
         }
@@ -602,11 +714,14 @@ def table_rows(table: dict[str, Any]) -> dict[str, list[Row]]:
         for name, entry in ok.items():
             if not entry["results"]["at_0.5"][group]["samples"]:
                 continue
-            extra = {key: entry[key] for key, _ in EXTRA_COLUMNS}
+            extra = {key: entry.get(key) for key, _ in EXTRA_COLUMNS}
+            variant = entry.get("variant", "")
             for rule, label in RULES.items():
                 cells = entry["results"][rule][group]
                 if not any(cells.get(m) for m in METRICS):
                     continue
+                if rule == "at_0.5" and entry.get("set_rule") == "decoded":
+                    label = "decoded set"
                 rows[group].append(
                     Row(
                         model=name,
@@ -619,6 +734,7 @@ def table_rows(table: dict[str, Any]) -> dict[str, list[Row]]:
                         p_value=p_values.get(name),
                         best=name == best,
                         extra=extra,
+                        variant=variant,
                     )
                 )
     return rows
@@ -652,6 +768,17 @@ def protocol_text(
         "p: two-sided paired sign-flip permutation test "
         f"({PERMUTATIONS:,} permutations, exact for up to 13 samples) of each model's "
         "per-sample PRAUC (averaged over seeds) against the group's best model (bold). "
+        + (
+            "Metrics are averaged per patient first (each patient's samples), then over "
+            "patients (`--average patient`; DDI rate and #MED pooled over samples). "
+            if config.average == "patient"
+            else "Metrics are averaged over test samples (`--average sample`). "
+        )
+        + "PRAUC ranks each model's own probabilities, as its authors score it (notes); "
+        "the models that decode their own set (LEAP, COGNet, MICRON) are scored on that set "
+        "(rows `decoded set`) instead of at 0.5. Every trained model stops after 10 epochs "
+        "without a better validation PRAUC, under an epoch cap of at least its authors' "
+        "count and the student's 100 (columns `best epoch`, `epochs`: means over runs). "
         f"Drugs: {dataset.vocab.size('medication')}; DDI source: {dataset.ddi_source}; "
         f"patients: {dataset.stats.get('patients', '?')}; molecules: {molecules.source}."
     )
@@ -676,6 +803,34 @@ def notes(table: dict[str, Any], config: BenchmarkConfig, molecules: Molecules) 
     for name, entry in table.items():
         if entry["status"] == "ok" and entry["failed_runs"]:
             out.append(f"{name}: {len(entry['failed_runs'])} runs failed; cells over the rest.")
+    ok = {n: e for n, e in table.items() if e["status"] == "ok"}
+    scoring = [f"{n}: {SCORING[n]}" for n in ok if n in SCORING]
+    if scoring:
+        out.append("Probabilities (PRAUC's ranking): " + "; ".join(scoring) + ".")
+    capped = {n: e for n, e in ok.items() if e.get("epoch_cap")}
+    if capped:
+        at_cap = {n: e["runs_at_cap"] for n, e in capped.items() if e.get("runs_at_cap")}
+        runs = sum(len(e["seeds"]) * max(len(e["folds"]), 1) for e in capped.values())
+        out.append(
+            f"Epoch caps: {sum(at_cap.values())} of {runs} trained runs reached their cap"
+            + (
+                " (" + ", ".join(f"{n}: {k}" for n, k in at_cap.items()) + "): their budget bound"
+                if at_cap
+                else "; every run stopped on validation"
+            )
+            + ". Caps: "
+            + ", ".join(f"{n} {e['epoch_cap']}" for n, e in capped.items())
+            + "."
+        )
+    variants = [f"{n}: {e['variant']}" for n, e in ok.items() if e.get("variant")]
+    if variants:
+        out.append(
+            "Set-ups (in the rows): "
+            + "; ".join(variants)
+            + ". form=code / ddi_weight=code are the authors' released code (RETAIN: earlier "
+            "visits only; SafeDrug: min(0, ...)); the paper's is one option away "
+            "(`--model-options retain.form=paper`, `safedrug.ddi_weight=paper`)."
+        )
     return out
 
 
@@ -773,6 +928,8 @@ def run_benchmark(
     """Run every requested model x fold x seed, write the results folder, return the table."""
     if config.seeds < 1:
         raise LeaderError("--seeds must be at least 1")
+    config.validate("leader benchmark")
+    model_options(config.model_options)  # a typo fails now, not after the first model
     dataset = VisitDataset.load(dataset_dir)
     if not dataset.samples("test") and not config.folds:
         raise LeaderError(f"{dataset_dir}: the test split has no samples; nothing to evaluate")
@@ -787,12 +944,7 @@ def run_benchmark(
                    extra={"models": models})  # fmt: skip
     molecules = find_molecules(dataset, config, out)
     units = _units(dataset, config, out)
-    results: list[dict[str, Any]] = []
-    for name in models:
-        # Scoring from a file or a given run has no seed to vary.
-        once = name == "leader_t" or (name == "leader_s" and config.student_run)
-        results += _run_model(name, [42] if once else list(range(42, 42 + config.seeds)),
-                              units, config, molecules, out, log)  # fmt: skip
+    results = _run_models(models, units, config, molecules, out, log)
     table = aggregate(results, models, config.folds)
     rows = table_rows(table)
     header = protocol_text(dataset, Path(dataset_dir).name, config, molecules)
@@ -830,6 +982,54 @@ def run_benchmark(
         protocol=header,
     )
     return table
+
+
+def _seeds(name: str, config: BenchmarkConfig) -> list[int]:
+    # Scoring from a file or a given run has no seed to vary.
+    once = name == "leader_t" or (name == "leader_s" and config.student_run)
+    return [42] if once else list(range(42, 42 + config.seeds))
+
+
+def _run_models(
+    models: list[str],
+    units: list[tuple[int | None, VisitDataset]],
+    config: BenchmarkConfig,
+    molecules: Molecules,
+    out: Path,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Every model's runs: one after another, or ``workers`` models at once, each model in
+    its own process (:func:`leader.workers.run_in_processes`, the pipeline's pool)."""
+    if config.workers <= 1 or len(models) <= 1:
+        results: list[dict[str, Any]] = []
+        for name in models:
+            results += _run_model(name, _seeds(name, config), units, config, molecules, out, log)
+        return results
+    from leader.workers import run_in_processes
+
+    order = sorted(models, key=lambda n: SLOWEST_FIRST.index(n) if n in SLOWEST_FIRST else 99)
+    paths = [(fold, str(data.path)) for fold, data in units]
+    log(f"{len(models)} models, {config.workers} at a time, each in its own process")
+    done = run_in_processes(
+        _model_in_process,
+        [(name, _seeds(name, config), paths, config, molecules, str(out)) for name in order],
+        config.workers,
+    )
+    by_model = dict(zip(order, done, strict=True))
+    return [result for name in models for result in by_model[name]]
+
+
+def _model_in_process(
+    name: str,
+    seeds: list[int],
+    paths: list[tuple[int | None, str]],
+    config: BenchmarkConfig,
+    molecules: Molecules,
+    out: str,
+) -> list[dict[str, Any]]:
+    """One model's runs in a worker process (its datasets loaded from their folders)."""
+    units = [(fold, VisitDataset.load(path)) for fold, path in paths]
+    return _run_model(name, seeds, units, config, molecules, Path(out), print)
 
 
 def _run_model(

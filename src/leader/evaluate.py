@@ -29,7 +29,7 @@ import numpy as np
 
 from leader.data.store import Sample, VisitDataset
 from leader.errors import LeaderError
-from leader.metrics import METRICS, best_threshold, compute, evaluate_groups
+from leader.metrics import AVERAGES, METRICS, best_threshold, compute, evaluate_groups
 
 
 def evaluate_probabilities(
@@ -41,20 +41,31 @@ def evaluate_probabilities(
     n_rounds: int = 10,
     seed: int = 0,
     threshold_rule: str = "validation",
+    predicted: np.ndarray | None = None,
+    patients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Grouped metrics at 0.5 and at ``threshold``; a DDI-safe row when there are DDI pairs.
 
     ``threshold_rule`` says where ``threshold`` came from: "validation" (chosen there) or
     "fixed" (the paper's protocol: 0.3 for the student); the rows stay under
-    ``at_validation`` either way.
+    ``at_validation`` either way. ``predicted``: the sets a decoder chose itself (LEAP,
+    COGNet, MICRON); they replace the 0.5 rule (``set_rule`` "decoded", the default
+    threshold None) while PRAUC ranks by ``y_prob``, the model's own probabilities.
+    ``patients``: a patient id per sample, to average per patient first (``--average
+    patient``; :func:`leader.metrics.compute`).
     """
+    decoded = predicted is not None
     out: dict[str, Any] = {
-        "thresholds": {"default": 0.5, "validation": float(threshold)},
+        "thresholds": {"default": None if decoded else 0.5, "validation": float(threshold)},
         "threshold_rule": threshold_rule,
+        "set_rule": "decoded" if decoded else "threshold",
+        "average": "sample" if patients is None else "patient",
         "results": {
-            "at_0.5": evaluate_groups(y_true, y_prob, single_visit, 0.5, ddi, n_rounds, seed),
+            "at_0.5": evaluate_groups(
+                y_true, y_prob, single_visit, 0.5, ddi, n_rounds, seed, predicted, patients
+            ),
             "at_validation": evaluate_groups(
-                y_true, y_prob, single_visit, threshold, ddi, n_rounds, seed
+                y_true, y_prob, single_visit, threshold, ddi, n_rounds, seed, None, patients
             ),
         },
     }
@@ -67,7 +78,9 @@ def evaluate_probabilities(
         out["ddi_safe"] = {
             "threshold": float(threshold),
             "margin": DEFAULT_MARGIN,
-            "metrics": compute(y_true, y_prob, threshold, ddi, predicted=selected),
+            "metrics": compute(
+                y_true, y_prob, threshold, ddi, predicted=selected, patients=patients
+            ),
         }
     return out
 
@@ -114,17 +127,22 @@ def evaluate_run(
     seed: int = 0,
     timing: tuple[int, int] = (50, 2000),
     protocol: str = "default",
+    average: str = "sample",
 ) -> dict[str, Any]:
     """Everything ``leader evaluate`` reports, as a JSON-ready dict.
 
     ``timing``: (single-patient calls for the latency, samples in the throughput batch).
     ``protocol``: "default" scores at the threshold chosen on validation, "paper"
     at the paper's fixed one (student 0.3, any other model 0.5; ``leader.protocol``).
+    ``average``: "sample" or "patient" (:func:`leader.metrics.compute`). A model that
+    decodes its own set (LEAP, COGNet, MICRON) is scored on that set instead of at 0.5.
     """
+    from leader.baselines.base import scores_and_sets
     from leader.models import load, read_decision, read_header
     from leader.protocol import PAPER_STUDENT, PAPER_TEACHER_THRESHOLD, check
 
     check(protocol)
+    check_average(average)
     name = read_header(run_dir).model_type
     model = load(run_dir)
     decision = read_decision(run_dir)
@@ -145,7 +163,7 @@ def evaluate_run(
     else:
         threshold = decision.threshold if decision is not None else 0.5
     y_true = dataset.targets(samples)
-    y_prob = np.asarray(model.predict_proba(samples), dtype=np.float64)
+    y_prob, sets = scores_and_sets(model, samples)
     report: dict[str, Any] = {
         "model": name,
         "run": str(run_dir),
@@ -162,6 +180,8 @@ def evaluate_run(
             n_rounds,
             seed,
             "fixed" if fixed else "validation",
+            predicted=sets,
+            patients=[s.patient_id for s in samples] if average == "patient" else None,
         ),
     }
     calibrated = _calibration(run_dir, dataset, val, val_prob, y_true, y_prob)
@@ -200,6 +220,13 @@ def _calibration(
     return calibration_report(calibration, y_true, y_prob, source=source)
 
 
+def check_average(average: str) -> str:
+    """``--average``: sample or patient, or an error naming both."""
+    if average not in AVERAGES:
+        raise LeaderError(f"--average: {average!r} is not one of {', '.join(AVERAGES)}")
+    return average
+
+
 ROW_METRICS: tuple[str, ...] = ("prauc", "jaccard", "f1", "ddi_rate", "avg_med")
 
 
@@ -214,6 +241,8 @@ def format_table(report: dict[str, Any]) -> str:
     rule = report.get("threshold_rule", "validation")
     for key, label in (("at_0.5", "fixed"), ("at_validation", rule)):
         value = report["thresholds"]["default" if key == "at_0.5" else "validation"]
+        if value is None:  # a decoder's own set
+            label, value = "decoded set", float("nan")
         for group, result in report["results"][key].items():
             stats = result["rounds"] or result.get("folds")  # folds: mean ± std over folds
             if stats is None:
@@ -221,7 +250,8 @@ def format_table(report: dict[str, Any]) -> str:
             cells = "".join(
                 f"{stats[m]['mean']:>10.4f}±{stats[m]['std']:<6.4f}" for m in ROW_METRICS
             )
-            lines.append(f"{label + f' ({value:g})':<19}{group:<14}{result['samples']:>6}  {cells}")
+            shown = label if value != value else label + f" ({value:g})"  # nan: no threshold
+            lines.append(f"{shown:<19}{group:<14}{result['samples']:>6}  {cells}")
     if "ddi_safe" in report:
         m = report["ddi_safe"]["metrics"]
         lines.append("DDI-safe selection: " + ", ".join(f"{k} {m[k]:.4f}" for k in ROW_METRICS))
@@ -321,6 +351,7 @@ def evaluate_folds(
     work_dir: Path,
     n_rounds: int = 10,
     seed: int = 42,
+    average: str = "sample",
 ) -> dict[str, Any]:
     """K-fold cross-validation of a run's model: retrained on each fold with its config.
 
@@ -328,9 +359,11 @@ def evaluate_folds(
     test part at 0.5 and at that threshold (``evaluate_probabilities``). Summary: mean ± std
     over folds of each fold's whole-test-part metrics.
     """
+    from leader.baselines.base import scores_and_sets
     from leader.models import read_header
     from leader.results import mean_std
 
+    check_average(average)
     name = read_header(run_dir).model_type
     dataset = VisitDataset.load(dataset_dir)
     per_fold = []
@@ -339,10 +372,11 @@ def evaluate_folds(
         fitted = _retrain(Path(run_dir), data, work_dir / f"fold{k}" / "model", seed)
         val, test = data.samples("val"), data.samples("test")
         threshold = best_threshold(data.targets(val), fitted.predict_proba(val))
-        y_prob = np.asarray(fitted.predict_proba(test), dtype=np.float64)
+        y_prob, sets = scores_and_sets(fitted, test)
         scored = evaluate_probabilities(
             data.targets(test), y_prob, [s.is_single_visit for s in test],
-            data.ddi_matrix(), threshold, n_rounds, seed,
+            data.ddi_matrix(), threshold, n_rounds, seed, predicted=sets,
+            patients=[s.patient_id for s in test] if average == "patient" else None,
         )  # fmt: skip
         scored.pop("ddi_safe", None)
         per_fold.append({"fold": k, "test_patients": len(splits["test"]), **scored})
@@ -362,6 +396,7 @@ def evaluate_folds(
                 else None,
             }
     thresholds = [f["thresholds"]["validation"] for f in per_fold]
+    decoded = any(f.get("set_rule") == "decoded" for f in per_fold)
     return {
         "model": name,
         "run": str(run_dir),
@@ -369,7 +404,12 @@ def evaluate_folds(
         "split": f"{folds}-fold cross-validation by patient",
         "samples": results["at_0.5"]["all"]["samples"],
         "folds": folds,
-        "thresholds": {"default": 0.5, "validation": float(np.mean(thresholds))},
+        "thresholds": {
+            "default": None if decoded else 0.5,
+            "validation": float(np.mean(thresholds)),
+        },
+        "set_rule": "decoded" if decoded else "threshold",
+        "average": average,
         "results": results,
         "per_fold": per_fold,
     }

@@ -66,19 +66,38 @@ def ddi_rate(predicted: np.ndarray, ddi: np.ndarray) -> float:
     return interacting / all_pairs
 
 
+AVERAGES: tuple[str, ...] = ("sample", "patient")
+
+
+def _average(values: np.ndarray, patients: Any | None) -> float:
+    """Mean over samples, or (``patients``: one id per sample) the mean over patients of
+    each patient's mean: the authors' averaging (GAMENet's line averages a patient's visits
+    first)."""
+    if patients is None:
+        return float(values.sum() / max(len(values), 1))
+    _, owner = np.unique(np.asarray(patients), return_inverse=True)
+    sums = np.bincount(owner, weights=values)
+    counts = np.bincount(owner)
+    return float(np.mean(sums / counts)) if len(counts) else 0.0
+
+
 def compute(
     y_true: Any,
     y_prob: Any,
     threshold: float = 0.5,
     ddi: Any | None = None,
     predicted: Any | None = None,
+    patients: Any | None = None,
 ) -> dict[str, float]:
     """All metrics on one set of samples.
 
     ``y_true``: 0/1 array (samples, drugs); ``y_prob``: probabilities, same shape;
     ``ddi``: optional 0/1 (drugs, drugs) matrix, needed for ``ddi_rate`` (0.0 without it);
-    ``predicted``: optional boolean sets overriding ``y_prob >= threshold`` (for selection
-    rules such as the DDI-safe layer); PRAUC still ranks by ``y_prob``.
+    ``predicted``: optional boolean sets overriding ``y_prob >= threshold`` (a decoder's own
+    set, or a selection rule such as the DDI-safe layer); PRAUC still ranks by ``y_prob``.
+    ``patients``: optional patient id per sample: Jaccard, precision, recall, F1 and PRAUC
+    are then averaged per patient first, then over patients (the authors' averaging); the
+    DDI rate and #MED stay pooled over all samples (visits), as theirs.
     """
     truth, prob = _as_arrays(y_true, y_prob)
     if predicted is None:
@@ -99,13 +118,15 @@ def compute(
         2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
     )
     prauc = np.array([average_precision(t, p) for t, p in zip(truth, prob, strict=True)])
+    if patients is not None and len(patients) != len(truth):
+        raise ValueError(f"patients must have one id per sample; got {len(patients)}")
     n = max(len(truth), 1)
     return {
-        "jaccard": float(jaccard.sum() / n),
-        "precision": float(precision.sum() / n),
-        "recall": float(recall.sum() / n),
-        "f1": float(f1.sum() / n),
-        "prauc": float(prauc.sum() / n),
+        "jaccard": _average(jaccard, patients),
+        "precision": _average(precision, patients),
+        "recall": _average(recall, patients),
+        "f1": _average(f1, patients),
+        "prauc": _average(prauc, patients),
         "ddi_rate": ddi_rate(predicted, ddi) if ddi is not None else 0.0,
         "avg_med": float(n_pred.sum() / n),
         "samples": float(len(truth)),
@@ -120,20 +141,37 @@ def rounds(
     n_rounds: int = 10,
     fraction: float = 0.8,
     seed: int = 0,
+    predicted: Any | None = None,
+    patients: Any | None = None,
 ) -> dict[str, dict[str, float]]:
     """The rounds protocol: ``n_rounds`` random ``fraction`` subsets without replacement.
 
     Returns ``{metric: {"mean": ..., "std": ...}}`` (population std, as numpy's default).
+    With ``patients`` the rounds draw ``fraction`` of the patients (all their samples) and
+    average per patient (:func:`compute`).
     """
     truth, prob = _as_arrays(y_true, y_prob)
+    sets = None if predicted is None else np.asarray(predicted)
+    owners = None if patients is None else np.asarray(patients)
+    units = np.unique(owners) if owners is not None else np.arange(len(truth))
     rng = np.random.default_rng(seed)
-    size = max(1, int(round(fraction * len(truth)))) if len(truth) else 0
+    size = max(1, int(round(fraction * len(units)))) if len(units) else 0
     per_round: list[dict[str, float]] = []
     for _ in range(n_rounds):
         if size == 0:
             break
-        chosen = rng.choice(len(truth), size=size, replace=False)
-        per_round.append(compute(truth[chosen], prob[chosen], threshold, ddi))
+        drawn = rng.choice(len(units), size=size, replace=False)
+        chosen = drawn if owners is None else np.flatnonzero(np.isin(owners, units[drawn]))
+        per_round.append(
+            compute(
+                truth[chosen],
+                prob[chosen],
+                threshold,
+                ddi,
+                None if sets is None else sets[chosen],
+                None if owners is None else owners[chosen],
+            )
+        )
     return {
         m: {
             "mean": float(np.mean([r[m] for r in per_round])) if per_round else 0.0,
@@ -151,11 +189,14 @@ def evaluate_groups(
     ddi: Any | None = None,
     n_rounds: int = 10,
     seed: int = 0,
+    predicted: Any | None = None,
+    patients: Any | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for the whole set and for single-visit / multi-visit samples apart.
 
     ``single_visit``: boolean per sample, True when the sample has no earlier visit.
     Each group holds ``metrics`` (whole group) and ``rounds`` (mean/std), and ``samples``.
+    ``predicted`` / ``patients``: as :func:`compute` (a decoder's sets; per-patient means).
     """
     truth, prob = _as_arrays(y_true, y_prob)
     single = np.asarray(single_visit, dtype=bool)
@@ -171,10 +212,21 @@ def evaluate_groups(
         if not mask.any():
             out[name] = {"samples": 0, "metrics": None, "rounds": None}
             continue
+        sets = None if predicted is None else np.asarray(predicted)[mask]
+        owners = None if patients is None else np.asarray(patients)[mask]
         out[name] = {
             "samples": int(mask.sum()),
-            "metrics": compute(truth[mask], prob[mask], threshold, ddi),
-            "rounds": rounds(truth[mask], prob[mask], threshold, ddi, n_rounds, seed=seed),
+            "metrics": compute(truth[mask], prob[mask], threshold, ddi, sets, owners),
+            "rounds": rounds(
+                truth[mask],
+                prob[mask],
+                threshold,
+                ddi,
+                n_rounds,
+                seed=seed,
+                predicted=sets,
+                patients=owners,
+            ),
         }
     return out
 

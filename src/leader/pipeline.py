@@ -349,24 +349,18 @@ class Pipeline:
                 self._run_step(step, key, force=False)  # reused: logs and records it
         if not pending:
             return
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+        from leader.workers import run_in_processes
 
         self.log(f"[{', '.join(s for s, _, _ in pending)}] {self.config.workers} at a time")
-        context = multiprocessing.get_context("spawn")  # no torch state inherited
-        waiting = {s for s, _, _ in pending}
-        with ProcessPoolExecutor(self.config.workers, mp_context=context) as pool:
-            running: dict[Future[StepRecord], str] = {}
-            while pending or running:
-                for item in [p for p in pending if not waiting & set(UPSTREAM[p[0]])]:
-                    pending.remove(item)
-                    future = pool.submit(_run_step_in_process, self.config, self.root, *item)
-                    running[future] = item[0]
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    record = future.result()  # a failed step raises here, with its traceback
-                    self.records[record.step] = record
-                    waiting.discard(running.pop(future))
+        names = [step for step, _, _ in pending]
+        records = run_in_processes(  # a failed step raises here, with its traceback
+            _run_step_in_process,
+            [(self.config, self.root, step, key, force) for step, key, force in pending],
+            self.config.workers,
+            after=[[names.index(u) for u in UPSTREAM[step] if u in names] for step in names],
+        )
+        for record in records:
+            self.records[record.step] = record
         for step, _, _ in group:  # records in step order, as a sequential run leaves them
             self.records[step] = self.records.pop(step)
 

@@ -138,6 +138,7 @@ class Row:
     p_value: float | None = None  # PRAUC against the group's best model (None: the best)
     best: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # parameters, timings, ...
+    variant: str = ""  # the model's set-up where it matters, e.g. "form=code"
 
     @property
     def rule_label(self) -> str:
@@ -161,8 +162,9 @@ def markdown_rows(
     head += [label for _, label in extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
+        model = f"{row.model} ({row.variant})" if row.variant else row.model
         cells = [
-            f"**{row.model}**" if row.best else row.model,
+            f"**{model}**" if row.best else model,
             row.rule_label,
             str(row.samples),
             *(["-" if row.seeds is None else str(row.seeds)] if seeds else []),
@@ -195,7 +197,7 @@ def write_csv(
     numbers (``model``, ``status``, ``reason``)."""
     from leader.metrics import METRICS
 
-    columns = ["model", "status", "rule", "threshold", "group", "samples", "seeds"]
+    columns = ["model", "variant", "status", "rule", "threshold", "group", "samples", "seeds"]
     for metric in METRICS:
         columns += [f"{metric}_mean", f"{metric}_std"]
     columns += ["p_prauc_vs_best", "best", *extra_keys, "reason"]
@@ -206,6 +208,7 @@ def write_csv(
         for row in rows:
             line: dict[str, Any] = {
                 "model": row.model,
+                "variant": row.variant,
                 "status": "ok",
                 "rule": row.rule,
                 "threshold": "" if row.threshold is None else row.threshold,

@@ -8,8 +8,10 @@ scores samples::
     model.save_pretrained("runs/popularity")    # config.json, *.safetensors, vocab.json
     same = Popularity.from_pretrained("runs/popularity")
 
-Probabilities are thresholded by the caller (0.5 by default, DESIGN.md); sequence decoders
-(LEAP, COGNet) return scores whose ``>= 0.5`` set is exactly their decoded set.
+Probabilities are thresholded by the caller (0.5 by default, DESIGN.md), except for the
+models that choose their set themselves (LEAP's and COGNet's decoders, MICRON's set update):
+those return their own probabilities from ``predict_proba`` and their set from
+``predict_with_sets`` (:func:`scores_and_sets`), as their authors score them.
 """
 
 from __future__ import annotations
@@ -92,3 +94,13 @@ def training_samples(dataset: VisitDataset, name: str) -> list[Sample]:
 def drug_frequency(dataset: VisitDataset, samples: Sequence[Sample]) -> np.ndarray:
     """Share of training samples that received each drug, shape (drugs,)."""
     return dataset.targets(samples).mean(axis=0) if samples else np.zeros(0, np.float32)
+
+
+def scores_and_sets(model: Any, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A model's probabilities (samples, drugs) and, for a model that decodes its own set
+    (``predict_with_sets``), that set as booleans; None: the set is a threshold's."""
+    method = getattr(model, "predict_with_sets", None)
+    if method is None:
+        return np.asarray(model.predict_proba(samples), dtype=np.float64), None
+    scores, sets = method(samples)
+    return np.asarray(scores, dtype=np.float64), None if sets is None else np.asarray(sets)

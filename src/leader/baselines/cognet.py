@@ -23,15 +23,21 @@ against the authors' code (github.com/BarryRun/COGNet, ``src/COGNet_model.py``,
 - Targets: the visit's drugs *rarest first* (by training-set frequency), then END;
   loss NLL (teacher forcing).
 - Prediction: beam search of size 4 (no drug twice, a hypothesis ends at END, scores are
-  summed log-probabilities, at most 45 steps: the code's ``--beam_size 4 --max_len 45``);
-  PRAUC ranks by the best hypothesis' step distributions averaged.
+  summed log-probabilities, at most 45 steps: the code's ``--beam_size 4 --max_len 45``).
+  Decoding computes the decoder at the newest position only (the causal self-attention's
+  last query over the whole prefix, then that position's cross-attention and feed-forward):
+  the same outputs as the whole prefix at a fraction of the cost.
 - Budget (the authors'): Adam, lr 1e-3, 200 epochs, 16 patients (all their visits) per step,
   width 64.
 
-Output and remaining deviations: one score matrix carries the set and the ranking: a drug of
-the decoded set scores ``0.5 + 0.5 m``, any other ``0.5 m`` (``m`` its mean step probability),
-so the ``>= 0.5`` set is the beam's set. Drug frequencies for the order are counted on the
-training split (the code counts them on the whole data set, test included). The code's
+Output, as the authors score it (``recommend.py``): the set is the best hypothesis'
+drugs (Jaccard / F1 / DDI / #MED) and the probabilities are, per drug, its maximum over the
+hypothesis' decoding steps, and for a decoded drug its probability at the step that chose
+it (PRAUC's ranking); the two are kept apart (``predict_with_sets``). The authors keep
+log-probabilities there; probabilities rank the same.
+
+Remaining deviations: drug frequencies for the order are counted on the training split
+(the code counts them on the whole data set, test included). The code's
 unused SafeDrug-style bipartite layer and ``W_dec``/``W_stay`` projections are left out
 (they never reach the output). Early stopping (patience 10 on validation PRAUC) instead
 of the best of 200 epochs by validation Jaccard; at most ``max_visits`` (10) visits.
@@ -57,7 +63,7 @@ from leader.baselines.neural import (
     NeuralConfig,
     NeuralRecommender,
     beam_search,
-    decoded_scores,
+    decoded_step_scores,
     last_output,
     normalize_rows,
     teacher_forcing,
@@ -70,7 +76,7 @@ from leader.training import Output
 @dataclass
 class COGNetConfig(NeuralConfig):
     dropout: float = option(0.3, "dropout on the embeddings (authors: 0.3)")
-    epochs: int = option(200, "at most this many epochs (authors: EPOCH = 200)")
+    epochs: int = option(200, "epoch cap, not meant to bind (authors: EPOCH = 200)")
     lr: float = option(1e-3, "Adam learning rate (authors: --lr 0.001)")
     update: str = option("patient", "steps over whole patients, as COGNet.py")
     batch_size: int = option(16, "patients per step (authors: --batch_size 16)")
@@ -141,10 +147,19 @@ class DecoderLayer(nn.Module):
         diagnosis_padding: torch.Tensor,
         procedures: torch.Tensor,
         procedure_padding: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        length = x.shape[1]
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-        attended = self.self_attention(x, x, x, attn_mask=causal, need_weights=False)[0]
+        """(B, T, D) -> (B, T, D), or (B, 1, D) the last position only with ``last_only``
+        (causal: the last query sees the whole prefix, so it equals the full output's last
+        row; every later sublayer is per position)."""
+        if last_only:
+            query = x[:, -1:]
+            attended = self.self_attention(query, x, x, need_weights=False)[0]
+            x = query
+        else:
+            length = x.shape[1]
+            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+            attended = self.self_attention(x, x, x, attn_mask=causal, need_weights=False)[0]
         x = self.norms[0](x + self.dropouts[0](attended))
         d = self.to_diagnoses(
             x, diagnoses, diagnoses, key_padding_mask=diagnosis_padding, need_weights=False
@@ -195,11 +210,21 @@ class COGNetNetwork(nn.Module):
     def _encode_sets(
         self, codes: torch.Tensor, embedding: nn.Embedding, encoder: nn.Module, pad: int = 0
     ) -> torch.Tensor:
-        """(B, V, C) codes -> (B, V, C, D) encodings, each set on its own."""
+        """(B, V, C) codes -> (B, V, C, D) encodings, each set on its own.
+
+        Each distinct set is encoded once per call: a visit recurs in every later sample of
+        its patient (and padding visits are all alike), and a set's encoding depends on the
+        set alone. That is the authors' computation (one encoding per visit per step, their
+        batch being whole patients) at a fraction of the cost; identical sets of different
+        patients in one batch share a dropout draw.
+        """
         b, v, c = codes.shape
         flat = codes.reshape(b * v, c)
-        encoded = encoder(self.dropout(embedding(flat)), src_key_padding_mask=_visible(flat == pad))
-        return encoded.reshape(b, v, c, -1)  # type: ignore[no-any-return]
+        unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        encoded = encoder(
+            self.dropout(embedding(unique)), src_key_padding_mask=_visible(unique == pad)
+        )
+        return encoded[inverse].reshape(b, v, c, -1)  # type: ignore[no-any-return]
 
     def context(self, batch: Batch) -> dict[str, torch.Tensor]:
         diagnoses = self._encode_sets(batch.diagnoses, self.diagnosis, self.diagnosis_encoder)
@@ -245,9 +270,8 @@ class COGNetNetwork(nn.Module):
             ctx["diagnosis_padding"],
             ctx["procedures"],
             ctx["procedure_padding"],
-        )  # (B, T, D)
-        if last_only:
-            h = h[:, -1:]
+            last_only,
+        )  # (B, T, D), or (B, 1, D) with last_only
         generated = torch.softmax(self.generate(h), dim=-1)  # (B, T, drugs + 2)
         scores = torch.einsum("btd,bkd->btk", self.copy_query(h), ctx["keys"]) / self.dim**0.5
         real = ctx["key_tokens"] != self.pad  # (B, K)
@@ -267,7 +291,7 @@ class COGNetNetwork(nn.Module):
 
     def forward(self, batch: Batch) -> Output:
         if batch.target_sequences is None:
-            return Output(loss=None, logits=torch.logit(self.predict(batch), eps=1e-6))
+            return Output(loss=None, logits=torch.logit(self.predict(batch)[0], eps=1e-6))
         ordered = self.rarest_first(batch.target_sequences)
         inputs, outputs = teacher_forcing(ordered, self.start, self.end)
         probabilities = self.distribution(self.context(batch), inputs)  # (B, T, drugs + 2)
@@ -276,7 +300,8 @@ class COGNetNetwork(nn.Module):
         logits = torch.logit(probabilities.max(dim=1).values[:, : self.drugs], eps=1e-6)
         return Output(loss=loss, logits=logits)
 
-    def predict(self, batch: Batch) -> torch.Tensor:
+    def predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, drugs) the authors' probabilities and (B, drugs) the beam's set."""
         ctx = self.context(batch)
         beam = self.config.beam_size
         expanded = {
@@ -291,7 +316,7 @@ class COGNetNetwork(nn.Module):
         chosen = torch.zeros(batch.size, self.drugs, dtype=torch.bool)
         for b, tokens in enumerate(result.tokens):
             chosen[b, [t for t in tokens if t < self.drugs]] = True
-        return decoded_scores(result.mean_probabilities[:, : self.drugs], chosen)
+        return decoded_step_scores(result, chosen), chosen
 
 
 class COGNet(NeuralRecommender):
@@ -299,6 +324,7 @@ class COGNet(NeuralRecommender):
 
     name: ClassVar[str] = "cognet"
     config_class: ClassVar[type[Any]] = COGNetConfig
+    decodes_sets: ClassVar[bool] = True
 
     def prepare(
         self, dataset: VisitDataset, train: Sequence[Sample]

@@ -58,7 +58,7 @@ from leader.training import Output
 @dataclass
 class GAMENetConfig(NeuralConfig):
     dropout: float = option(0.4, "dropout on code embeddings (authors: 0.4)")
-    epochs: int = option(40, "at most this many epochs (authors: EPOCH = 40)")
+    epochs: int = option(100, "epoch cap, not meant to bind (authors: EPOCH = 40)")
     lr: float = option(2e-4, "Adam learning rate (authors: LR = 0.0002)")
     update: str = option("visit", "one step per visit, as train_GAMENet.py")
     batch_size: int = option(1, "visits per step (authors: 1)")

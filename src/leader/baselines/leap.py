@@ -20,12 +20,13 @@ reports (github.com/sjy1203/GAMENet, ``code/models.py`` ``Leap``, ``code/baselin
 
 LEAP reads only the current visit, so first-time patients are served like everyone else.
 
-Output and remaining deviations: one score matrix must carry both the set and the ranking,
-so by default (``scores = "decoded_first"``) a decoded drug scores ``0.5 + 0.5 m`` and any
-other ``0.5 m`` (``m`` its mean softmax): the ``>= 0.5`` set is the decoded set and PRAUC
-ranks by ``m`` within each group. ``scores = "mean_softmax"`` returns ``m`` itself (the
-code's PRAUC; its 0.5 set is then empty, use it with a tuned threshold). The
-reinforcement-learning fine-tuning stage (rewarding Jaccard, an extra 30 epochs) is not
+Output, as the reproduction scores it: the probabilities are the mean softmax over the 20
+steps (PRAUC's ranking) and the set is the decoded set (Jaccard / F1 / DDI / #MED), kept
+apart (``predict_with_sets``). ``scores = "decoded_first"`` (this project's earlier default)
+instead returns ``0.5 + 0.5 m`` for a decoded drug and ``0.5 m`` for any other, so that one
+score matrix thresholded at 0.5 gives the decoded set (PRAUC then ranks decoded drugs
+first). Remaining deviations: the reinforcement-learning fine-tuning stage (rewarding
+Jaccard, an extra 30 epochs) is not
 implemented: the reproduction reports LEAP without it as well. Early stopping (patience 10
 on validation PRAUC) instead of the last of 30 epochs.
 
@@ -62,12 +63,16 @@ from leader.training import Output
 class LEAPConfig(NeuralConfig):
     embedding_dim: int = option(128, "embedding / GRU width (reproduction: emb_dim=128)")
     dropout: float = option(0.3, "dropout on the embeddings (reproduction: 0.3)")
-    epochs: int = option(30, "at most this many epochs (reproduction: EPOCH = 30)")
+    epochs: int = option(100, "epoch cap, not meant to bind (reproduction: EPOCH = 30)")
     lr: float = option(2e-4, "Adam learning rate (reproduction: LR = 0.0002)")
     update: str = option("visit", "one step per visit, as train_Leap.py")
     batch_size: int = option(1, "visits per step (reproduction: 1)")
     max_steps: int = option(20, "decoding steps at prediction (reproduction: max_len=20)")
-    scores: str = option("decoded_first", "'decoded_first' or 'mean_softmax' (see the docs)")
+    scores: str = option(
+        "mean_softmax",
+        "'mean_softmax' (the reproduction's probabilities) or 'decoded_first' (decoded drugs "
+        "scored above 0.5; see the module docs)",
+    )
 
 
 class LEAPNetwork(nn.Module):
@@ -106,7 +111,7 @@ class LEAPNetwork(nn.Module):
 
     def forward(self, batch: Batch) -> Output:
         if batch.target_sequences is None:
-            return Output(loss=None, logits=torch.logit(self.predict(batch), eps=1e-6))
+            return Output(loss=None, logits=torch.logit(self.predict(batch)[0], eps=1e-6))
         context, hidden = self.context(batch)
         inputs, outputs = teacher_forcing(batch.target_sequences, self.start, self.end)
         step_logits = []
@@ -128,15 +133,16 @@ class LEAPNetwork(nn.Module):
             token = logits.argmax(dim=-1)  # fed back as is, repeats included (the code)
         return torch.stack(steps, dim=1)
 
-    def predict(self, batch: Batch) -> torch.Tensor:
+    def predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, drugs) mean softmax over the steps and (B, drugs) the decoded set."""
         steps = self.step_probabilities(batch)
         mean = steps[:, :, : self.drugs].mean(dim=1)  # (B, drugs)
-        if self.config.scores == "mean_softmax":
-            return mean
         chosen = torch.zeros_like(mean, dtype=torch.bool)
         for b, rows in enumerate(steps.numpy()):
             chosen[b, first_unique_tokens(rows, {self.start, self.end})] = True
-        return decoded_scores(mean, chosen)
+        if self.config.scores == "decoded_first":
+            return decoded_scores(mean, chosen), chosen
+        return mean, chosen
 
 
 class LEAP(NeuralRecommender):
@@ -144,6 +150,7 @@ class LEAP(NeuralRecommender):
 
     name: ClassVar[str] = "leap"
     config_class: ClassVar[type[Any]] = LEAPConfig
+    decodes_sets: ClassVar[bool] = True
 
     def prepare(
         self, dataset: VisitDataset, train: Sequence[Sample]

@@ -23,12 +23,13 @@ Networks", IJCAI 2021), read against the authors' code (github.com/ycq091044/MIC
 - Budget (the authors'): RMSprop, lr 2e-4, weight decay 1e-5, 40 epochs, one step per
   patient (its visits' losses together), width 64.
 
-Output: one score matrix whose ``>= 0.5`` set is MICRON's set. A probability outside
-``[0.2, 0.8)`` is its own score (the rule agrees with 0.5 there); inside that band the set
-decides, and the probability is mapped linearly into ``[0.5, 0.8)`` for drugs in the set and
-``[0.2, 0.5)`` for the others, so PRAUC still ranks by probability within each group. A
-first-time patient (no earlier visit; MICRON's code skips them) gets ``sigmoid(h(r))``,
-the prediction of its initial-visit term.
+Output, as the authors score it: the probabilities are the raw chained sigmoid ``p_t``
+(their ``y_pred_prob``, PRAUC's ranking) and the set is the updated set (their ``y_pred``,
+for Jaccard / F1 / DDI / #MED): the two are kept apart (``predict_with_sets``), so a drug
+can be in the set with ``p < 0.5`` (kept from the previous visit) or out of it with
+``p >= 0.5`` (not added below 0.8). A first-time patient (no earlier visit; MICRON's code
+skips them) gets ``sigmoid(h(r))``, the prediction of its initial-visit term, and the set
+``p >= 0.5``.
 
 Remaining deviations: a patient's loss is the mean over its visits, not the sum (Adam-type
 optimisers are nearly scale-free); early stopping (patience 10 on validation PRAUC) instead of
@@ -70,7 +71,7 @@ from leader.training import Output
 @dataclass
 class MICRONConfig(NeuralConfig):
     dropout: float = option(0.5, "dropout on code embeddings (authors: 0.5)")
-    epochs: int = option(40, "at most this many epochs (authors: EPOCH = 40)")
+    epochs: int = option(100, "epoch cap, not meant to bind (authors: EPOCH = 40)")
     optimizer: str = option("rmsprop", "authors: RMSprop")
     lr: float = option(2e-4, "learning rate (authors: --lr 2e-4)")
     weight_decay: float = option(1e-5, "weight decay (authors: --weight_decay 1e-5)")
@@ -87,16 +88,6 @@ def update_set(
     """MICRON's set update: add ``p >= add``, remove ``p < remove``, keep the rest."""
     kept = previous.bool() & ~(probabilities < remove)
     return kept | (probabilities >= add)
-
-
-def set_scores(
-    probabilities: torch.Tensor, chosen: torch.Tensor, add: float, remove: float
-) -> torch.Tensor:
-    """Scores whose ``>= 0.5`` set is ``chosen``; equal to ``p`` outside ``[remove, add)``."""
-    position = (probabilities - remove) / (add - remove)  # in [0, 1) inside the band
-    inside = (probabilities >= remove) & (probabilities < add)
-    mapped = torch.where(chosen, 0.5 + (add - 0.5) * position, remove + (0.5 - remove) * position)
-    return torch.where(inside, mapped, probabilities)
 
 
 class MICRONNetwork(nn.Module):
@@ -132,7 +123,7 @@ class MICRONNetwork(nn.Module):
         previous_health = last_output(health, (batch.lengths - 1).clamp(min=1))
         current = self.prescription(current_health)  # (B, drugs)
         if batch.target is None:
-            return Output(loss=None, logits=torch.logit(self.predict(batch), eps=1e-6))
+            return Output(loss=None, logits=torch.logit(self.predict(batch)[0], eps=1e-6))
         previous = self.prescription(previous_health)
         residual = self.prescription(current_health - previous_health)
         target, earlier = batch.target, batch.previous_medications()
@@ -152,8 +143,8 @@ class MICRONNetwork(nn.Module):
         loss = (per_sample * has_previous).sum() / has_previous.sum().clamp(min=1)
         return Output(loss=loss, logits=current, parts={"rec": float(rec.detach().mean())})
 
-    def predict(self, batch: Batch) -> torch.Tensor:
-        """(B, drugs) scores (see the module docstring): MICRON's chain over the visits."""
+    def predict(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, drugs) chained probabilities and (B, drugs) the chain's set (module docs)."""
         add, remove = self.config.add_threshold, self.config.remove_threshold
         health = self.representations(batch)  # (B, V, D)
         logits = self.prescription(health[:, 0])  # s_1 (B, drugs)
@@ -166,8 +157,7 @@ class MICRONNetwork(nn.Module):
             chosen = torch.where(live, updated, chosen)
         probabilities = torch.sigmoid(logits)
         first_time = (batch.lengths == 1).unsqueeze(-1)
-        scores = set_scores(probabilities, chosen, add, remove)
-        return torch.where(first_time, probabilities, scores)
+        return probabilities, torch.where(first_time, probabilities >= 0.5, chosen)
 
 
 class MICRON(NeuralRecommender):
@@ -175,6 +165,7 @@ class MICRON(NeuralRecommender):
 
     name: ClassVar[str] = "micron"
     config_class: ClassVar[type[Any]] = MICRONConfig
+    decodes_sets: ClassVar[bool] = True
 
     def trains_on(self, sample: Sample) -> bool:
         return not sample.is_single_visit  # the code trains from each patient's second visit

@@ -59,7 +59,7 @@ from leader.training import Output
 @dataclass
 class MoleRecConfig(MoleculeConfig):
     dropout: float = option(0.7, "dropout on code embeddings and in the GINs (authors: --dp 0.7)")
-    epochs: int = option(50, "at most this many epochs (authors: --epochs 50)")
+    epochs: int = option(100, "epoch cap, not meant to bind (authors: --epochs 50)")
     lr: float = option(5e-4, "Adam learning rate (authors: --lr 5e-4)")
     update: str = option("visit", "one step per visit, as training.py")
     batch_size: int = option(1, "visits per step (authors: 1)")
@@ -114,14 +114,16 @@ class MoleRecNetwork(nn.Module):
         self.register_buffer("drug_fragments", drug_fragments, persistent=False)
         self.register_buffer("projection", inputs["projection"], persistent=False)
         self.register_buffer("ddi", inputs["ddi_adjacency"], persistent=False)
+        self.shared: tuple[torch.Tensor, torch.Tensor] | None = None  # see share()
 
     def patient(self, batch: Batch) -> torch.Tensor:
         d, p = self.encoder.streams(batch)
         current = torch.cat([last_output(d, batch.lengths), last_output(p, batch.lengths)], -1)
         return self.encoder.query(torch.cat([current, current], dim=-1))  # type: ignore[no-any-return]
 
-    def forward(self, batch: Batch) -> Output:
-        query = self.patient(batch)  # (B, D)
+    def drug_side(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patient-independent part: (N, F) each drug's attention over substructures and
+        (F, D) the set-encoded substructures (both GINs read every molecule)."""
         projection: torch.Tensor = self.projection  # type: ignore[assignment]
         drugs = projection @ self.molecules()  # (N, D)
         if self.fragments.count > 0:
@@ -131,6 +133,17 @@ class MoleRecNetwork(nn.Module):
         mask: torch.Tensor = self.drug_fragments  # type: ignore[assignment]
         scores = self.query_proj(drugs) @ self.key_proj(substructures).T / self.dim**0.5
         attention = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (N, F)
+        return attention, substructures
+
+    def share(self, on: bool) -> None:
+        """Prediction (eval mode, no gradient): ``on`` computes the drug side once for every
+        batch until ``share(False)``; the same outputs, the GINs run once per call."""
+        self.shared = self.drug_side() if on and not self.training else None
+
+    def forward(self, batch: Batch) -> Output:
+        query = self.patient(batch)  # (B, D)
+        shared = self.shared if not self.training else None
+        attention, substructures = shared if shared is not None else self.drug_side()
         weights = torch.sigmoid(self.fragment_weight(query))  # (B, F)
         aware = attention @ (weights.unsqueeze(-1) * substructures)  # (B, N, D)
         logits = self.score(aware).squeeze(-1)  # (B, N)

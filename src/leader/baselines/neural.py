@@ -5,10 +5,14 @@ Each neural baseline module defines a ``torch.nn.Module`` following the project 
 :class:`NeuralRecommender` that says how to build it. Training is always
 ``leader.training.fit``: one stopping rule for every model, the student's (early stopping
 after ``patience`` = 10 epochs without a better validation PRAUC, best weights kept), and
-each model's own budget from its authors' code, set as its config's defaults with the
-value cited: learning rate, optimiser, dropout, epochs and update granularity (one step
-per visit, ``update="visit", batch_size=1``, or per patient, ``update="patient"``).
-No gradient clipping (none of the originals clips).
+each model's own optimisation from its authors' code, set as its config's defaults with the
+value cited: learning rate, optimiser, dropout and update granularity (one step per visit,
+``update="visit", batch_size=1``, or per patient, ``update="patient"``). The epoch count is
+a cap that should not bind: at least the authors' count and the student's 100 (the authors'
+count is in each config's help), and an epoch holds as many optimiser steps as the authors'
+(``epoch_passes``: under one sample per patient, a visit-level model passes over the
+training samples visits/samples times per epoch). One torch thread by default, the
+student's rule. No gradient clipping (none of the originals clips).
 
 Shared pieces follow the originals: ``U(-0.1, 0.1)`` code embeddings where the authors'
 ``init_weights`` does that (:func:`init_uniform`); dropout on every code embedding before
@@ -58,7 +62,18 @@ class NeuralConfig:
 
     embedding_dim: int = option(64, "code embedding / hidden width")
     dropout: float = option(0.5, "dropout on code embeddings (the authors' value per model)")
-    epochs: int = option(50, "at most this many epochs (at least the authors' count)")
+    epochs: int = option(
+        100,
+        "at most this many epochs: a cap that should not bind (early stopping ends training); "
+        "at least the authors' count and the student's 100",
+    )
+    epoch_passes: int = option(
+        0,
+        "passes over the training samples per epoch; 0 = as many optimiser steps per epoch as "
+        "the authors took: update=visit, their visits / our samples, rounded (1 when every "
+        "visit is a sample, about 2.4 under --protocol paper's one sample per patient); "
+        "update=patient, 1",
+    )
     update: str = option(
         "visit",
         "one optimiser step per 'visit' (batch_size samples) or per 'patient' "
@@ -74,7 +89,9 @@ class NeuralConfig:
     )
     max_visits: int = option(10, "most recent visits kept per sample (earlier + current)")
     seed: int = option(42, "seeds weights, shuffling and dropout")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    threads: int = option(
+        1, "torch CPU threads (0 = torch's default); 1, the student's rule (TrainConfig.threads)"
+    )
 
 
 Inputs = dict[str, torch.Tensor]
@@ -85,6 +102,7 @@ class NeuralRecommender:
 
     name: ClassVar[str]
     config_class: ClassVar[type[Any]] = NeuralConfig
+    decodes_sets: ClassVar[bool] = False  # True: network.predict returns (scores, sets)
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config or self.config_class()
@@ -93,6 +111,7 @@ class NeuralRecommender:
         self.meta_: dict[str, Any] = {}
         self.inputs_: Inputs = {}
         self.fit_result_: Any = None
+        self.epoch_passes_ = 1
 
     # ---------------------------------------------------------------- subclass hooks
     def prepare(
@@ -137,6 +156,12 @@ class NeuralRecommender:
             )
         encoded = self._encode(trained)
         groups = self._update_groups(trained)
+        passes = self.config.epoch_passes or self.authors_passes(dataset, trained)
+        if passes > 1:
+            log(
+                f"{self.name}: an epoch is {passes} passes over the {len(trained)} training "
+                "samples (the authors' optimiser steps per epoch: one per visit)"
+            )
         drugs = self.meta_["drugs"]
         truth = dataset.targets(validation)
 
@@ -144,7 +169,7 @@ class NeuralRecommender:
             hook = getattr(self.network_, "start_epoch", None)
             if hook is not None:
                 hook()
-            order = rng.permutation(len(groups))
+            order = np.concatenate([rng.permutation(len(groups)) for _ in range(passes)])
             for start in range(0, len(order), self.config.batch_size):
                 chunk = [
                     encoded[i]
@@ -168,20 +193,54 @@ class NeuralRecommender:
             optimizer=self.config.optimizer,
         )
         self.fit_result_ = fit(self.network_, batches, validate, train_config, run_dir, log=log)
+        self.epoch_passes_ = passes
         return self
 
+    def authors_passes(self, dataset: VisitDataset, trained: Sequence[Sample]) -> int:
+        """Passes per epoch that give the authors' optimiser steps per epoch: they stepped
+        once per training visit (update=visit) or per patient (update=patient)."""
+        if self.config.update != "visit":
+            return 1  # one step per patient either way (each patient's samples together)
+        visits = [s for s in dataset.samples("train", "all") if self.trains_on(s)]
+        return max(1, round(len(visits) / max(len(trained), 1)))
+
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 256) -> np.ndarray:
+        """(samples, drugs) the model's own probabilities (the authors' scores)."""
+        return self.predict_with_sets(samples, batch_size)[0]
+
+    def predict_with_sets(
+        self, samples: Sequence[Sample], batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, for a model that decodes its set itself (``decodes_sets``:
+        LEAP, COGNet, MICRON), that set (samples, drugs) bool; None for the others, whose
+        set is their thresholded probabilities."""
         self.network_.eval()
         drugs = int(self.meta_["drugs"])
-        outputs = [np.zeros((0, drugs), dtype=np.float32)]
+        scores = [np.zeros((0, drugs), dtype=np.float32)]
+        sets = [np.zeros((0, drugs), dtype=bool)]
         encoded = self._encode(samples)
+        predict = getattr(self.network_, "predict", None)
+        share = getattr(self.network_, "share", None)  # patient-independent parts, once
         with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = collate(encoded[start : start + batch_size], drugs, with_targets=False)
-                predict = getattr(self.network_, "predict", None)
-                scores = predict(batch) if predict else torch.sigmoid(self.network_(batch).logits)
-                outputs.append(scores.float().numpy())
-        return np.concatenate(outputs)
+            if share is not None:
+                share(True)
+            try:
+                for start in range(0, len(encoded), batch_size):
+                    batch = collate(
+                        encoded[start : start + batch_size], drugs, with_targets=False
+                    )
+                    out = (
+                        predict(batch) if predict else torch.sigmoid(self.network_(batch).logits)
+                    )
+                    probabilities, chosen = out if isinstance(out, tuple) else (out, None)
+                    scores.append(probabilities.float().numpy())
+                    if chosen is not None:
+                        sets.append(chosen.bool().numpy())
+            finally:
+                if share is not None:
+                    share(False)
+        decoded = np.concatenate(sets) if self.decodes_sets else None
+        return np.concatenate(scores), decoded
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.network_.parameters()))
@@ -470,7 +529,10 @@ StepFunction = Callable[[torch.Tensor], torch.Tensor]
 class BeamResult:
     tokens: list[list[int]]  # per row: the best hypothesis, END excluded
     scores: torch.Tensor  # (B,) its summed log-probability
-    mean_probabilities: torch.Tensor  # (B, tokens) its step distributions averaged
+    step_maxima: torch.Tensor  # (B, tokens) max of its step distributions over emitting steps
+    at_choice: torch.Tensor  # (B, tokens) a token's probability at the step that emitted it
+    first_step: torch.Tensor  # (B, tokens) the first step's distribution
+    emitted: torch.Tensor  # (B,) steps of the best hypothesis that emitted a token (not END)
 
 
 def beam_search(
@@ -482,13 +544,17 @@ def beam_search(
     first) to (rows * beam, tokens) log-probabilities of the next token, ``start`` excluded
     from the choice. Scores are summed log-probabilities without length normalisation, and
     finished hypotheses compete with live ones at every step, as in COGNet's ``Beam``.
-    ``beam=1`` is greedy decoding.
+    ``beam=1`` is greedy decoding. Along each hypothesis the raw step distributions are
+    kept as COGNet's ``get_prob_list`` reads them: their maximum over the steps that emitted
+    a token and each emitted token's probability at its step (:func:`decoded_step_scores`).
     """
     prefixes = torch.full((rows * beam, 1), start, dtype=torch.long)
     scores = torch.full((rows, beam), float("-inf"))
     scores[:, 0] = 0.0  # one live hypothesis per row at the start
     finished = torch.zeros(rows, beam, dtype=torch.bool)
-    sums: torch.Tensor | None = None  # (rows, beam, tokens) summed step distributions
+    maxima: torch.Tensor | None = None  # (rows, beam, tokens)
+    at_choice: torch.Tensor | None = None  # (rows, beam, tokens)
+    first: torch.Tensor | None = None  # (rows, tokens)
     counts = torch.zeros(rows, beam)
     for _ in range(max_steps):
         log_probs = step(prefixes)  # (rows * beam, tokens)
@@ -500,8 +566,9 @@ def beam_search(
         used.scatter_(1, prefixes, True)
         used[:, end] = False
         log_probs = log_probs.masked_fill(used, float("-inf")).view(rows, beam, tokens)
-        if sums is None:
-            sums = torch.zeros(rows, beam, tokens)
+        if maxima is None or at_choice is None or first is None:
+            maxima, at_choice = torch.zeros(rows, beam, tokens), torch.zeros(rows, beam, tokens)
+            first = step_probs[:, 0].clone()
         live = ~finished & torch.isfinite(scores)
         grow = torch.where(live.unsqueeze(-1), scores.unsqueeze(-1) + log_probs, float("-inf"))
         stay = torch.where(finished, scores, float("-inf")).unsqueeze(-1)  # carry finished
@@ -509,11 +576,18 @@ def beam_search(
         best, index = candidates.topk(beam, dim=1)
         parent, token = index // (tokens + 1), index % (tokens + 1)
         carried = token == tokens
+        emitted = ~carried & (token != end)  # (rows, beam) this step emitted a token
         gather = parent.unsqueeze(-1).expand(-1, -1, tokens)
-        sums = torch.gather(sums, 1, gather) + torch.where(
-            carried.unsqueeze(-1), 0.0, torch.gather(step_probs, 1, gather)
+        parent_step = torch.gather(step_probs, 1, gather)  # the distribution it chose from
+        maxima = torch.gather(maxima, 1, gather)
+        maxima = torch.where(emitted.unsqueeze(-1), torch.maximum(maxima, parent_step), maxima)
+        at_choice = torch.gather(at_choice, 1, gather)
+        slot = token.clamp(max=tokens - 1).unsqueeze(-1)  # (rows, beam, 1)
+        value = torch.where(
+            emitted.unsqueeze(-1), parent_step.gather(2, slot), at_choice.gather(2, slot)
         )
-        counts = torch.gather(counts, 1, parent) + (~carried).float()
+        at_choice = at_choice.scatter(2, slot, value)
+        counts = torch.gather(counts, 1, parent) + emitted.float()
         finished = torch.gather(finished, 1, parent) | carried | (token == end)
         finished |= ~torch.isfinite(best)
         scores = best
@@ -522,9 +596,30 @@ def beam_search(
         prefixes = torch.cat([prefixes[flat_parent], next_token], dim=1)
         if bool(finished.all()):
             break
-    assert sums is not None
+    assert maxima is not None and at_choice is not None and first is not None
     top = scores.argmax(dim=1)  # (rows,)
-    chosen = prefixes.view(rows, beam, -1)[torch.arange(rows), top, 1:]
+    rows_index = torch.arange(rows)
+    chosen = prefixes.view(rows, beam, -1)[rows_index, top, 1:]
     result = [[int(t) for t in row if int(t) != end] for row in chosen]
-    mean = sums[torch.arange(rows), top] / counts[torch.arange(rows), top].clamp(min=1).unsqueeze(1)
-    return BeamResult(result, scores[torch.arange(rows), top], mean)
+    return BeamResult(
+        result,
+        scores[rows_index, top],
+        maxima[rows_index, top],
+        at_choice[rows_index, top],
+        first,
+        counts[rows_index, top],
+    )
+
+
+def decoded_step_scores(result: BeamResult, chosen: torch.Tensor) -> torch.Tensor:
+    """COGNet's probabilities (``recommend.py``): a decoded drug scores its probability at
+    the step that emitted it, any other drug its maximum over the emitting steps.
+
+    ``chosen`` (B, drugs) bool; the first ``drugs`` token columns are read. A row that
+    decoded nothing (the code would fail on an empty list) scores its first step's
+    distribution.
+    """
+    drugs = chosen.shape[1]
+    scores = torch.where(chosen, result.at_choice[:, :drugs], result.step_maxima[:, :drugs])
+    decoded_nothing = (result.emitted == 0).unsqueeze(1)
+    return torch.where(decoded_nothing, result.first_step[:, :drugs], scores)

@@ -10,12 +10,13 @@ reproduction the GAMENet / SafeDrug line reports (github.com/sjy1203/GAMENet,
 - Two GRUs read the visits in reverse time order; ``alpha = softmax_i(w^T g_i + b)`` over
   the visits, ``beta_i = tanh(W h_i + b)``; ``c = sum_i alpha_i (beta_i * v_i)``; one logit per
   drug ``W_out c + b``; loss BCE.
-- ``form`` says what the model reads (the benchmark uses the default, ``paper``):
-  ``paper``: the earlier visits with their medications and the current visit's diagnoses
-  and procedures (empty medication slot), trained on every sample, so a first-time patient
-  is a sequence of one visit. ``code``: the reproduction's set-up, earlier visits only
-  (the current visit's codes are not read), trained on samples with an earlier visit; a
-  first-time patient has nothing to read and gets ``sigmoid(b)``, a learned constant.
+- ``form`` says what the model reads. ``code`` (the default: both reproductions, GAMENet's
+  and SafeDrug's ``train_Retain.py``, as published): earlier visits only (the current
+  visit's codes are not read), trained on samples with an earlier visit; a first-time
+  patient has nothing to read and gets ``sigmoid(b)``, a learned constant. ``paper``:
+  the earlier visits with their medications and the current visit's diagnoses and
+  procedures (empty medication slot), trained on every sample, so a first-time patient is
+  a sequence of one visit. The benchmark names the form in RETAIN's row.
 - Budget (the reproduction's): Adam, lr 2e-4, 40 epochs, one step per patient, width 64.
 
 Remaining deviations: the reproduction's GRUs read forward in time and its ``softmax``
@@ -52,14 +53,14 @@ from leader.training import Output
 @dataclass
 class RETAINConfig(NeuralConfig):
     dropout: float = option(0.3, "dropout on code embeddings (reproduction: 0.3)")
-    epochs: int = option(40, "at most this many epochs (reproduction: EPOCH = 40)")
+    epochs: int = option(100, "epoch cap, not meant to bind (reproduction: EPOCH = 40)")
     lr: float = option(2e-4, "Adam learning rate (reproduction: LR = 0.0002)")
     update: str = option("patient", "one step per patient, as train_Retain.py")
     batch_size: int = option(1, "patients per step (reproduction: 1)")
     form: str = option(
-        "paper",
-        "'paper': read the current visit's diagnoses and procedures too; "
-        "'code': earlier visits only, as the reproduction",
+        "code",
+        "'code': earlier visits only, as both reproductions' released code; "
+        "'paper': read the current visit's diagnoses and procedures too",
     )
 
 

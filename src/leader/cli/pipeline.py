@@ -35,6 +35,13 @@ def evaluate(
             "thresholds (student 0.3, other models 0.5)."
         ),
     ] = "default",
+    average: Annotated[
+        str,
+        typer.Option(
+            help="sample (default): metrics averaged over samples; patient: each patient's "
+            "samples averaged first, then over patients (the GAMENet/SafeDrug line's)."
+        ),
+    ] = "sample",
 ) -> None:
     """Test metrics at 0.5 and at the validation threshold, DDI-safe row, speed,
     calibration (ECE, Brier, reliability diagram) and conformal sets.
@@ -51,13 +58,15 @@ def evaluate(
             from leader.errors import LeaderError
 
             raise LeaderError("--folds scores by the default protocol; drop --protocol")
-        report = evaluate_folds(run, dataset, folds, run / "folds")
+        report = evaluate_folds(run, dataset, folds, run / "folds", average=average)
         target = out or run / "evaluation-folds.json"
         write_json_atomic(target, report)
         typer.echo(format_table(report))
         typer.echo(f"wrote {target}")
         return
-    report = evaluate_run(run, dataset, split=split, efficiency=efficiency, protocol=protocol)
+    report = evaluate_run(
+        run, dataset, split=split, efficiency=efficiency, protocol=protocol, average=average
+    )
     target = out or run / "evaluation.json"
     write_json_atomic(target, report)
     typer.echo(format_table(report))
