@@ -48,7 +48,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -66,6 +66,14 @@ from starlette.exceptions import HTTPException
 
 from leader import __version__
 from leader.config import Config, option
+from leader.explain import (
+    DEFAULT_ITEMS,
+    EXPLAIN_WORK,
+    MAX_ITEMS,
+    add_explanations,
+    explain_work,
+    parse_explain,
+)
 from leader.recommend import (
     DEFAULT_TOP,
     MAX_BATCH,
@@ -456,6 +464,7 @@ class _Parsed:
     batch: bool
     ddi_safe: bool
     top: int
+    explain: int = 0  # contributions listed per drug (0: no explanations)
 
 
 class RecommendService:
@@ -487,7 +496,7 @@ class RecommendService:
             prob = await self.batcher.predict(parsed.prepared)
         else:
             prob = self.recommender.predict(parsed.prepared)
-        if len(parsed.prepared) <= INLINE_PATIENTS:
+        if len(parsed.prepared) <= INLINE_PATIENTS and not parsed.explain:
             return 200, self.answer(parsed, prob)
         return 200, await self._offload(self.answer, parsed, prob)
 
@@ -497,6 +506,9 @@ class RecommendService:
         if isinstance(options, tuple) and len(options) == 2:
             return 422, error_body(*options)
         ddi_safe, top, strict = options  # type: ignore[misc]
+        explain = parse_explain(dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)))
+        if isinstance(explain, tuple):
+            return 422, error_body(*explain)
         values = body.count(
             b","
         )  # >= JSON values - 1: bounds the parser's work (C, no GIL release)
@@ -527,13 +539,20 @@ class RecommendService:
             prepared = self.recommender.prepare_all(records, strict)
         except InvalidInput as exc:
             return _problems(exc.problems, batch)
-        return _Parsed(prepared, batch, ddi_safe, top)
+        if explain and (work := explain_work([p.sample for p in prepared])) > EXPLAIN_WORK:
+            message = f"explain=true would score {work} codes; at most {EXPLAIN_WORK}: send fewer"
+            return 413, error_body("$", message + " patients or codes")
+        return _Parsed(prepared, batch, ddi_safe, top, explain)
 
     def answer(self, parsed: _Parsed, prob: np.ndarray) -> bytes:
         """The JSON answer, one patient at a time: no single ``dumps`` holds the GIL long, and
         only one patient's result objects are alive at once (little for the GC to walk)."""
         args = (parsed.prepared, prob, parsed.ddi_safe, parsed.top)
-        encoded = [_dumps(r) for r in self.recommender.iter_results(*args)]
+        results: Iterable[dict[str, Any]] = self.recommender.iter_results(*args)
+        if parsed.explain:
+            results = list(results)
+            add_explanations(self.recommender, parsed.prepared, results, parsed.explain)
+        encoded = [_dumps(r) for r in results]
         if not parsed.batch:
             return encoded[0]
         return b'{"results":[' + b",".join(encoded) + b"]}"
@@ -693,6 +712,10 @@ def create_app(
         ddi_safe: bool = Query(False, description="thin interacting pairs (safety layer)"),
         top: int = Query(DEFAULT_TOP, ge=0, le=MAX_TOP, description="ranked drugs (0 = all)"),
         strict: bool = Query(False, description="unknown codes are an error (422)"),
+        explain: bool = Query(False, description="why each listed drug: `explanations`, the "
+                              "input items with signed contributions (exact occlusion)"),
+        explain_items: int = Query(DEFAULT_ITEMS, ge=1, le=MAX_ITEMS,
+                                   description="contributions per drug with explain=true"),
     ) -> Response:
         """Recommend for one patient (answer: one result) or ``{"patients": [...]}``
         (answer: ``{"results": [...]}``). 422 names the patient and the JSON path; 413 for

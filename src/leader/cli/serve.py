@@ -46,6 +46,16 @@ def recommend(
     top: Annotated[
         int, typer.Option(min=0, help="Ranked drugs listed per patient (0 = all).")
     ] = 20,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            help="Add `explanations`: per listed drug, the input items with signed "
+            "contributions (exact occlusion; see the README's 'Why this drug')."
+        ),
+    ] = False,
+    explain_items: Annotated[
+        int, typer.Option(min=1, max=50, help="Contributions listed per drug with --explain.")
+    ] = 5,
 ) -> None:
     """Recommend medications for the patients in a file; prints JSON results."""
     import torch
@@ -57,7 +67,12 @@ def recommend(
     records = read_patients(patients)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     recommender = Recommender(load_model(run), margin=margin)
-    results = recommender.recommend(records, strict=strict, ddi_safe=ddi_safe, top=top)
+    prepared = recommender.prepare_all(records, strict)
+    results = recommender.results(prepared, recommender.predict(prepared), ddi_safe, top)
+    if explain:
+        from leader.explain import add_explanations
+
+        add_explanations(recommender, prepared, results, explain_items)
     if out is not None and out.suffix.lower() in (".jsonl", ".ndjson"):
         text = "".join(json.dumps(r) + "\n" for r in results)
     else:

@@ -1,0 +1,112 @@
+"""LEADER(T)'s own explanation: its label-wise attention, split by token, mapped to items.
+
+With ``pooling: labels`` (:class:`~leader.teacher.model.LabelAttentionHead`) the logit of
+drug d is ``b_d + sum_t [a_dt (w_d . v_t) + m_d . x_t / T]``: attention weight times the
+token's value read by the drug, plus the token's share of the mean read. Each term belongs
+to one token, so the sum splits exactly by token. The prompt's tokens are then mapped back
+to what they spell: a code's name (a diagnosis, procedure or earlier drug of a given
+visit), a profile field, or else a word of the template ("prescribed", "visit").
+
+>>> items = input_items(sample)                                           # doctest: +SKIP
+>>> prob, found, values = attention_contributions(teacher, sample, items)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from leader.data.store import UNKNOWN, Sample
+from leader.errors import LeaderError
+from leader.explain import Item
+
+
+def item_spans(teacher: Any, sample: Sample, items: Sequence[Item], text: str) -> list[
+    tuple[int, int, Item]
+]:
+    """Character spans of the items' words in the prompt ``text``, found in the order the
+    prompt writes them (profile, earlier visits oldest first, the current visit); items the
+    token budget left out are not found and get no span."""
+    builder = teacher.prompt_builder()
+    template = builder.template
+    vocab = teacher.vocab
+    now = len(sample.history)
+    by_key = {(i.kind, i.code, i.visit): i for i in items}
+    ordered: list[tuple[str, Item]] = []
+    for name, value in sample.profile.items():
+        item = by_key.get(("profile", name, None))
+        if item is not None and value and value != UNKNOWN:
+            ordered.append((template.profile_item.format(field=name.replace("_", " "),
+                                                         value=value), item))  # fmt: skip
+    for position in range(now + 1):
+        kinds = ("diagnosis", "procedure", "medication")[: 2 if position == now else 3]
+        for kind in kinds:
+            visit = sample.current if position == now else sample.history[position]
+            for code in dict.fromkeys(visit.codes(kind)):
+                item = by_key.get((kind, code, position))
+                if item is not None:
+                    ordered.append((vocab.name(kind, code), item))
+    spans, cursor = [], 0
+    for words, item in ordered:
+        start = text.find(words, cursor)
+        if start < 0:
+            continue  # cut by the budget (or a template that orders the record otherwise)
+        spans.append((start, start + len(words), item))
+        cursor = start + len(words)
+    return spans
+
+
+def attention_contributions(
+    teacher: Any, sample: Sample, items: Sequence[Item]
+) -> tuple[np.ndarray, list[Item], np.ndarray]:
+    """(probabilities (drugs,), the items found plus words, contributions (those, drugs)
+    in logit units; they sum with the head's bias to the logit exactly)."""
+    from leader.teacher.model import LabelAttentionHead
+
+    head = teacher.head
+    if not isinstance(head, LabelAttentionHead):
+        raise LeaderError("the teacher's attention explains pooling: labels only")
+    text = teacher.prompt_builder().build(sample).text
+    ids = teacher.token_ids(text)
+    encoding = teacher.tokenizer(text, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    offsets += [(0, 0)] * (len(ids) - len(offsets))  # the EOS token_ids appended
+    offsets = offsets[-len(ids) :]  # token_ids keeps the end of an over-long prompt
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        captured["states"], captured["logits"] = args[0], output
+
+    hook = head.register_forward_hook(keep)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            teacher(**{k: v.to(head.bias.device) for k, v in teacher.pad([ids]).items()})
+            x = head.norm(captured["states"][0].float())  # (T, H)
+            keys, values = head.key(x), torch.tanh(head.value(x))  # (T, k)
+            scores = keys @ head.queries.T * keys.shape[-1] ** -0.5  # (T, drugs)
+            weights = scores.softmax(0)  # over tokens, per drug
+            per_token = weights * (values @ head.weight.T) + head.mean(x) / x.shape[0]
+            logits = captured["logits"][0].float()
+    finally:
+        hook.remove()
+        teacher.train(was_training)
+    contributions = per_token.double().cpu().numpy()  # (T, drugs)
+    spans = item_spans(teacher, sample, items, text)
+    found: dict[Item, int] = {}
+    rows: list[np.ndarray] = []
+    for t, (start, end) in enumerate(offsets):
+        owner = next((item for s, e, item in spans if start < e and end > s), None)
+        if owner is None:
+            word = text[start:end].strip() if end > start else teacher.tokenizer.decode([ids[t]])
+            owner = Item("word", word.strip() or "(space)", None)
+        if owner not in found:
+            found[owner] = len(rows)
+            rows.append(np.zeros(contributions.shape[1]))
+        rows[found[owner]] += contributions[t]
+    prob = torch.sigmoid(logits).double().cpu().numpy()
+    return prob, list(found), np.stack(rows) if rows else np.zeros((0, len(prob)))
