@@ -371,6 +371,11 @@ def model_vocab(model: Any) -> Vocabulary:
     return vocab
 
 
+def model_profile_fields(model: Any) -> list[str]:
+    """The profile fields a (deployed) model reads; [] when it reads none."""
+    return _profile_fields(unwrap(model)) or []
+
+
 def _profile_fields(net: Any) -> list[str] | None:
     """The profile fields the model reads (None: any it is given)."""
     profile_vocab = getattr(net, "profile_vocab", None)

@@ -72,6 +72,7 @@ from leader.explain import (
     MAX_ITEMS,
     add_explanations,
     explain_work,
+    model_profile_fields,
     parse_explain,
 )
 from leader.recommend import (
@@ -668,7 +669,7 @@ def create_app(
         "run": Path(run_dir).name if run_dir is not None else None,
         "threshold": recommender.threshold,
         "vocabulary": {kind: len(model.vocab.codes[kind]) for kind in model.vocab.codes},
-        "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
+        "profile_fields": model_profile_fields(model),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
         "limits": {"patients": config.max_batch, "visits": config.max_visits,
