@@ -311,3 +311,12 @@ def test_cli_recommend_explain(tmp_path_factory: pytest.TempPathFactory) -> None
     assert result.exit_code == 0, result.output
     (answer,) = json.loads(result.stdout)["results"]
     assert answer["explanations"] and all(len(e["because"]) <= 2 for e in answer["explanations"])
+
+
+def test_openapi_documents_the_bounded_explain_parameters(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]
+    schemas = {p["name"]: p["schema"] for p in operation["parameters"]}
+    assert schemas["explain"]["type"] == "boolean" and schemas["explain"]["default"] is False
+    assert (schemas["explain_items"]["minimum"], schemas["explain_items"]["maximum"]) == (1, 50)
+    # the service lists the profile fields the page asks for
+    assert client.get("/v1/model").json()["profile_fields"] == ["gender", "age_band", "insurance"]
