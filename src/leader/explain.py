@@ -365,10 +365,15 @@ def explain(
 
 def model_vocab(model: Any) -> Vocabulary:
     """The vocabulary of a model (``vocab``, or a baseline's learned ``vocab_``)."""
-    vocab = getattr(model, "vocab", None) or getattr(model, "vocab_", None)
-    if not isinstance(vocab, Vocabulary):
-        raise LeaderError(f"{type(model).__name__} has no vocabulary: is it fitted?")
-    return vocab
+    for holder in (model, getattr(model, "model", None), unwrap(model)):
+        for name in ("vocab", "vocab_"):
+            try:
+                vocab = getattr(holder, name, None)
+            except AttributeError:  # Deployed.vocab of a baseline that names it vocab_
+                continue
+            if isinstance(vocab, Vocabulary):
+                return vocab
+    raise LeaderError(f"{type(model).__name__} has no vocabulary: is it fitted?")
 
 
 def model_profile_fields(model: Any) -> list[str]:
