@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,15 @@ def test_the_teacher_explains_by_its_label_attention(
     explained = explain(teacher, [sample], [["m1"]], top_items=50)[0][0]
     assert explained.method == "attention" and explained.unit == "logit"
     assert "Hypertension" in {c.name for c in explained.items}
+    # A visit the prompt leaves out maps to nothing, though its codes recur in the others
+    # (d1 Hypertension is in the first visit and in this one).
+    teacher.config = replace(teacher.config, history_visits=1)
+    _, found, _ = attention_contributions(teacher, sample, items)
+    assert {i for i in found if i.kind != "word"} == {
+        i for i in items if i.visit != 0 and not (i.kind == "profile" and
+                                                 sample.profile[i.code] == "unknown")
+    }  # fmt: skip
+    assert Item("diagnosis", "d1", 0) in items and Item("diagnosis", "d1", 2) in found
 
 
 @pytest.fixture()

@@ -27,36 +27,71 @@ from leader.explain import Item
 def item_spans(teacher: Any, sample: Sample, items: Sequence[Item], text: str) -> list[
     tuple[int, int, Item]
 ]:
-    """Character spans of the items' words in the prompt ``text``, found in the order the
-    prompt writes them (profile, earlier visits oldest first, the current visit); items the
-    token budget left out are not found and get no span."""
-    builder = teacher.prompt_builder()
-    template = builder.template
+    """Character spans of the items' words in the prompt ``text``.
+
+    Each visit's sentence is found by its template's opening words ("In visit 2, the
+    patient had diagnoses: ", "In this visit, ..."), and a visit's items are looked for in
+    its own sentence only, in the order the prompt writes them: a code that recurs in
+    several visits maps to each visit's mention. Items the token budget left out (dropped
+    visits, cut lists) are not found and get no span.
+    """
+    template = teacher.prompt_builder().template
     vocab = teacher.vocab
     now = len(sample.history)
     by_key = {(i.kind, i.code, i.visit): i for i in items}
-    ordered: list[tuple[str, Item]] = []
-    for name, value in sample.profile.items():
-        item = by_key.get(("profile", name, None))
-        if item is not None and value and value != UNKNOWN:
-            ordered.append((template.profile_item.format(field=name.replace("_", " "),
-                                                         value=value), item))  # fmt: skip
-    for position in range(now + 1):
-        kinds = ("diagnosis", "procedure", "medication")[: 2 if position == now else 3]
-        for kind in kinds:
-            visit = sample.current if position == now else sample.history[position]
-            for code in dict.fromkeys(visit.codes(kind)):
-                item = by_key.get((kind, code, position))
-                if item is not None:
-                    ordered.append((vocab.name(kind, code), item))
-    spans, cursor = [], 0
-    for words, item in ordered:
-        start = text.find(words, cursor)
-        if start < 0:
-            continue  # cut by the budget (or a template that orders the record otherwise)
-        spans.append((start, start + len(words), item))
-        cursor = start + len(words)
+    # (segment key, its opening words): profile, earlier visits oldest first, this visit
+    anchors: list[tuple[int | None, str]] = [(None, _opening(template.profile, "items"))]
+    anchors += [(p, _opening(template.history_visit, "diagnoses", k=p + 1)) for p in range(now)]
+    anchors.append((now, _opening(template.current_visit, "diagnoses")))
+    found: list[tuple[int, int | None]] = []  # (start, key)
+    cursor = 0
+    for key, opening in anchors:
+        at = text.find(opening, cursor) if opening else -1
+        if at >= 0:
+            found.append((at, key))
+            cursor = at + len(opening)
+    question = text.rfind(template.question) if template.question else -1
+    spans: list[tuple[int, int, Item]] = []
+    for n, (start, key) in enumerate(found):
+        last = question if question > start else len(text)
+        end = found[n + 1][0] if n + 1 < len(found) else last
+        for words, item in _written(template, sample, by_key, key, now, vocab):
+            at = text.find(words, start, end)
+            if at >= 0:
+                spans.append((at, at + len(words), item))
+                start = at + len(words)
     return spans
+
+
+def _opening(form: str, placeholder: str, **values: Any) -> str:
+    """The text of a template before ``{placeholder}`` (formatted), or "" when it has
+    other placeholders there (then the segment cannot be found)."""
+    head = form.split("{" + placeholder + "}")[0]
+    try:
+        return head.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return ""
+
+
+def _written(
+    template: Any, sample: Sample, by_key: dict[Any, Item], key: int | None, now: int, vocab: Any
+) -> list[tuple[str, Item]]:
+    """(words, item) of one segment, in the order the default template writes them."""
+    if key is None:
+        return [
+            (template.profile_item.format(field=name.replace("_", " "), value=value),
+             by_key[("profile", name, None)])
+            for name, value in sample.profile.items()
+            if ("profile", name, None) in by_key and value and value != UNKNOWN
+        ]  # fmt: skip
+    visit = sample.current if key == now else sample.history[key]
+    kinds = ("diagnosis", "procedure", "medication")[: 2 if key == now else 3]
+    return [
+        (vocab.name(kind, code), by_key[(kind, code, key)])
+        for kind in kinds
+        for code in dict.fromkeys(visit.codes(kind))
+        if (kind, code, key) in by_key
+    ]
 
 
 def attention_contributions(
