@@ -48,6 +48,16 @@ def attributions(model: Any, method: str, sample: Sample, drugs: list[int]) -> n
     if method == "occlusion":
         _, values = occlusion(model.predict_proba, [sample], [items])
         return values[0][:, drugs]
+    if method == "attention":  # the teacher: items the prompt shows; the others score 0
+        from leader.teacher.explain import attention_contributions
+
+        _, found, split = attention_contributions(net, sample, items)
+        row = {item: r for r, item in enumerate(found)}
+        out = np.zeros((len(items), len(drugs)))
+        for j, item in enumerate(items):
+            if item in row:
+                out[j] = split[row[item], drugs]
+        return out
     return integrated_gradients(net, sample, items, drugs)[1]
 
 
@@ -102,7 +112,7 @@ def cost(model: Any, method: str, samples: list[Sample], batch: int) -> dict[str
         explain(model, [sample], top_items=5, method=method)
         times.append((time.perf_counter() - started) * 1000)
     out = {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
-    if method == "occlusion":
+    if method == "occlusion" and batch:
         many = [samples[i % len(samples)] for i in range(batch)]
         started = time.perf_counter()
         explain(model, many, top_items=5, method=method)
@@ -143,6 +153,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="random removals per k")
     parser.add_argument("--timing", type=int, default=100, help="patients timed one by one")
     parser.add_argument("--batch", type=int, default=1000, help="patients in the timed batch")
+    parser.add_argument("--teacher-samples", type=int, default=50,
+                        help="test samples for leader_t (each removal reruns the LLM)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -158,12 +170,18 @@ def main() -> None:
         model = load_deployed(folder)
         methods = ["occlusion"] + (["integrated_gradients"] if args.ig and name == "leader_s"
                                    else [])  # fmt: skip
+        samples, timed, batch = chosen, chosen[: args.timing], args.batch
+        if name == "leader_t":
+            methods = ["attention", "occlusion"]
+            samples = timed = chosen[: args.teacher_samples]
+            batch = 0
         for method in methods:
             label = f"{name} ({method})"
             started = time.perf_counter()
-            results[label] = deletion(model, method, chosen, args.drugs, args.ks, args.draws, rng)
+            results[label] = deletion(model, method, samples, args.drugs, args.ks, args.draws, rng)
             results[label]["curve_seconds"] = time.perf_counter() - started
-            results[label]["cost"] = cost(model, method, chosen[: args.timing], args.batch)
+            results[label]["samples"] = len(samples)
+            results[label]["cost"] = cost(model, method, timed, batch)
             print(label, json.dumps(results[label]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "explain.json").write_text(json.dumps(

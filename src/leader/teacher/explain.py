@@ -113,20 +113,24 @@ def attention_contributions(
     captured: dict[str, torch.Tensor] = {}
 
     def keep(_: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured["states"], captured["logits"] = args[0], output
+        captured["states"] = args[0]
 
     hook = head.register_forward_hook(keep)
     was_training = teacher.training
     teacher.eval()
+    device = head.bias.device
+    autocast = teacher.autocast_dtype()  # the backbone as predict_proba runs it
     try:
         with torch.no_grad():
-            teacher(**{k: v.to(head.bias.device) for k, v in teacher.pad([ids]).items()})
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                teacher(**{k: v.to(device) for k, v in teacher.pad([ids]).items()})
+            # The head again in float32, token by token (what its forward sums).
             x = head.norm(captured["states"][0].float())  # (T, H)
             keys, values = head.key(x), torch.tanh(head.value(x))  # (T, k)
             scores = keys @ head.queries.T * keys.shape[-1] ** -0.5  # (T, drugs)
             weights = scores.softmax(0)  # over tokens, per drug
             per_token = weights * (values @ head.weight.T) + head.mean(x) / x.shape[0]
-            logits = captured["logits"][0].float()
+            logits = per_token.sum(0) + head.bias
     finally:
         hook.remove()
         teacher.train(was_training)
