@@ -167,7 +167,12 @@ def main() -> None:
     results: dict[str, Any] = {}
     for spec in args.model:
         name, _, folder = spec.partition("=")
-        model = load_deployed(folder)
+        if name == "leader_t":  # a `leader teacher train` folder (teacher.json)
+            from leader.teacher import LeaderTeacher
+
+            model = LeaderTeacher.from_pretrained(folder)
+        else:
+            model = load_deployed(folder)
         methods = ["occlusion"] + (["integrated_gradients"] if args.ig and name == "leader_s"
                                    else [])  # fmt: skip
         samples, timed, batch = chosen, chosen[: args.timing], args.batch
