@@ -159,3 +159,51 @@ def test_api_docs_render_offline(server: str, browser: object) -> None:
     assert "/v1/recommend" in text and "visits" in text and "/v1/codes" in text
     assert "415: " in text and "<= 200" in text  # every status, the bounds (issue 22)
     assert_no_csp_violation(driver)
+
+
+def test_page_takes_a_whole_patient_and_explains_each_drug(server: str, browser: object) -> None:
+    """Profile fields and an earlier visit (its codes and drugs) go into the request; a
+    click on a drug shows why, naming items of this visit, the earlier one and the profile."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, 15)  # type: ignore[arg-type]
+    driver.get(server + "/")  # type: ignore[attr-defined]
+    find = driver.find_element  # type: ignore[attr-defined]
+    token = find(By.ID, "token")
+    token.send_keys(TOKEN)
+    token.send_keys(Keys.TAB)
+    # The profile's fields come from the model (GET /v1/model).
+    gender = wait.until(lambda d: d.find_element(By.ID, "profile-gender"))
+    gender.send_keys("F")
+    find(By.ID, "add-visit").click()
+    find(By.ID, "visit0-diagnosis-input").send_keys("d2, d3", Keys.ENTER)
+    find(By.ID, "visit0-medication-input").send_keys("m2", Keys.ENTER)
+    chips = driver.find_elements(By.CSS_SELECTOR, "fieldset.visit .chip")  # type: ignore[attr-defined]
+    assert [c.get_attribute("data-code") for c in chips] == ["d2", "d3", "m2"]
+    find(By.ID, "diagnosis-input").send_keys("d1", Keys.ENTER)
+    find(By.ID, "procedure-input").send_keys("x1", Keys.ENTER)
+
+    find(By.ID, "recommend").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug")) == 5)
+    assert not find(By.ID, "set-info").is_displayed()  # no miss_rate in this answer
+    texts = []
+    for row in driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug"):  # type: ignore[attr-defined]
+        row.click()
+        because = wait.until(lambda d, r=row: r.find_element(By.XPATH, "following-sibling::tr[1]"))
+        assert "because" in because.get_attribute("class")
+        texts.append(because.text)
+    assert all(t.startswith("because: ") for t in texts)
+    joined = " ".join(texts)
+    assert "d1 Hypertension" in joined  # this visit, with its name
+    assert "earlier visit 1:" in joined  # the earlier visit was sent and read
+    assert "gender: F" in joined  # so was the profile
+    assert "+" in joined or "−" in joined
+    # a second click hides the explanation again
+    first = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug")[0]  # type: ignore[attr-defined]
+    first.click()
+    rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # type: ignore[attr-defined]
+    assert len(rows) == 5 + 4  # four explanations still open, the first one closed
+    assert_no_csp_violation(driver)

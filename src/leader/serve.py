@@ -51,7 +51,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -71,6 +71,15 @@ from leader import __version__
 from leader.cds_hooks import register as register_cds_hooks
 from leader.config import Config, option
 from leader.errors import LeaderError
+from leader.explain import (
+    DEFAULT_ITEMS,
+    EXPLAIN_WORK,
+    MAX_ITEMS,
+    add_explanations,
+    explain_work,
+    model_profile_fields,
+    parse_explain,
+)
 from leader.fhir import FhirInput, is_fhir, read_drug_map
 from leader.openapi import allow_header, answer, ref
 from leader.openapi import install as install_openapi
@@ -483,6 +492,7 @@ class _Parsed:
     ddi_safe: bool
     top: int
     miss_rate: float | None = None
+    explain: int = 0  # contributions listed per drug (0: no explanations)
 
 
 class RecommendService:
@@ -517,7 +527,7 @@ class RecommendService:
             prob = await self.batcher.predict(parsed.prepared)
         else:
             prob = self.recommender.predict(parsed.prepared)
-        if len(parsed.prepared) <= INLINE_PATIENTS:
+        if len(parsed.prepared) <= INLINE_PATIENTS and not parsed.explain:
             return 200, self.answer(parsed, prob)
         return 200, await self._offload(self.answer, parsed, prob)
 
@@ -530,6 +540,9 @@ class RecommendService:
         if miss_rate is not None and not self.conformal:
             message = "this model has no conformal risk curve (calibration.json beside it)"
             return 422, error_body("query.miss_rate", message + "; run `leader calibrate`")
+        explain = parse_explain(dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)))
+        if isinstance(explain, tuple):
+            return 422, error_body(*explain)
         values = body.count(
             b","
         )  # >= JSON values - 1: bounds the parser's work (C, no GIL release)
@@ -568,13 +581,20 @@ class RecommendService:
                 self.fhir.report(prepared[0], document, fhir, strict)
         except InvalidInput as exc:
             return _problems(exc.problems, batch)
-        return _Parsed(prepared, batch, ddi_safe, top, miss_rate)
+        if explain and (work := explain_work([p.sample for p in prepared])) > EXPLAIN_WORK:
+            message = f"explain=true would score {work} codes; at most {EXPLAIN_WORK}: send fewer"
+            return 413, error_body("$", message + " patients or codes")
+        return _Parsed(prepared, batch, ddi_safe, top, miss_rate, explain)
 
     def answer(self, parsed: _Parsed, prob: np.ndarray) -> bytes:
         """The JSON answer, one patient at a time: no single ``dumps`` holds the GIL long, and
         only one patient's result objects are alive at once (little for the GC to walk)."""
         args = (parsed.prepared, prob, parsed.ddi_safe, parsed.top, parsed.miss_rate)
-        encoded = [_dumps(r) for r in self.recommender.iter_results(*args)]
+        results: Iterable[dict[str, Any]] = self.recommender.iter_results(*args)
+        if parsed.explain:
+            results = list(results)
+            add_explanations(self.recommender, parsed.prepared, results, parsed.explain)
+        encoded = [_dumps(r) for r in results]
         if not parsed.batch:
             return encoded[0]
         return b'{"results":[' + b",".join(encoded) + b"]}"
@@ -702,7 +722,7 @@ def create_app(
         "run": Path(run_dir).name if run_dir is not None else None,
         "threshold": recommender.threshold,
         "vocabulary": {kind: len(model.vocab.codes[kind]) for kind in model.vocab.codes},
-        "profile_fields": list(getattr(getattr(model, "profile_vocab", None), "fields", [])),
+        "profile_fields": model_profile_fields(model),
         "ddi": {"source": model.ddi_source, "pairs": len(model.ddi_pairs)},
         "ddi_safe_margin": config.margin,
         "calibration": getattr(recommender.calibration, "method", None),
@@ -773,6 +793,10 @@ def create_app(
             description="add the conformal set expected to miss at most this fraction of the "
             "visit's drugs (needs calibration.json; 422 without)",
         ),
+        explain: bool = Query(False, description="why each listed drug: `explanations`, the "
+                              "input items with signed contributions (exact occlusion)"),
+        explain_items: int = Query(DEFAULT_ITEMS, ge=1, le=MAX_ITEMS,
+                                   description="contributions per drug with explain=true"),
     ) -> Response:
         """Recommend for one patient (answer: one result) or ``{"patients": [...]}``
         (answer: ``{"results": [...]}``). 422 names the patient and the JSON path; 413 for

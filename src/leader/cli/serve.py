@@ -53,6 +53,16 @@ def recommend(
             "drugs (0 < RATE < 1; needs RUN/calibration.json, see `leader calibrate`)."
         ),
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            help="Add `explanations`: per listed drug, the input items with signed "
+            "contributions (exact occlusion; see the README's 'Why this drug')."
+        ),
+    ] = False,
+    explain_items: Annotated[
+        int, typer.Option(min=1, max=50, help="Contributions listed per drug with --explain.")
+    ] = 5,
 ) -> None:
     """Recommend medications for the patients in a file; prints JSON results."""
     import torch
@@ -67,7 +77,16 @@ def recommend(
     records = read_patients(patients)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     recommender = Recommender(load_model(run), margin=margin)
-    results = recommender.recommend(records, strict, ddi_safe, top, miss_rate)
+    if miss_rate is not None:
+        recommender.conformal_threshold(miss_rate)  # refuse before any work
+    prepared = recommender.prepare_all(records, strict)
+    results = recommender.results(
+        prepared, recommender.predict(prepared), ddi_safe, top, miss_rate
+    )
+    if explain:
+        from leader.explain import add_explanations
+
+        add_explanations(recommender, prepared, results, explain_items)
     if out is not None and out.suffix.lower() in (".jsonl", ".ndjson"):
         text = "".join(json.dumps(r) + "\n" for r in results)
     else:

@@ -1,11 +1,17 @@
-// LEADER web page: pick codes, ask /v1/recommend, show drugs and DDI warnings.
+// LEADER web page: a whole patient (profile, earlier visits, this visit), ask
+// /v1/recommend?explain=true, show drugs, DDI warnings and why each drug.
 // Plain JS, no external resources (works offline). Text from the server is only ever
 // inserted with textContent, never as HTML.
 "use strict";
 
 const KINDS = ["diagnosis", "procedure"];
-const selected = { diagnosis: [], procedure: [] };
-const names = { diagnosis: {}, procedure: {} };
+const KIND_LABELS = {
+  diagnosis: "Diagnoses (ICD-9)", procedure: "Procedures (ICD-9)", medication: "Drugs given (ATC-3)",
+};
+const selected = { diagnosis: [], procedure: [] };  // this visit
+const earlier = [];  // earlier visits, oldest first: {diagnosis, procedure, medication}
+let profileFields = [];
+const names = { diagnosis: {}, procedure: {}, medication: {} };
 const tokenInput = document.getElementById("token");
 const statusLine = document.getElementById("status");
 
@@ -54,10 +60,11 @@ function looksLikeCodes(text, minTokens) {
   return tokens.length >= minTokens && tokens.every((t) => /\d/.test(t));
 }
 
-function renderChips(kind) {
-  const box = document.getElementById(kind + "-chips");
+function renderChips(kind, store, box) {
+  store = store || selected;
+  box = box || document.getElementById(kind + "-chips");
   box.replaceChildren();
-  for (const code of selected[kind]) {
+  for (const code of store[kind]) {
     const chip = el("span", null, "chip");
     chip.dataset.code = code;
     const label = names[kind][code] ? code + " · " + names[kind][code] : code;
@@ -66,25 +73,26 @@ function renderChips(kind) {
     remove.type = "button";
     remove.title = "remove " + code;
     remove.addEventListener("click", () => {
-      selected[kind] = selected[kind].filter((c) => c !== code);
-      renderChips(kind);
+      store[kind] = store[kind].filter((c) => c !== code);
+      renderChips(kind, store, box);
     });
     chip.appendChild(remove);
     box.appendChild(chip);
   }
 }
 
-function addCodes(kind, codes) {
-  for (const raw of codes) {
-    const code = raw.trim();
-    if (code && !selected[kind].includes(code)) selected[kind].push(code);
+function setupPicker(kind, input, list, box, store) {
+  input = input || document.getElementById(kind + "-input");
+  list = list || document.getElementById(kind + "-suggestions");
+  box = box || document.getElementById(kind + "-chips");
+  store = store || selected;
+  function addCodes(_, codes) {
+    for (const raw of codes) {
+      const code = raw.trim();
+      if (code && !store[kind].includes(code)) store[kind].push(code);
+    }
+    renderChips(kind, store, box);
   }
-  renderChips(kind);
-}
-
-function setupPicker(kind) {
-  const input = document.getElementById(kind + "-input");
-  const list = document.getElementById(kind + "-suggestions");
   let timer = null;
   let active = -1;
   let asked = 0;
@@ -160,7 +168,123 @@ function setupPicker(kind) {
   input.addEventListener("blur", () => setTimeout(close, 150));
 }
 
+// ------------------------------------------------------------------ earlier visits, profile
+function renderEarlier() {
+  const box = document.getElementById("earlier-visits");
+  box.replaceChildren();
+  earlier.forEach((visit, v) => {
+    const fieldset = el("fieldset", null, "visit");
+    fieldset.dataset.visit = String(v);
+    const legend = el("legend", "Earlier visit " + (v + 1) + " ");
+    const remove = el("button", "remove", "secondary");
+    remove.type = "button";
+    remove.id = "visit" + v + "-remove";
+    remove.addEventListener("click", () => { earlier.splice(v, 1); renderEarlier(); });
+    legend.appendChild(remove);
+    fieldset.appendChild(legend);
+    for (const kind of ["diagnosis", "procedure", "medication"]) {
+      const section = el("div", null, "kind");
+      const id = "visit" + v + "-" + kind;
+      const label = el("label", KIND_LABELS[kind]);
+      label.htmlFor = id + "-input";
+      const picker = el("div", null, "picker");
+      const input = el("input");
+      input.id = id + "-input";
+      input.type = "text";
+      input.autocomplete = "off";
+      const list = el("ul", null, "suggestions");
+      list.id = id + "-suggestions";
+      list.setAttribute("role", "listbox");
+      picker.append(input, list);
+      const chips = el("div", null, "chips");
+      chips.id = id + "-chips";
+      section.append(label, picker, chips);
+      fieldset.appendChild(section);
+      setupPicker(kind, input, list, chips, visit);
+      renderChips(kind, visit, chips);
+    }
+    box.appendChild(fieldset);
+  });
+}
+
+function renderProfile(fields) {
+  profileFields = fields;
+  const box = document.getElementById("profile-fields");
+  const kept = {};  // values typed before the model details were (re)loaded
+  for (const input of box.querySelectorAll("input")) kept[input.id] = input.value;
+  box.replaceChildren();
+  for (const field of fields) {
+    const label = el("label", field.replace(/_/g, " ") + " ");
+    const input = el("input");
+    input.id = "profile-" + field;
+    input.type = "text";
+    input.autocomplete = "off";
+    input.placeholder = "unknown";
+    input.maxLength = 200;
+    input.value = kept[input.id] || "";
+    label.appendChild(input);
+    box.appendChild(label);
+  }
+  document.getElementById("profile").hidden = !fields.length;
+}
+
+function patientRecord() {
+  const visits = earlier.map((v) => ({
+    diagnoses: v.diagnosis, procedures: v.procedure, medications: v.medication,
+  }));
+  visits.push({ diagnoses: selected.diagnosis, procedures: selected.procedure });
+  const record = { visits: visits };
+  const profile = {};
+  for (const field of profileFields) {
+    const value = document.getElementById("profile-" + field).value.trim();
+    if (value) profile[field] = value;
+  }
+  if (Object.keys(profile).length) record.profile = profile;
+  return record;
+}
+
 // ------------------------------------------------------------------ recommending
+function itemLabel(item, visits) {
+  if (item.kind === "profile") return item.name;
+  const what = item.name && item.name !== item.code ? item.code + " " + item.name : item.code;
+  if (item.current || item.visit === null) return what;
+  const kind = item.kind === "medication" ? "drug " : "";
+  return "earlier visit " + (item.visit + 1) + ": " + kind + what;
+}
+
+function becauseRow(explanation, columns) {
+  const row = el("tr", null, "because");
+  const cell = el("td");
+  cell.colSpan = columns;
+  cell.appendChild(el("strong", "because: "));
+  if (!explanation || !explanation.because.length) {
+    cell.appendChild(el("span", "no single item of the record changes this drug's probability"));
+  } else {
+    explanation.because.forEach((item, i) => {
+      if (i) cell.appendChild(el("span", ", "));
+      const value = item.contribution;
+      const sign = value >= 0 ? "+" : "−";
+      cell.appendChild(el("span", itemLabel(item) + " "));
+      cell.appendChild(el("span", sign + Math.abs(value).toFixed(2), value >= 0 ? "up" : "down"));
+    });
+    const unit = explanation.unit === "logit" ? " (logit units, " : " (probability, ";
+    cell.appendChild(el("span", unit + explanation.method + ")", "unit"));
+  }
+  row.appendChild(cell);
+  return row;
+}
+
+function renderSet(result) {
+  // Calibrated sets with a chosen miss rate (another part of the service) show here when
+  // the answer has them: {"miss_rate": alpha, "set": [drug or code, ...]}.
+  const info = document.getElementById("set-info");
+  if (result.miss_rate === undefined && result.set === undefined) { info.hidden = true; return; }
+  const codes = (result.set || []).map((d) => (typeof d === "string" ? d : drugLabel(d)));
+  info.textContent = "Drug set" + (result.miss_rate !== undefined ?
+    " for a miss rate ≤ " + result.miss_rate : "") + ": " + (codes.join(", ") || "empty");
+  info.hidden = false;
+}
+
 function drugLabel(drug) {
   return drug.name && drug.name !== drug.code ? drug.code + " (" + drug.name + ")" : drug.code;
 }
@@ -169,8 +293,17 @@ function render(result) {
   document.getElementById("output").hidden = false;
   const tbody = document.querySelector("#results tbody");
   tbody.replaceChildren();
+  const why = {};
+  for (const e of result.explanations || []) why[e.drug] = e;
   for (const drug of result.ranked) {
-    const row = el("tr", null, drug.recommended ? "recommended" : "");
+    const row = el("tr", null, "drug" + (drug.recommended ? " recommended" : ""));
+    row.dataset.code = drug.code;
+    row.title = "click: why this drug";
+    row.addEventListener("click", () => {
+      const next = row.nextElementSibling;
+      if (next && next.classList.contains("because")) { next.remove(); return; }
+      row.after(becauseRow(why[drug.code], 5));
+    });
     row.appendChild(el("td", drug.code));
     row.appendChild(el("td", drug.name));
     const cell = el("td", null, "probability");
@@ -180,8 +313,10 @@ function render(result) {
     cell.appendChild(el("span", (drug.probability * 100).toFixed(1) + " %"));
     row.appendChild(cell);
     row.appendChild(el("td", drug.recommended ? "yes" : ""));
+    row.appendChild(el("td", why[drug.code] ? "why?" : "", "why"));
     tbody.appendChild(row);
   }
+  renderSet(result);
 
   const warnings = document.getElementById("ddi-warnings");
   warnings.replaceChildren();
@@ -214,11 +349,10 @@ async function recommend() {
     return;
   }
   setStatus("asking the model…", false);
-  const patient = {
-    visits: [{ diagnoses: selected.diagnosis, procedures: selected.procedure }],
-  };
+  const patient = patientRecord();
   const safe = document.getElementById("ddi-safe").checked;
-  const response = await fetch("/v1/recommend?top=30&ddi_safe=" + safe, {
+  const query = "?top=30&explain=true&explain_items=5&ddi_safe=" + safe;
+  const response = await fetch("/v1/recommend" + query, {
     method: "POST",
     headers: headers(),
     body: JSON.stringify(patient),
@@ -233,15 +367,24 @@ async function loadModelInfo() {
   const response = await fetch("/v1/model", { headers: headers() });
   if (!response.ok) { footer.textContent = "Model details: " + (await explain(response)); return; }
   const info = await response.json();
+  renderProfile(info.profile_fields || []);
   const sizes = Object.entries(info.vocabulary).map(([k, n]) => n + " " + k + " codes").join(", ");
   footer.textContent = "leader " + info.version + " · run " + (info.run || "?") + " · " + sizes +
     " · DDI data: " + info.ddi.source + " · research tool, not medical advice";
 }
 
-KINDS.forEach(setupPicker);
+KINDS.forEach((kind) => setupPicker(kind));
+document.getElementById("add-visit").addEventListener("click", () => {
+  earlier.push({ diagnosis: [], procedure: [], medication: [] });
+  renderEarlier();
+  document.getElementById("visit" + (earlier.length - 1) + "-diagnosis-input").focus();
+});
 document.getElementById("recommend").addEventListener("click", recommend);
 document.getElementById("clear").addEventListener("click", () => {
   KINDS.forEach((k) => { selected[k] = []; renderChips(k); });
+  earlier.length = 0;
+  renderEarlier();
+  for (const field of profileFields) document.getElementById("profile-" + field).value = "";
   document.getElementById("output").hidden = true;
   setStatus("", false);
 });

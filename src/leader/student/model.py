@@ -347,7 +347,8 @@ class LeaderStudent(nn.Module):
     def predict_encoded(self, encoded: EncodedSamples, batch_size: int = 1024) -> np.ndarray:
         """Probabilities (N, drugs) for encoded samples; similar-size samples batched together."""
         was_training = self.training
-        self.eval()
+        if was_training:  # switching walks every module: a fifth of a small call's time
+            self.eval()
         out = np.zeros((len(encoded), self.vocab.size("medication")), dtype=np.float32)
         order = np.argsort(encoded.cost(), kind="stable") if len(encoded) > batch_size else None
         for start in range(0, len(encoded), batch_size):
@@ -356,7 +357,8 @@ class LeaderStudent(nn.Module):
                 index = order[index]
             logits = self(make_batch(encoded, index, with_targets=False)).logits
             out[index] = torch.sigmoid(logits.float()).numpy()
-        self.train(was_training)
+        if was_training:
+            self.train()
         return out
 
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 1024) -> np.ndarray:
