@@ -294,7 +294,9 @@ function renderSet(result, vocabularySize) {
     body = "empty (no drug is needed to stay under this miss rate).";
   } else {
     body = conformal.set.map(drugLabel).join(", ") + " (" + conformal.set.length + " of " +
-      vocabularySize + " drugs; marked in the list).";
+      vocabularySize + " drugs; " + (conformal.set.length > result.ranked.length ?
+      "those among the " + result.ranked.length + " listed are marked)." :
+      "marked in the list).");
   }
   info.textContent = head + body;
   info.hidden = false;
