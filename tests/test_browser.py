@@ -6,31 +6,35 @@ Needs Debian's chromium + chromium-driver (``bash scripts/install-browser.sh``, 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 import uvicorn
 
 from leader.serve import ServeConfig, create_app, uvicorn_config
-from test_serve_fixtures import eager_copy
+from test_serve_fixtures import eager_copy, trained_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 TOKEN = "page-token"
 
 
-@pytest.fixture()
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service on a free loopback port, in a thread, on the threshold-0 run."""
+@contextlib.contextmanager
+def serving(run: Path) -> Iterator[str]:
+    """The service on ``run``, on a free loopback port, in a thread (as `leader serve`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     config = ServeConfig(token=TOKEN, margin=1.0)
-    app = create_app(run_dir=eager_copy(tmp_path_factory), config=config)
+    app = create_app(run_dir=run, config=config)
     uv = uvicorn.Server(uvicorn_config(app, config, "127.0.0.1", port))  # as `leader serve`
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -38,9 +42,50 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while not uv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The threshold-0 run (its calibration.json: method none, one validation visit)."""
+    with serving(eager_copy(tmp_path_factory)) as base:
+        yield base
+
+
+@pytest.fixture()
+def calibrated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The threshold-0 run calibrated on all nine visits of the tiny dataset (the validation
+    split has one, too few for a conformal set smaller than every drug)."""
+    from leader.calibration import fit_calibration, read_calibration, write_calibration
+    from leader.data.store import VisitDataset
+    from leader.recommend import load_model
+
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(eager_copy(tmp_path_factory), run)
+    dataset = VisitDataset.load(trained_run(tmp_path_factory).parent / "tiny")
+    mode = dataset.default_sample_mode
+    samples = [s for split in ("train", "val", "test") for s in dataset.samples(split, mode)]
+    prob = np.asarray(load_model(run).predict_proba(samples), dtype=np.float64)
+    groups = [s.patient_id for s in samples]
+    write_calibration(run, fit_calibration(dataset.targets(samples), prob, groups))
+    calibration = read_calibration(run)
+    assert calibration is not None and calibration.conformal.n == 9
+    with serving(run) as base:
+        yield base
+
+
+@pytest.fixture()
+def uncalibrated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The threshold-0 run without calibration.json (a run saved before issue 21)."""
+    run = tmp_path_factory.mktemp("uncalibrated") / "run"
+    shutil.copytree(eager_copy(tmp_path_factory), run)
+    (run / "calibration.json").unlink()
+    with serving(run) as base:
+        yield base
 
 
 @pytest.fixture()
@@ -206,4 +251,111 @@ def test_page_takes_a_whole_patient_and_explains_each_drug(server: str, browser:
     first.click()
     rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # type: ignore[attr-defined]
     assert len(rows) == 5 + 4  # four explanations still open, the first one closed
+    assert_no_csp_violation(driver)
+
+
+def _open_page(driver: object, base: str) -> None:
+    """The page, with the token typed in (its model details then load)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(base + "/")  # type: ignore[attr-defined]
+    token = driver.find_element(By.ID, "token")  # type: ignore[attr-defined]
+    token.send_keys(TOKEN)
+    token.send_keys(Keys.TAB)
+    WebDriverWait(driver, 15).until(  # type: ignore[arg-type]
+        lambda d: "DDI data" in d.find_element(By.ID, "model-info").text
+    )
+
+
+def test_page_shows_the_conformal_set_for_a_chosen_miss_rate(
+    calibrated_server: str, browser: object
+) -> None:
+    """Issue 21: choose a miss rate, see the conformal set (named, and marked among the
+    ranked drugs), calibrated probabilities; too small a miss rate gives the full set."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, 15)  # type: ignore[arg-type]
+    _open_page(driver, calibrated_server)
+    find = driver.find_element  # type: ignore[attr-defined]
+    control = find(By.ID, "miss-rate-control")
+    wait.until(lambda d: control.is_displayed())
+    assert "9 calibration visits" in find(By.ID, "model-info").text
+    find(By.ID, "diagnosis-input").send_keys("d4", Keys.ENTER)
+    find(By.ID, "procedure-input").send_keys("x3", Keys.ENTER)
+
+    # What the service answers for the same patient and miss rate.
+    patient = {"visits": [{"diagnoses": ["d4"], "procedures": ["x3"]}]}
+    answer = httpx.post(
+        calibrated_server + "/v1/recommend?top=30&miss_rate=0.2",
+        json=patient,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ).json()
+    conformal = answer["conformal"]
+    expected = [d["code"] for d in conformal["set"]]
+    assert not conformal["full_set"] and 0 < len(expected) < 5  # a real choice among 5
+
+    Select(find(By.ID, "miss-rate")).select_by_value("0.2")
+    find(By.ID, "recommend").click()
+    info = find(By.ID, "set-info")
+    wait.until(lambda d: info.is_displayed())
+    text = info.text
+    assert text.startswith("Drug set for a miss rate ≤ 0.2 (guaranteed in expectation over 9 ")
+    assert all(code in text for code in expected)
+    assert f"{len(expected)} of 5 drugs" in text
+    rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug")  # type: ignore[attr-defined]
+    marked = [r.get_attribute("data-code") for r in rows if "in-set" in r.get_attribute("class")]
+    assert sorted(marked) == sorted(expected)
+    cells = [r.find_elements(By.TAG_NAME, "td")[4].text for r in rows]
+    assert cells.count("in set") == len(expected) and find(By.ID, "set-column").is_displayed()
+    # Calibrated probabilities (fitted on nine visits: not "none"), the score on hover.
+    method = answer["calibration"]
+    calibration = find(By.ID, "calibration-info")
+    assert calibration.is_displayed() and f"calibrated ({method}" in calibration.text
+    probability = rows[0].find_elements(By.TAG_NAME, "td")[2]
+    assert probability.get_attribute("title").startswith("model's own score: ")
+    assert "model score ≥" in find(By.ID, "threshold").text
+
+    # 5 %: (9 + 1) * 0.05 < 1, too few visits for any threshold: the full vocabulary.
+    Select(find(By.ID, "miss-rate")).select_by_value("0.05")
+    find(By.ID, "recommend").click()
+    wait.until(lambda d: "≤ 0.05" in d.find_element(By.ID, "set-info").text)
+    assert "the full vocabulary (all 5 drugs)" in find(By.ID, "set-info").text
+    marked = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug.in-set")  # type: ignore[attr-defined]
+    assert len(marked) == 5
+
+    # Off again: no set, no set column.
+    Select(find(By.ID, "miss-rate")).select_by_value("")
+    find(By.ID, "recommend").click()
+    wait.until(lambda d: not d.find_element(By.ID, "set-info").is_displayed())
+    assert not find(By.ID, "set-column").is_displayed()
+    assert not driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.in-set")  # type: ignore[attr-defined]
+    assert_no_csp_violation(driver)
+
+
+def test_no_miss_rate_control_without_calibration(
+    uncalibrated_server: str, browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    _open_page(driver, uncalibrated_server)
+    find = driver.find_element  # type: ignore[attr-defined]
+    assert "calibration" not in find(By.ID, "model-info").text
+    assert not find(By.ID, "miss-rate-control").is_displayed()
+    find(By.ID, "diagnosis-input").send_keys("d1", Keys.ENTER)
+    find(By.ID, "recommend").click()
+    WebDriverWait(driver, 15).until(  # type: ignore[arg-type]
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr.drug")) == 5
+    )
+    assert not find(By.ID, "set-info").is_displayed()
+    assert not find(By.ID, "calibration-info").is_displayed()  # the model's own probabilities
+    assert "probability ≥" in find(By.ID, "threshold").text
     assert_no_csp_violation(driver)

@@ -11,6 +11,7 @@ const KIND_LABELS = {
 const selected = { diagnosis: [], procedure: [] };  // this visit
 const earlier = [];  // earlier visits, oldest first: {diagnosis, procedure, medication}
 let profileFields = [];
+let modelInfo = null;  // GET /v1/model
 const names = { diagnosis: {}, procedure: {}, medication: {} };
 const tokenInput = document.getElementById("token");
 const statusLine = document.getElementById("status");
@@ -274,14 +275,30 @@ function becauseRow(explanation, columns) {
   return row;
 }
 
-function renderSet(result) {
-  // Calibrated sets with a chosen miss rate (another part of the service) show here when
-  // the answer has them: {"miss_rate": alpha, "set": [drug or code, ...]}.
+function renderSet(result, vocabularySize) {
+  // The conformal set of /v1/recommend?miss_rate=a: {"miss_rate", "threshold", "full_set",
+  // "calibration_visits", "set": [drug, ...]} (leader.conformal), absent without miss_rate.
   const info = document.getElementById("set-info");
-  if (result.miss_rate === undefined && result.set === undefined) { info.hidden = true; return; }
-  const codes = (result.set || []).map((d) => (typeof d === "string" ? d : drugLabel(d)));
-  info.textContent = "Drug set" + (result.miss_rate !== undefined ?
-    " for a miss rate ≤ " + result.miss_rate : "") + ": " + (codes.join(", ") || "empty");
+  const conformal = result.conformal;
+  document.getElementById("set-column").hidden = !conformal;
+  if (!conformal) { info.hidden = true; return; }
+  const visits = conformal.calibration_visits + " calibration visit" +
+    (conformal.calibration_visits === 1 ? "" : "s");
+  const head = "Drug set for a miss rate ≤ " + conformal.miss_rate + " (guaranteed in " +
+    "expectation over " + visits + "): ";
+  let body;
+  if (conformal.full_set) {
+    body = "the full vocabulary (all " + conformal.set.length + " drugs): " + visits +
+      " are too few for a smaller set at this miss rate.";
+  } else if (!conformal.set.length) {
+    body = "empty (no drug is needed to stay under this miss rate).";
+  } else {
+    body = conformal.set.map(drugLabel).join(", ") + " (" + conformal.set.length + " of " +
+      vocabularySize + " drugs; " + (conformal.set.length > result.ranked.length ?
+      "those among the " + result.ranked.length + " listed are marked)." :
+      "marked in the list).");
+  }
+  info.textContent = head + body;
   info.hidden = false;
 }
 
@@ -295,14 +312,17 @@ function render(result) {
   tbody.replaceChildren();
   const why = {};
   for (const e of result.explanations || []) why[e.drug] = e;
+  const inSet = result.conformal ? new Set(result.conformal.set.map((d) => d.code)) : null;
   for (const drug of result.ranked) {
-    const row = el("tr", null, "drug" + (drug.recommended ? " recommended" : ""));
+    const member = inSet !== null && inSet.has(drug.code);
+    const row = el("tr", null, "drug" + (drug.recommended ? " recommended" : "") +
+      (member ? " in-set" : ""));
     row.dataset.code = drug.code;
     row.title = "click: why this drug";
     row.addEventListener("click", () => {
       const next = row.nextElementSibling;
       if (next && next.classList.contains("because")) { next.remove(); return; }
-      row.after(becauseRow(why[drug.code], 5));
+      row.after(becauseRow(why[drug.code], 6));
     });
     row.appendChild(el("td", drug.code));
     row.appendChild(el("td", drug.name));
@@ -311,12 +331,16 @@ function render(result) {
     bar.style.width = Math.round(drug.probability * 120) + "px";
     cell.appendChild(bar);
     cell.appendChild(el("span", (drug.probability * 100).toFixed(1) + " %"));
+    if (drug.score !== undefined) cell.title = "model's own score: " + drug.score;
     row.appendChild(cell);
     row.appendChild(el("td", drug.recommended ? "yes" : ""));
+    const setCell = el("td", member ? "in set" : "", member ? "in-set" : "");
+    setCell.hidden = inSet === null;
+    row.appendChild(setCell);
     row.appendChild(el("td", why[drug.code] ? "why?" : "", "why"));
     tbody.appendChild(row);
   }
-  renderSet(result);
+  renderSet(result, modelInfo ? modelInfo.vocabulary.medication : "?");
 
   const warnings = document.getElementById("ddi-warnings");
   warnings.replaceChildren();
@@ -338,9 +362,15 @@ function render(result) {
     unknown.appendChild(el("p", "Ignored (unknown to the model): " +
       result.unknown_codes.map((u) => u.kind + " " + u.code).join(", ")));
   }
-  document.getElementById("threshold").textContent =
-    "Recommended: probability ≥ " + result.threshold + " (the model's threshold). " +
-    result.recommended.length + " drug(s) recommended.";
+  // With a calibration the threshold applies to the model's own score, not the probability.
+  const calibrated = result.calibration !== undefined;
+  document.getElementById("threshold").textContent = "Recommended: " +
+    (calibrated ? "model score" : "probability") + " ≥ " + result.threshold +
+    " (the model's threshold). " + result.recommended.length + " drug(s) recommended.";
+  const calibration = document.getElementById("calibration-info");
+  calibration.textContent = calibrated ? "Probabilities are calibrated (" + result.calibration +
+    ", calibration.json beside the model); hover one for the model's own score." : "";
+  calibration.hidden = !calibrated;
 }
 
 async function recommend() {
@@ -351,7 +381,11 @@ async function recommend() {
   setStatus("asking the model…", false);
   const patient = patientRecord();
   const safe = document.getElementById("ddi-safe").checked;
-  const query = "?top=30&explain=true&explain_items=5&ddi_safe=" + safe;
+  let query = "?top=30&explain=true&explain_items=5&ddi_safe=" + safe;
+  const missRate = document.getElementById("miss-rate").value;
+  if (missRate && !document.getElementById("miss-rate-control").hidden) {
+    query += "&miss_rate=" + encodeURIComponent(missRate);
+  }
   const response = await fetch("/v1/recommend" + query, {
     method: "POST",
     headers: headers(),
@@ -367,10 +401,18 @@ async function loadModelInfo() {
   const response = await fetch("/v1/model", { headers: headers() });
   if (!response.ok) { footer.textContent = "Model details: " + (await explain(response)); return; }
   const info = await response.json();
+  modelInfo = info;
   renderProfile(info.profile_fields || []);
+  // The miss-rate choice only for a model with a conformal risk curve (calibration.json).
+  document.getElementById("miss-rate-control").hidden =
+    info.conformal_visits === null || info.conformal_visits === undefined;
   const sizes = Object.entries(info.vocabulary).map(([k, n]) => n + " " + k + " codes").join(", ");
   footer.textContent = "leader " + info.version + " · run " + (info.run || "?") + " · " + sizes +
-    " · DDI data: " + info.ddi.source + " · research tool, not medical advice";
+    " · DDI data: " + info.ddi.source +
+    (info.calibration ? " · calibration: " + info.calibration : "") +
+    (info.conformal_visits !== null && info.conformal_visits !== undefined ?
+      " (" + info.conformal_visits + " calibration visits)" : "") +
+    " · research tool, not medical advice";
 }
 
 KINDS.forEach((kind) => setupPicker(kind));
