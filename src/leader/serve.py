@@ -800,7 +800,11 @@ def create_app(
     ) -> Response:
         """Recommend for one patient (answer: one result) or ``{"patients": [...]}``
         (answer: ``{"results": [...]}``). 422 names the patient and the JSON path; 413 for
-        more than the documented patients or codes per request (``GET /v1/model``)."""
+        more than the documented patients or codes per request (``GET /v1/model``). The body
+        may also be one patient's FHIR R4 data: a Bundle (``resourceType: Bundle``) or a JSON
+        list of its resources (Patient, Encounter, Condition, Procedure, MedicationRequest /
+        Administration / Statement); the latest encounter is the visit, codes are matched to
+        the model's vocabulary by system and unknown systems reported as unknown codes."""
         # Served by Guard's fast path; kept here for the OpenAPI docs and for mounting
         # the FastAPI app on its own. Both run RecommendService.handle.
         status, payload = await service.handle(await request.body(), request.url.query.encode())
